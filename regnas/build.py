@@ -1,0 +1,164 @@
+"""`regnas build`: data → supernet → family and baseline search → extracted models → report.json.
+
+The build directory is a cache. Training checkpoints every epoch and resumes; the search result is
+stored with a hash of everything it depends on (supernet weights, data, budgets, reward, search
+settings, seed) and reused only when that hash matches. report.json is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regnas.data import load_dataset
+from regnas.errors import RegnasError
+from regnas.evaluate import Evaluator, predict
+from regnas.family import Member, nesting, search_baseline, search_family
+from regnas.flips import flip_matrix, nfr, top1
+from regnas.io import read_json, save_tensors, sha256_file, sha256_json, write_json
+from regnas.search import SearchConfig, parse_reward
+from regnas.spaces import SearchSpace, create_space, space_class
+from regnas.targets import Target, resolve_targets
+from regnas.train import CHECKPOINT, TrainConfig, default_epochs, load_checkpoint, train_supernet
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout stays for results."""
+    print(f"regnas: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class BuildOptions:
+    """Everything `regnas build` takes."""
+
+    targets: str = "phone,edge,server"
+    data: str = "digits"
+    out: Path = Path("build")
+    supernet: Path | None = None
+    seed: int = 0
+    space: str | None = None
+    epochs: int | None = None
+    reward: str = "R2"
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+def _member_record(space, m: Member, top1_test: float, nfr_prev: float | None) -> dict[str, Any]:
+    return {
+        "target": m.target,
+        "arch": space.to_json(m.arch),
+        "flops": space.flops(m.arch),
+        "budget_flops": m.budget_flops,
+        "params": space.params(m.arch),
+        "top1": top1_test,
+        "nfr_vs_prev": nfr_prev,
+        "val_top1": m.val_top1,
+        "val_nfr_vs_prev": m.val_nfr_vs_prev,
+        "evaluated": m.evaluated,
+    }
+
+
+def _budgets(space: SearchSpace, targets: list[Target]) -> list[tuple[str, int]]:
+    """(target, FLOP budget) in budget order; a budget below the smallest subnet is bad input."""
+    largest, smallest = space.flops(space.largest()), space.flops(space.smallest())
+    budgets = sorted(((t.name, t.budget_flops(largest)) for t in targets), key=lambda b: b[1])
+    for name, b in budgets:
+        if b < smallest:
+            raise RegnasError(f"target {name}: budget {b:,} FLOPs is below the smallest {space.name} subnet ({smallest:,}); raise its budget")
+    return budgets
+
+
+def build(opts: BuildOptions) -> dict[str, Any]:
+    """Run the whole build and return the report (also written to `out/report.json`)."""
+    t0 = time.time()
+    reward = parse_reward(opts.reward)
+    targets = resolve_targets(opts.targets)
+    if opts.space is not None:
+        space_class(opts.space)
+    data = load_dataset(opts.data, opts.seed)
+    log(f"data: {data.name} {data.input_shape} {data.num_classes} classes, " + ", ".join(f"{s} {len(data[s])}" for s in data.splits))
+
+    out = Path(opts.out)
+    if opts.supernet is not None:
+        net = load_checkpoint(opts.supernet, opts.space, data)
+        ckpt = Path(opts.supernet)
+        if net.meta["data"]["digest"] != data.digest:
+            log(f"warning: {ckpt} was trained on other data ({net.meta['data']['name']}); its subnets may be poor here")
+        budgets = _budgets(net.space, targets)
+    else:
+        name = opts.space or "mbv3"
+        budgets = _budgets(create_space(name, space_class(name).default_config(data.input_shape, data.num_classes)), targets)
+        epochs = opts.epochs or default_epochs(len(data["train"]))
+        net = train_supernet(data, out, TrainConfig(epochs=epochs, seed=opts.seed), name, log=log)
+        ckpt = out / CHECKPOINT
+    space = net.space
+    t_train = time.time()
+
+    evaluator = Evaluator(net, data)
+    key = sha256_json(
+        {"supernet": sha256_file(ckpt), "data": data.digest, "budgets": budgets, "reward": asdict(reward), "search": asdict(opts.search), "seed": opts.seed}
+    )
+    cache_path = out / "search.json"
+    cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
+    if cached and cached.get("key") == key:
+        log(f"search: reusing {cache_path}")
+        family = [Member(**{**m, "arch": space.from_json(m["arch"])}) for m in cached["family"]]
+        baseline = [Member(**{**m, "arch": space.from_json(m["arch"])}) for m in cached["baseline"]]
+    else:
+        family = search_family(evaluator, budgets, reward, opts.search, opts.seed, log=log)
+        baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
+        write_json(
+            cache_path,
+            {"key": key, **{name: [{**asdict(m), "arch": space.to_json(m.arch)} for m in ms] for name, ms in (("family", family), ("baseline", baseline))}},
+        )
+    t_search = time.time()
+
+    labels = data["test"].y.numpy()
+    report: dict[str, Any] = {"format": "regnas-report/1"}
+    for name, members in (("family", family), ("baseline", baseline)):
+        nets = [evaluator.subnet(m.arch) for m in members]
+        preds = [predict(n, data["test"].x) for n in nets]
+        records = [
+            _member_record(space, m, top1(p, labels), nfr(preds[i - 1], p, labels) if i else None) for i, (m, p) in enumerate(zip(members, preds))
+        ]
+        pairs = [
+            nesting(space, a.target, a.arch, na, b.target, b.arch, nb).to_json()
+            for (a, na), (b, nb) in zip(zip(members, nets), zip(members[1:], nets[1:]))
+        ]
+        section = {"family": records, "nesting": pairs, "flip_matrix": flip_matrix(preds, labels)}
+        if name == "family":
+            report.update(section)
+            for m, n in zip(members, nets):
+                write_json(out / m.target / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(m.arch)})
+                save_tensors(out / m.target / "model.safetensors", n.state_dict(), {"space": space.name, "target": m.target})
+        else:
+            report["baseline"] = section
+    report["targets"] = [t.to_json() for t in sorted(targets, key=lambda t: dict(budgets)[t.name])]
+    report["config"] = {
+        "data": {"name": data.name, "digest": data.digest, "input_shape": list(data.input_shape), "class_names": data.class_names, "splits": {s: len(data[s]) for s in data.splits}},
+        "space": space.name,
+        "supernet": str(ckpt),
+        "seed": opts.seed,
+        "reward": asdict(reward),
+        "search": asdict(opts.search),
+        "train": net.meta.get("train"),
+    }
+    report["timing_s"] = {"train": t_train - t0, "search": t_search - t_train, "total": time.time() - t0}
+    write_json(out / "report.json", report)
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A plain-text table of the family against the baseline."""
+    lines = [f"{'':9} {'target':10} {'MFLOPs':>8} {'budget':>8} {'params':>9} {'top-1':>7} {'NFR prev':>9}"]
+    for name, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
+        for m in members:
+            nfr_s = "-" if m["nfr_vs_prev"] is None else f"{100 * m['nfr_vs_prev']:.2f}%"
+            lines.append(
+                f"{name:9} {m['target']:10} {m['flops'] / 1e6:8.2f} {m['budget_flops'] / 1e6:8.2f} {m['params']:9,} {100 * m['top1']:6.2f}% {nfr_s:>9}"
+            )
+    for n in report["nesting"]:
+        lines.append(f"nesting   {n['smaller']} ⊂ {n['larger']}: contains={n['contains']} shared={n['shared_weight_fraction']:.3f}")
+    return "\n".join(lines)

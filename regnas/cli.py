@@ -1,0 +1,148 @@
+"""The `regnas` command line: one small class per subcommand, registered in one launcher.
+
+Exit codes: 0 success, 1 a gate or check failed, 2 bad input or environment (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from regnas.errors import RegnasError
+
+_COMMANDS: dict[str, type[Command]] = {}
+
+
+def register_command(cls: type[Command]) -> type[Command]:
+    """Class decorator: make `cls` a subcommand named `cls.name`."""
+    _COMMANDS[cls.name] = cls
+    return cls
+
+
+class Command:
+    """A subcommand: declares its options in `add_arguments`, does its work in `run`."""
+
+    name: str
+    help: str
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Declare the subcommand's options."""
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """Do the work; return the exit code."""
+        raise NotImplementedError
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
+    p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
+    p.add_argument("--epochs", type=int, default=None, help="supernet training epochs (default: scaled to the dataset size)")
+
+
+def _positive(value: str) -> int:
+    v = int(value)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+@register_command
+class Build(Command):
+    name = "build"
+    help = "build a nested model family for the given targets, and the independent baseline"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--targets", default="phone,edge,server", help="comma-separated built-in targets or target .toml paths")
+        p.add_argument("--out", type=Path, default=Path("build"), help="build directory (a cache: re-runs resume)")
+        p.add_argument("--supernet", type=Path, default=None, help="trained supernet checkpoint (.safetensors); trained when absent")
+        p.add_argument("--reward", default="R2", help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: R2)")
+        p.add_argument("--population", type=_positive, default=None, help="evolution population size")
+        p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
+        _add_data_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
+        from regnas.build import BuildOptions, build, summary
+        from regnas.search import SearchConfig
+
+        search = SearchConfig()
+        if args.population:
+            search = replace(search, population=max(args.population, 4))
+        if args.generations:
+            search = replace(search, generations=args.generations)
+        if args.epochs is not None and args.epochs < 1:
+            raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
+        opts = BuildOptions(args.targets, args.data, args.out, args.supernet, args.seed, args.space, args.epochs, args.reward, search)
+        report = build(opts)
+        print(summary(report))
+        print(f"wrote {args.out / 'report.json'}")
+        return 0
+
+
+@register_command
+class Train(Command):
+    name = "train"
+    help = "train a weight-sharing supernet (sandwich rule, in-place distillation)"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
+        p.add_argument("--batch-size", type=_positive, default=128)
+        p.add_argument("--lr", type=float, default=3e-3)
+        p.add_argument("--sort-channels", action="store_true", help="train the largest subnet for one epoch, then order channels by importance")
+        _add_data_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas.build import log
+        from regnas.data import load_dataset
+        from regnas.spaces import space_class
+        from regnas.train import CHECKPOINT, TrainConfig, default_epochs, train_supernet
+
+        space = args.space or "mbv3"
+        space_class(space)
+        data = load_dataset(args.data, args.seed)
+        if args.epochs is not None and args.epochs < 1:
+            raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
+        epochs = args.epochs or default_epochs(len(data["train"]))
+        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, sort_channels=args.sort_channels, seed=args.seed)
+        train_supernet(data, args.out, cfg, space, log=log)
+        print(f"wrote {args.out / CHECKPOINT}")
+        return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from regnas import __version__
+
+    parser = argparse.ArgumentParser(prog="regnas", description="Hardware-aware model families that agree with each other.")
+    parser.add_argument("--version", action="version", version=f"regnas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cls in _COMMANDS.items():
+        p = sub.add_parser(name, help=cls.help, description=cls.help)
+        cls.add_arguments(p)
+        p.set_defaults(_command=cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `regnas` console script."""
+    args = make_parser().parse_args(argv)
+    try:
+        return args._command.run(args)
+    except RegnasError as exc:
+        print(f"regnas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("regnas: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Families: one arch per target, in budget order, each containing the one before.
+
+`search_family` is REG-NAS: every member is searched among the supersets of the previous one
+with the flip-aware reward. `search_baseline` is what a user of OFA would get: each target
+searched alone for accuracy. `nesting` measures, on the extracted weights themselves, how much
+of each pair is literally shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from regnas.evaluate import Evaluator
+from regnas.nn import crop_slices
+from regnas.search import PRESETS, Reward, SearchConfig, evolve
+from regnas.spaces import Arch, SearchSpace
+
+
+@dataclass
+class Member:
+    """One target's arch and how the search rated it on val."""
+
+    target: str
+    arch: Arch
+    budget_flops: int
+    val_top1: float
+    val_nfr_vs_prev: float | None
+    evaluated: int
+
+
+def search_family(
+    evaluator: Evaluator,
+    budgets: list[tuple[str, int]],
+    reward: Reward,
+    cfg: SearchConfig,
+    seed: int,
+    nested: bool = True,
+    log=print,
+) -> list[Member]:
+    """Search one arch per (target, budget), in budget order; nested: each ⊇ the previous."""
+    members: list[Member] = []
+    prev: Arch | None = None
+    for i, (name, budget) in enumerate(sorted(budgets, key=lambda b: b[1])):
+        log(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget:,} FLOPs)")
+        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, log)
+        best = result.best
+        members.append(Member(name, best.arch, budget, best.top1, best.nfr, result.evaluated))
+        prev = best.arch
+    return members
+
+
+def search_baseline(evaluator: Evaluator, budgets: list[tuple[str, int]], cfg: SearchConfig, seed: int, log=print) -> list[Member]:
+    """Each target searched alone for accuracy (R0), the independent baseline."""
+    return search_family(evaluator, budgets, PRESETS["R0"], cfg, seed, nested=False, log=log)
+
+
+@dataclass
+class Nesting:
+    """How a smaller model sits inside a larger one."""
+
+    smaller: str
+    larger: str
+    contains: bool
+    literal: bool
+    shared_weight_fraction: float
+    shared_of_smaller: float
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = tuple(min(x, y) for x, y in zip(a.shape, b.shape))
+    return a[crop_slices(tuple(a.shape), shape)], b[crop_slices(tuple(b.shape), shape)]
+
+
+def nesting(space: SearchSpace, small_name: str, small_arch: Arch, small: nn.Module, large_name: str, large_arch: Arch, large: nn.Module) -> Nesting:
+    """Compare two extracted subnets parameter by parameter.
+
+    `shared_weight_fraction` is the share of the larger model's parameters that are literally
+    equal to the smaller's (at the nesting slice); `shared_of_smaller` the share of the smaller's.
+    `literal` is whether every parameter of the smaller is the slice of the larger's.
+    """
+    small_p, large_p = dict(small.named_parameters()), dict(large.named_parameters())
+    shared = 0
+    literal = set(small_p) <= set(large_p)
+    for name, p in small_p.items():
+        if name not in large_p:
+            continue
+        a, b = _common(p.detach(), large_p[name].detach())
+        equal = int((a == b).sum())
+        shared += equal
+        literal &= a.shape == p.shape and equal == p.numel()
+    n_small = sum(p.numel() for p in small_p.values())
+    n_large = sum(p.numel() for p in large_p.values())
+    return Nesting(
+        smaller=small_name,
+        larger=large_name,
+        contains=space.contains(large_arch, small_arch),
+        literal=bool(literal),
+        shared_weight_fraction=shared / n_large,
+        shared_of_smaller=shared / n_small,
+    )

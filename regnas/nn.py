@@ -1,0 +1,211 @@
+"""Elastic ops for weight-sharing supernets, their plain counterparts, and the slicing rule.
+
+Nesting is literal: a subnet's tensor is `crop_to(supernet_tensor, subnet_shape)`, i.e. the
+first channels on every dimension and, for 4-D convolution weights, the centre crop of the kernel.
+Elastic and plain modules use the same attribute names, so one state-dict key names the same
+weight in the supernet and in every subnet extracted from it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of `divisor`, never down by more than 10% (MobileNet rule)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new < 0.9 * v:
+        new += divisor
+    return new
+
+
+def crop_slices(full: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Index of the sub-tensor of shape `shape` inside a tensor of shape `full` (the nesting rule)."""
+    if len(full) != len(shape) or any(s > f for s, f in zip(shape, full)):
+        raise ValueError(f"cannot crop {tuple(full)} to {tuple(shape)}")
+    idx = [slice(0, s) for s in shape]
+    if len(shape) == 4:
+        for d in (2, 3):
+            off = (full[d] - shape[d]) // 2
+            idx[d] = slice(off, off + shape[d])
+    return tuple(idx)
+
+
+def crop_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The slice of `t` that a nested subnet with a tensor of `shape` owns."""
+    return t[crop_slices(tuple(t.shape), tuple(shape))]
+
+
+class Hswish(nn.Hardswish):
+    """Hard-swish, as in MobileNetV3."""
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "hswish": Hswish}
+
+
+class ConvBN(nn.Sequential):
+    """Convolution, batch norm and an optional activation; keys `conv.*`, `bn.*`."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: str | None = None):
+        layers = OrderedDict({
+            "conv": nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            "bn": nn.BatchNorm2d(cout),
+        })
+        if act:
+            layers["act"] = ACTIVATIONS[act]()
+        super().__init__(layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite with a hard-sigmoid gate (MobileNetV3)."""
+
+    def __init__(self, channels: int, mid: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, mid, 1)
+        self.expand = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.expand(F.relu(self.reduce(s)))
+        return x * F.hardsigmoid(s)
+
+
+def se_channels(channels: int) -> int:
+    """Squeeze-excite bottleneck width for `channels` (monotone, so it nests)."""
+    return make_divisible(channels / 4)
+
+
+@lru_cache(maxsize=None)
+def _tap_index(h: int, w: int, k: int, stride: int) -> torch.Tensor:
+    """For each (output pixel, input pixel), the flat kernel tap linking them, or k*k for none."""
+    p = k // 2
+    ho, wo = -(-h // stride), -(-w // stride)
+    oy, ox = torch.arange(ho).repeat_interleave(wo), torch.arange(wo).repeat(ho)
+    iy, ix = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    ky = iy[None, :] - oy[:, None] * stride + p
+    kx = ix[None, :] - ox[:, None] * stride + p
+    valid = (ky >= 0) & (ky < k) & (kx >= 0) & (kx < k)
+    return torch.where(valid, ky * k + kx, k * k)
+
+
+def depthwise_conv(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
+    """Same-padded depthwise convolution, fast to train on CPU.
+
+    On small maps PyTorch's depthwise backward is many times slower than its forward, so while
+    gradients are on and the map has fewer pixels than 8·k², the convolution runs as one dense
+    per-channel matrix (gathered from the kernel taps) and a batched matmul. Same maths.
+    """
+    n, c, h, wd = x.shape
+    k = w.shape[-1]
+    if not torch.is_grad_enabled() or h * wd >= 8 * k * k:
+        return F.conv2d(x, w, None, stride, k // 2, groups=c)
+    idx = _tap_index(h, wd, k, stride).to(x.device)
+    dense = F.pad(w.reshape(c, k * k), (0, 1))[:, idx]
+    out = torch.bmm(x.reshape(n, c, h * wd).transpose(0, 1), dense.transpose(1, 2))
+    return out.transpose(0, 1).reshape(n, c, -(-h // stride), -(-wd // stride))
+
+
+class DynamicConv2d(nn.Module):
+    """Convolution whose output channels and kernel size shrink to a prefix / centre crop."""
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int, stride: int = 1, depthwise: bool = False):
+        super().__init__()
+        self.depthwise = depthwise
+        self.stride = stride
+        shape = (max_out, 1 if depthwise else max_in, max_kernel, max_kernel)
+        self.weight = nn.Parameter(torch.empty(shape))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor, out_channels: int | None = None, kernel: int | None = None) -> torch.Tensor:
+        cin = x.shape[1]
+        k = kernel or self.weight.shape[-1]
+        if self.depthwise:
+            return depthwise_conv(x, crop_to(self.weight, (cin, 1, k, k)), self.stride)
+        cout = out_channels or self.weight.shape[0]
+        return F.conv2d(x, crop_to(self.weight, (cout, cin, k, k)), None, self.stride, k // 2)
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm over the first `C` channels of its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c == self.num_features:
+            return super().forward(x)
+        return F.batch_norm(
+            x,
+            self.running_mean[:c],
+            self.running_var[:c],
+            self.weight[:c],
+            self.bias[:c],
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+class DynamicConvBN(nn.Module):
+    """Elastic counterpart of `ConvBN`, with the same state-dict keys."""
+
+    def __init__(self, max_in: int, max_out: int, max_kernel: int, stride: int = 1, depthwise: bool = False, act: str | None = None):
+        super().__init__()
+        self.conv = DynamicConv2d(max_in, max_out, max_kernel, stride, depthwise)
+        self.bn = DynamicBatchNorm2d(max_out)
+        self.act = ACTIVATIONS[act]() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor, out_channels: int | None = None, kernel: int | None = None) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x, out_channels, kernel)))
+
+
+class DynamicSqueezeExcite(nn.Module):
+    """Elastic squeeze-excite: its bottleneck is `se_channels` of the active width."""
+
+    def __init__(self, max_channels: int):
+        super().__init__()
+        mid = se_channels(max_channels)
+        self.reduce = nn.Conv2d(max_channels, mid, 1)
+        self.expand = nn.Conv2d(mid, max_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        mid = se_channels(c)
+        s = x.mean((2, 3), keepdim=True)
+        s = F.conv2d(s, self.reduce.weight[:mid, :c], self.reduce.bias[:mid])
+        s = F.conv2d(F.relu(s), self.expand.weight[:c, :mid], self.expand.bias[:c])
+        return x * F.hardsigmoid(s)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of every convolution and linear layer for one input (the NAS 'FLOPs')."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total

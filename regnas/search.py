@@ -1,0 +1,142 @@
+"""Evolutionary architecture search under a FLOP budget with the REG-NAS reward.
+
+reward(a) = λ1·Top1(a) − λ2·NFR(a, a_prev), both on the val split. With a previous family member,
+every candidate is a superset of it: sampling draws from its supersets, and mutation, crossover
+and the budget repair (shrinking one choice at a time) never go below it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from regnas.errors import RegnasError
+from regnas.evaluate import Evaluator
+from regnas.flips import nfr, top1
+from regnas.spaces import Arch, SearchSpace
+
+
+@dataclass(frozen=True)
+class Reward:
+    """`λ1·Top1 − λ2·NFR`."""
+
+    top1: float
+    nfr: float
+    name: str = "custom"
+
+    def __call__(self, acc: float, flip_rate: float | None) -> float:
+        return self.top1 * acc - self.nfr * (flip_rate or 0.0)
+
+
+PRESETS = {"R0": Reward(1.0, 0.0, "R0"), "R1": Reward(0.0, 1.0, "R1"), "R2": Reward(1.0, 1.0, "R2")}
+
+
+def parse_reward(spec: str) -> Reward:
+    """A preset name (R0 accuracy only, R1 flips only, R2 both) or custom `λ1,λ2`."""
+    if spec.upper() in PRESETS:
+        return PRESETS[spec.upper()]
+    try:
+        l1, l2 = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise RegnasError(f"unknown reward {spec!r}; use R0, R1, R2 or two weights 'λ1,λ2' such as 1,0.5") from None
+    return Reward(l1, l2)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Evolution settings; part of the build's cache key."""
+
+    population: int = 16
+    generations: int = 6
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.2
+
+
+@dataclass
+class Candidate:
+    """An evaluated arch."""
+
+    arch: Arch
+    flops: int
+    top1: float
+    nfr: float | None
+    reward: float
+
+
+@dataclass
+class SearchResult:
+    """The best candidate and how the search got there."""
+
+    best: Candidate
+    evaluated: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def feasible(space: SearchSpace, arch: Arch, budget: int, rng: random.Random, lower: Arch | None) -> Arch:
+    """Shrink `arch` one random choice at a time until it fits the budget, never below `lower`."""
+    while space.flops(arch) > budget:
+        arch = space.shrink(arch, rng, lower)
+    return arch
+
+
+def evolve(
+    evaluator: Evaluator,
+    budget_flops: int,
+    reward: Reward,
+    prev: Arch | None = None,
+    cfg: SearchConfig = SearchConfig(),
+    seed: int = 0,
+    log=print,
+) -> SearchResult:
+    """Search the supersets of `prev` (all archs when None) within `budget_flops` for the best reward."""
+    space = evaluator.space
+    lower = prev if prev is not None else space.smallest()
+    floor = space.flops(lower)
+    if floor > budget_flops:
+        what = "the previous family member" if prev is not None else "the smallest arch"
+        raise RegnasError(f"FLOP budget {budget_flops:,} is below {what} ({floor:,} FLOPs); raise the budget")
+    rng = random.Random(seed)
+    labels = evaluator.labels("val")
+    prev_pred = evaluator.predictions(prev, "val") if prev is not None else None
+    seen: dict[Arch, Candidate] = {}
+
+    def score(arch: Arch) -> Candidate:
+        if arch not in seen:
+            pred = evaluator.predictions(arch, "val")
+            acc = top1(pred, labels)
+            flip = nfr(prev_pred, pred, labels) if prev_pred is not None else None
+            seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
+        return seen[arch]
+
+    def rank(c: Candidate):
+        return (-c.reward, -c.top1, c.flops, space.encode(c.arch))
+
+    def unique(make, population: list[Arch]) -> Arch:
+        for _ in range(20):
+            arch = feasible(space, make(), budget_flops, rng, prev)
+            if arch not in population:
+                return arch
+        return arch
+
+    population: list[Arch] = []
+    for _ in range(cfg.population):
+        population.append(unique(lambda: space.sample(rng, prev), population))
+    history = []
+    n_parents = max(2, round(cfg.parent_ratio * cfg.population))
+    n_mutants = round(cfg.mutation_ratio * (cfg.population - n_parents))
+    for gen in range(cfg.generations):
+        ranked = sorted((score(a) for a in population), key=rank)
+        best = min(seen.values(), key=rank)
+        history.append({"generation": gen, "best_reward": best.reward, "best_top1": best.top1, "evaluated": len(seen)})
+        log(f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)")
+        if gen == cfg.generations - 1:
+            break
+        parents = [c.arch for c in ranked[:n_parents]]
+        population = list(parents)
+        for _ in range(n_mutants):
+            population.append(unique(lambda: space.mutate(rng.choice(parents), rng, cfg.mutate_prob, prev), population))
+        while len(population) < cfg.population:
+            population.append(unique(lambda: space.crossover(*rng.sample(parents, 2), rng), population))
+    return SearchResult(min(seen.values(), key=rank), len(seen), history)
