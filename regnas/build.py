@@ -22,7 +22,7 @@ from regnas.io import read_json, save_tensors, sha256_file, sha256_json, write_j
 from regnas.search import SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
-from regnas.train import CHECKPOINT, TrainConfig, default_epochs, load_checkpoint, train_supernet
+from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, default_epochs, load_checkpoint, train_supernet
 
 
 def log(msg: str) -> None:
@@ -90,8 +90,9 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     else:
         name = opts.space or "mbv3"
         budgets = _budgets(create_space(name, space_class(name).default_config(data.input_shape, data.num_classes)), targets)
-        epochs = opts.epochs or default_epochs(len(data["train"]))
-        net = train_supernet(data, out, TrainConfig(epochs=epochs, seed=opts.seed), name, log=log)
+        n = len(data["train"])
+        cfg = TrainConfig(epochs=opts.epochs or default_epochs(n), batch_size=default_batch_size(n), seed=opts.seed)
+        net = train_supernet(data, out, cfg, name, log=log)
         ckpt = out / CHECKPOINT
     space = net.space
     t_train = time.time()

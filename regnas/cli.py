@@ -94,7 +94,7 @@ class Train(Command):
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
-        p.add_argument("--batch-size", type=_positive, default=128)
+        p.add_argument("--batch-size", type=_positive, default=None, help="default: 32 below 4096 training images, else 128")
         p.add_argument("--lr", type=float, default=3e-3)
         p.add_argument("--sort-channels", action="store_true", help="train the largest subnet for one epoch, then order channels by importance")
         _add_data_options(p)
@@ -104,15 +104,15 @@ class Train(Command):
         from regnas.build import log
         from regnas.data import load_dataset
         from regnas.spaces import space_class
-        from regnas.train import CHECKPOINT, TrainConfig, default_epochs, train_supernet
+        from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, default_epochs, train_supernet
 
         space = args.space or "mbv3"
         space_class(space)
         data = load_dataset(args.data, args.seed)
         if args.epochs is not None and args.epochs < 1:
             raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
-        epochs = args.epochs or default_epochs(len(data["train"]))
-        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, sort_channels=args.sort_channels, seed=args.seed)
+        n = len(data["train"])
+        cfg = TrainConfig(epochs=args.epochs or default_epochs(n), batch_size=args.batch_size or default_batch_size(n), lr=args.lr, sort_channels=args.sort_channels, seed=args.seed)
         train_supernet(data, args.out, cfg, space, log=log)
         print(f"wrote {args.out / CHECKPOINT}")
         return 0

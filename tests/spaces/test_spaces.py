@@ -1,0 +1,130 @@
+"""Every registered space honours the nesting contract literally, on many random pairs."""
+
+import random
+
+import pytest
+import torch
+
+from regnas.errors import RegnasError
+from regnas.nn import count_macs, crop_to
+from regnas.spaces import create_space, space_class, space_names
+
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 13, 17)]
+
+
+def make(name, shape=(1, 8, 8), classes=10):
+    return create_space(name, space_class(name).default_config(shape, classes))
+
+
+def randomised_supernet(space, seed=0):
+    """A supernet with random weights and random BN statistics, so equalities are not vacuous."""
+    torch.manual_seed(seed)
+    net = space.build_supernet()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return net.eval()
+
+
+def nested_pair(space, rng):
+    small = space.sample(rng)
+    return space.sample(rng, lower=small), small
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_extracted_weights_are_literal_slices_on_many_pairs(name):
+    space = make(name)
+    supernet = randomised_supernet(space)
+    rng = random.Random(0)
+    for _ in range(40):
+        big_arch, small_arch = nested_pair(space, rng)
+        assert space.contains(big_arch, small_arch)
+        big = space.extract(supernet, big_arch).state_dict()
+        small = space.extract(supernet, small_arch).state_dict()
+        big_params = dict(space.extract(supernet, big_arch).named_parameters())
+        small_params = dict(space.extract(supernet, small_arch).named_parameters())
+        assert set(small_params) <= set(big_params)
+        for key, p in small_params.items():
+            assert torch.equal(p, crop_to(big_params[key], p.shape)), key
+        assert set(small) <= set(big)
+
+
+@pytest.mark.parametrize("name", space_names())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_supernet_and_extracted_subnet_compute_the_same_function(name, shape):
+    space = make(name, shape)
+    supernet = randomised_supernet(space, seed=1)
+    rng = random.Random(1)
+    x = torch.randn(3, *shape)
+    for _ in range(4):
+        arch = space.sample(rng)
+        with torch.no_grad():
+            torch.testing.assert_close(supernet(x, arch), space.extract(supernet, arch).eval()(x))
+
+
+@pytest.mark.parametrize("name", space_names())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_flops_and_params_equal_counts_on_the_extracted_network(name, shape):
+    space = make(name, shape)
+    rng = random.Random(2)
+    for arch in [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(5)]:
+        net = space.build_subnet(arch)
+        assert space.flops(arch) == count_macs(net, shape)
+        assert space.params(arch) == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_contains_is_a_partial_order_bounded_by_smallest_and_largest(name):
+    space = make(name)
+    rng = random.Random(3)
+    archs = [space.sample(rng) for _ in range(30)]
+    for a in archs:
+        assert space.contains(a, a)
+        assert space.contains(space.largest(), a) and space.contains(a, space.smallest())
+        for b in archs:
+            if a != b and space.contains(a, b):
+                assert not space.contains(b, a)
+                assert space.flops(a) > space.flops(b) and space.params(a) > space.params(b)
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_operators_stay_supersets_of_the_lower_bound(name):
+    space = make(name)
+    rng = random.Random(4)
+    for _ in range(30):
+        lower = space.sample(rng)
+        a, b = space.sample(rng, lower), space.sample(rng, lower)
+        assert space.contains(a, lower) and space.contains(b, lower)
+        assert space.contains(space.mutate(a, rng, 0.5, lower), lower)
+        assert space.contains(space.crossover(a, b, rng), lower)
+        shrunk = space.shrink(a, rng, lower)
+        if shrunk is None:
+            assert a == lower
+        else:
+            assert space.contains(a, shrunk) and space.contains(shrunk, lower) and shrunk != a
+    assert space.shrink(space.smallest(), rng) is None
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_json_round_trip_encoding_and_validation(name):
+    space = make(name)
+    rng = random.Random(5)
+    lengths = set()
+    for _ in range(20):
+        arch = space.sample(rng)
+        assert space.from_json(space.to_json(arch)) == arch
+        lengths.add(len(space.encode(arch)))
+    assert len(lengths) == 1
+    with pytest.raises(RegnasError):
+        space.from_json({"depth": [9]})
+    with pytest.raises(RegnasError):
+        space.from_json("not an arch")
+
+
+def test_unknown_space_is_a_regnas_error():
+    with pytest.raises(RegnasError, match="unknown search space"):
+        space_class("nope")

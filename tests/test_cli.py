@@ -1,0 +1,153 @@
+"""`regnas build` / `regnas train` end to end through the command line, on real digits data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from regnas.cli import main
+from regnas.spaces import create_space
+
+FAST = ["--epochs", "1", "--population", "6", "--generations", "2"]
+
+
+def run(*args, cwd=None):
+    """Run the installed entry point the way a user does; returns (code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "regnas", *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONHASHSEED": "0"})
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
+    assert code == 0, stderr
+    return out, stdout, stderr
+
+
+@pytest.mark.slow
+def test_build_writes_the_report_contract(built):
+    out, stdout, stderr = built
+    report = json.loads((out / "report.json").read_text())
+    fam = report["family"]
+    assert [m["target"] for m in fam] == ["phone", "edge", "server"]
+    for m in fam:
+        assert {"target", "arch", "flops", "budget_flops", "params", "top1", "nfr_vs_prev"} <= set(m)
+        assert m["flops"] <= m["budget_flops"] and 0 <= m["top1"] <= 1
+    assert fam[0]["nfr_vs_prev"] is None and all(0 <= m["nfr_vs_prev"] <= 1 for m in fam[1:])
+    assert [(n["smaller"], n["larger"]) for n in report["nesting"]] == [("phone", "edge"), ("edge", "server")]
+    assert all(n["contains"] and n["literal"] and 0 < n["shared_weight_fraction"] <= 1 for n in report["nesting"])
+    assert [m["target"] for m in report["baseline"]["family"]] == ["phone", "edge", "server"]
+    assert "search: generation" in stderr and "train: epoch 1/1" in stderr
+    assert "family" in stdout and "report.json" in stdout
+
+
+@pytest.mark.slow
+def test_saved_models_are_standalone_and_nested(built, digits):
+    out, _, _ = built
+    report = json.loads((out / "report.json").read_text())
+    weights = {}
+    for m in report["family"]:
+        meta = json.loads((out / m["target"] / "arch.json").read_text())
+        space = create_space(meta["space"], meta["config"])
+        arch = space.from_json(meta["arch"])
+        net = space.build_subnet(arch)
+        state = load_file(str(out / m["target"] / "model.safetensors"))
+        net.load_state_dict(state)
+        with torch.no_grad():
+            pred = net.eval()(digits["test"].x).argmax(1).numpy()
+        assert np.mean(pred == digits["test"].y.numpy()) == pytest.approx(m["top1"], abs=1e-9)
+        weights[m["target"]] = dict(net.named_parameters())
+    for small, large in (("phone", "edge"), ("edge", "server")):
+        from regnas.nn import crop_to
+
+        for k, p in weights[small].items():
+            assert torch.equal(p, crop_to(weights[large][k], p.shape)), k
+
+
+@pytest.mark.slow
+def test_same_seed_same_archs_with_a_given_supernet(built, tmp_path):
+    out, _, _ = built
+    code, _, stderr = run("build", "--out", str(tmp_path), "--supernet", str(out / "supernet.safetensors"), *FAST)
+    assert code == 0, stderr
+    a = json.loads((out / "report.json").read_text())
+    b = json.loads((tmp_path / "report.json").read_text())
+    assert [m["arch"] for m in a["family"]] == [m["arch"] for m in b["family"]]
+    assert [m["arch"] for m in a["baseline"]["family"]] == [m["arch"] for m in b["baseline"]["family"]]
+    assert not (tmp_path / "supernet.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_rerun_resumes_from_the_cache(built):
+    out, _, _ = built
+    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
+    assert code == 0, stderr
+    assert "search: reusing" in stderr and "train: epoch" not in stderr
+
+
+def _npz(path, classes):
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (20 * classes, 8, 8), dtype=np.uint8), y=np.repeat(np.arange(classes), 20))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--targets", "phone,tablet"], "unknown target 'tablet'"),
+        (["--space", "nope"], "unknown search space"),
+        (["--data", "imagenet"], "unknown dataset"),
+        (["--data", "missing/dir.npz"], "not found"),
+        (["--reward", "R7"], "unknown reward"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    code, stdout, stderr = run("build", "--out", str(out), *args)
+    assert code == 2 and message in stderr
+    assert stderr.strip().count("\n") == 0 and stderr.startswith("regnas: error:")
+    assert not out.exists()
+
+
+def test_mismatching_and_corrupt_checkpoints_exit_2(digits_supernet, tmp_path, capsys):
+    _, ckpt_dir = digits_supernet
+    three = _npz(tmp_path / "three.npz", 3)
+    out = tmp_path / "out"
+    assert main(["build", "--data", str(three), "--supernet", str(ckpt_dir / "supernet.safetensors"), "--out", str(out)]) == 2
+    assert "10 classes" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    assert main(["build", "--supernet", str(corrupt), "--out", str(out)]) == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert main(["build", "--supernet", str(ckpt_dir / "supernet.safetensors"), "--space", "other", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_unmeetable_budget_single_class_and_empty_data_exit_2(tmp_path, capsys):
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\n[budget]\nflops = 1000\n')
+    out = tmp_path / "out"
+    assert main(["build", "--targets", str(tiny), "--out", str(out)]) == 2
+    assert "below the smallest mbv3 subnet" in capsys.readouterr().err
+    one = tmp_path / "one.npz"
+    np.savez(one, x=np.zeros((10, 8, 8), np.uint8), y=np.zeros(10, int))
+    assert main(["build", "--data", str(one), "--out", str(out)]) == 2
+    assert "single class" in capsys.readouterr().err
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0, int))
+    assert main(["train", "--data", str(empty), "--out", str(out)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_python_m_and_help():
+    code, stdout, _ = run("--help")
+    assert code == 0 and "build" in stdout and "train" in stdout
+    code, _, stderr = run("build", "--population", "0")
+    assert code == 2 and "at least 1" in stderr

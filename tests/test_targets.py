@@ -1,0 +1,44 @@
+import pytest
+
+from regnas.errors import RegnasError
+from regnas.targets import builtin_targets, resolve_targets
+
+
+def test_builtins_are_ordered_by_budget():
+    t = builtin_targets()
+    assert set(t) >= {"phone", "edge", "server"}
+    assert t["phone"].budget_flops(1000) < t["edge"].budget_flops(1000) < t["server"].budget_flops(1000)
+
+
+def test_user_target_file(tmp_path):
+    p = tmp_path / "watch.toml"
+    p.write_text('name = "watch"\nruntime = "onnxruntime"\n[budget]\nflops = 2e6\n')
+    (t,) = resolve_targets(str(p))
+    assert t.name == "watch" and t.budget_flops(10**9) == 2_000_000
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('name = "x"\n', "needs 'name' and a \\[budget\\]"),
+        ('name = "x"\n[budget]\nflops = -1\n', "positive"),
+        ('name = "x"\n[budget]\nflops = 1\nflops_fraction = 0.5\n', "exactly one"),
+        ('name = "x"\ncolour = "red"\n[budget]\nflops = 1\n', "unknown key 'colour'"),
+        ('name = "x"\nthreads = "four"\n[budget]\nflops = 1\n', "threads must be a int"),
+        ("name = [", "not valid TOML"),
+    ],
+)
+def test_bad_target_files(tmp_path, text, match):
+    p = tmp_path / "t.toml"
+    p.write_text(text)
+    with pytest.raises(RegnasError, match=match):
+        resolve_targets(str(p))
+
+
+def test_unknown_and_duplicate_targets():
+    with pytest.raises(RegnasError, match="unknown target 'tablet'"):
+        resolve_targets("phone,tablet")
+    with pytest.raises(RegnasError, match="given twice"):
+        resolve_targets("phone,phone")
+    with pytest.raises(RegnasError, match="no targets"):
+        resolve_targets(" , ")
