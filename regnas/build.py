@@ -15,9 +15,8 @@ from typing import Any
 
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
-from regnas.evaluate import Evaluator, predict
-from regnas.family import Member, nesting, search_baseline, search_family
-from regnas.flips import flip_matrix, nfr, top1
+from regnas.evaluate import Evaluator
+from regnas.family import Member, assess, search_baseline, search_family
 from regnas.io import read_json, save_tensors, sha256_file, sha256_json, write_json
 from regnas.search import SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, create_space, space_class
@@ -45,28 +44,15 @@ class BuildOptions:
     search: SearchConfig = field(default_factory=SearchConfig)
 
 
-def _member_record(space, m: Member, top1_test: float, nfr_prev: float | None) -> dict[str, Any]:
-    return {
-        "target": m.target,
-        "arch": space.to_json(m.arch),
-        "flops": space.flops(m.arch),
-        "budget_flops": m.budget_flops,
-        "params": space.params(m.arch),
-        "top1": top1_test,
-        "nfr_vs_prev": nfr_prev,
-        "val_top1": m.val_top1,
-        "val_nfr_vs_prev": m.val_nfr_vs_prev,
-        "evaluated": m.evaluated,
-    }
-
-
 def _budgets(space: SearchSpace, targets: list[Target]) -> list[tuple[str, int]]:
     """(target, FLOP budget) in budget order; a budget below the smallest subnet is bad input."""
     largest, smallest = space.flops(space.largest()), space.flops(space.smallest())
     budgets = sorted(((t.name, t.budget_flops(largest)) for t in targets), key=lambda b: b[1])
     for name, b in budgets:
         if b < smallest:
-            raise RegnasError(f"target {name}: budget {b:,} FLOPs is below the smallest {space.name} subnet ({smallest:,}); raise its budget")
+            raise RegnasError(
+                f"target {name}: budget {b:,} FLOPs is below the smallest {space.name} subnet ({smallest:,}); raise its budget"
+            )
     return budgets
 
 
@@ -99,7 +85,14 @@ def build(opts: BuildOptions) -> dict[str, Any]:
 
     evaluator = Evaluator(net, data)
     key = sha256_json(
-        {"supernet": sha256_file(ckpt), "data": data.digest, "budgets": budgets, "reward": asdict(reward), "search": asdict(opts.search), "seed": opts.seed}
+        {
+            "supernet": sha256_file(ckpt),
+            "data": data.digest,
+            "budgets": budgets,
+            "reward": asdict(reward),
+            "search": asdict(opts.search),
+            "seed": opts.seed,
+        }
     )
     cache_path = out / "search.json"
     cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
@@ -112,33 +105,32 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
         write_json(
             cache_path,
-            {"key": key, **{name: [{**asdict(m), "arch": space.to_json(m.arch)} for m in ms] for name, ms in (("family", family), ("baseline", baseline))}},
+            {
+                "key": key,
+                **{
+                    name: [{**asdict(m), "arch": space.to_json(m.arch)} for m in ms]
+                    for name, ms in (("family", family), ("baseline", baseline))
+                },
+            },
         )
     t_search = time.time()
 
-    labels = data["test"].y.numpy()
     report: dict[str, Any] = {"format": "regnas-report/1"}
-    for name, members in (("family", family), ("baseline", baseline)):
-        nets = [evaluator.subnet(m.arch) for m in members]
-        preds = [predict(n, data["test"].x) for n in nets]
-        records = [
-            _member_record(space, m, top1(p, labels), nfr(preds[i - 1], p, labels) if i else None) for i, (m, p) in enumerate(zip(members, preds))
-        ]
-        pairs = [
-            nesting(space, a.target, a.arch, na, b.target, b.arch, nb).to_json()
-            for (a, na), (b, nb) in zip(zip(members, nets), zip(members[1:], nets[1:]))
-        ]
-        section = {"family": records, "nesting": pairs, "flip_matrix": flip_matrix(preds, labels)}
-        if name == "family":
-            report.update(section)
-            for m, n in zip(members, nets):
-                write_json(out / m.target / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(m.arch)})
-                save_tensors(out / m.target / "model.safetensors", n.state_dict(), {"space": space.name, "target": m.target})
-        else:
-            report["baseline"] = section
+    fam = assess(evaluator, family)
+    report.update(fam.section)
+    report["baseline"] = assess(evaluator, baseline).section
+    for m, n in zip(family, fam.nets):
+        write_json(out / m.target / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(m.arch)})
+        save_tensors(out / m.target / "model.safetensors", n.state_dict(), {"space": space.name, "target": m.target})
     report["targets"] = [t.to_json() for t in sorted(targets, key=lambda t: dict(budgets)[t.name])]
     report["config"] = {
-        "data": {"name": data.name, "digest": data.digest, "input_shape": list(data.input_shape), "class_names": data.class_names, "splits": {s: len(data[s]) for s in data.splits}},
+        "data": {
+            "name": data.name,
+            "digest": data.digest,
+            "input_shape": list(data.input_shape),
+            "class_names": data.class_names,
+            "splits": {s: len(data[s]) for s in data.splits},
+        },
         "space": space.name,
         "supernet": str(ckpt),
         "seed": opts.seed,
@@ -157,9 +149,8 @@ def summary(report: dict[str, Any]) -> str:
     for name, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
         for m in members:
             nfr_s = "-" if m["nfr_vs_prev"] is None else f"{100 * m['nfr_vs_prev']:.2f}%"
-            lines.append(
-                f"{name:9} {m['target']:10} {m['flops'] / 1e6:8.2f} {m['budget_flops'] / 1e6:8.2f} {m['params']:9,} {100 * m['top1']:6.2f}% {nfr_s:>9}"
-            )
+            flops = f"{m['flops'] / 1e6:8.2f} {m['budget_flops'] / 1e6:8.2f}"
+            lines.append(f"{name:9} {m['target']:10} {flops} {m['params']:9,} {100 * m['top1']:6.2f}% {nfr_s:>9}")
     for n in report["nesting"]:
         lines.append(f"nesting   {n['smaller']} ⊂ {n['larger']}: contains={n['contains']} shared={n['shared_weight_fraction']:.3f}")
     return "\n".join(lines)

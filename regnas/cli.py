@@ -96,7 +96,9 @@ class Train(Command):
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
         p.add_argument("--batch-size", type=_positive, default=None, help="default: 32 below 4096 training images, else 128")
         p.add_argument("--lr", type=float, default=3e-3)
-        p.add_argument("--sort-channels", action="store_true", help="train the largest subnet for one epoch, then order channels by importance")
+        p.add_argument(
+            "--sort-channels", action="store_true", help="train the largest subnet for one epoch, then order channels by importance"
+        )
         _add_data_options(p)
 
     @staticmethod
@@ -112,7 +114,13 @@ class Train(Command):
         if args.epochs is not None and args.epochs < 1:
             raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
         n = len(data["train"])
-        cfg = TrainConfig(epochs=args.epochs or default_epochs(n), batch_size=args.batch_size or default_batch_size(n), lr=args.lr, sort_channels=args.sort_channels, seed=args.seed)
+        cfg = TrainConfig(
+            epochs=args.epochs or default_epochs(n),
+            batch_size=args.batch_size or default_batch_size(n),
+            lr=args.lr,
+            sort_channels=args.sort_channels,
+            seed=args.seed,
+        )
         train_supernet(data, args.out, cfg, space, log=log)
         print(f"wrote {args.out / CHECKPOINT}")
         return 0

@@ -9,11 +9,14 @@ of each pair is literally shared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from regnas.evaluate import Evaluator
+from regnas.evaluate import Evaluator, predict
+from regnas.flips import flip_matrix, nfr, top1
 from regnas.nn import crop_slices
 from regnas.search import PRESETS, Reward, SearchConfig, evolve
 from regnas.spaces import Arch, SearchSpace
@@ -77,7 +80,9 @@ def _common(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return a[crop_slices(tuple(a.shape), shape)], b[crop_slices(tuple(b.shape), shape)]
 
 
-def nesting(space: SearchSpace, small_name: str, small_arch: Arch, small: nn.Module, large_name: str, large_arch: Arch, large: nn.Module) -> Nesting:
+def nesting(
+    space: SearchSpace, small_name: str, small_arch: Arch, small: nn.Module, large_name: str, large_arch: Arch, large: nn.Module
+) -> Nesting:
     """Compare two extracted subnets parameter by parameter.
 
     `shared_weight_fraction` is the share of the larger model's parameters that are literally
@@ -104,3 +109,40 @@ def nesting(space: SearchSpace, small_name: str, small_arch: Arch, small: nn.Mod
         shared_weight_fraction=shared / n_large,
         shared_of_smaller=shared / n_small,
     )
+
+
+@dataclass
+class Assessment:
+    """A family's extracted subnets and its report section on one split."""
+
+    nets: list[nn.Module]
+    preds: list[np.ndarray]
+    section: dict[str, Any]
+
+
+def assess(evaluator: Evaluator, members: list[Member], split: str = "test") -> Assessment:
+    """Top-1, NFR against the previous member, nesting per pair and the flip matrix on `split`."""
+    space = evaluator.space
+    labels = evaluator.labels(split)
+    nets = [evaluator.subnet(m.arch) for m in members]
+    preds = [predict(n, evaluator.data[split].x) for n in nets]
+    records = [
+        {
+            "target": m.target,
+            "arch": space.to_json(m.arch),
+            "flops": space.flops(m.arch),
+            "budget_flops": m.budget_flops,
+            "params": space.params(m.arch),
+            "top1": top1(p, labels),
+            "nfr_vs_prev": nfr(preds[i - 1], p, labels) if i else None,
+            "val_top1": m.val_top1,
+            "val_nfr_vs_prev": m.val_nfr_vs_prev,
+            "evaluated": m.evaluated,
+        }
+        for i, (m, p) in enumerate(zip(members, preds))
+    ]
+    pairs = [
+        nesting(space, a.target, a.arch, na, b.target, b.arch, nb).to_json()
+        for (a, na), (b, nb) in zip(zip(members, nets), zip(members[1:], nets[1:]))
+    ]
+    return Assessment(nets, preds, {"family": records, "nesting": pairs, "flip_matrix": flip_matrix(preds, labels)})

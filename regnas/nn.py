@@ -9,7 +9,7 @@ weight in the supernet and in every subnet extracted from it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +52,12 @@ class ConvBN(nn.Sequential):
     """Convolution, batch norm and an optional activation; keys `conv.*`, `bn.*`."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: str | None = None):
-        layers = OrderedDict({
-            "conv": nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-            "bn": nn.BatchNorm2d(cout),
-        })
+        layers = OrderedDict(
+            {
+                "conv": nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                "bn": nn.BatchNorm2d(cout),
+            }
+        )
         if act:
             layers["act"] = ACTIVATIONS[act]()
         super().__init__(layers)
@@ -80,7 +82,7 @@ def se_channels(channels: int) -> int:
     return make_divisible(channels / 4)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tap_index(h: int, w: int, k: int, stride: int) -> torch.Tensor:
     """For each (output pixel, input pixel), the flat kernel tap linking them, or k*k for none."""
     p = k // 2

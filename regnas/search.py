@@ -136,7 +136,7 @@ def evolve(
         parents = [c.arch for c in ranked[:n_parents]]
         population = list(parents)
         for _ in range(n_mutants):
-            population.append(unique(lambda: space.mutate(rng.choice(parents), rng, cfg.mutate_prob, prev), population))
+            population.append(unique(lambda ps=parents: space.mutate(rng.choice(ps), rng, cfg.mutate_prob, prev), population))
         while len(population) < cfg.population:
-            population.append(unique(lambda: space.crossover(*rng.sample(parents, 2), rng), population))
+            population.append(unique(lambda ps=parents: space.crossover(*rng.sample(ps, 2), rng), population))
     return SearchResult(min(seen.values(), key=rank), len(seen), history)

@@ -94,14 +94,18 @@ def load_checkpoint(path: str | Path, space_name: str | None = None, data: Datas
         raise RegnasError(f"{path} has no regnas metadata; it was not written by regnas train (retrain with regnas train)")
     meta = json.loads(header)
     if space_name and meta["space"] != space_name:
-        raise RegnasError(f"{path} is a {meta['space']!r} supernet but --space {space_name} was asked; pass --space {meta['space']} or retrain")
+        raise RegnasError(
+            f"{path} is a {meta['space']!r} supernet but --space {space_name} was asked; pass --space {meta['space']} or retrain"
+        )
     if data is not None:
         if meta["data"]["num_classes"] != data.num_classes:
             raise RegnasError(
                 f"{path} was trained for {meta['data']['num_classes']} classes but {data.name} has {data.num_classes}; retrain on this data"
             )
         if list(meta["config"]["input_shape"]) != list(data.input_shape):
-            raise RegnasError(f"{path} expects inputs {tuple(meta['config']['input_shape'])} but {data.name} has {data.input_shape}; retrain on this data")
+            raise RegnasError(
+                f"{path} expects inputs {tuple(meta['config']['input_shape'])} but {data.name} has {data.input_shape}; retrain on this data"
+            )
     space = create_space(meta["space"], meta["config"])
     model = space.build_supernet()
     expected = model.state_dict()
@@ -210,7 +214,12 @@ def train_supernet(
                 log(f"train: epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} loss {loss_sum / (step + 1):.3f}")
         if only_largest:
             _permute_channels(net, optimizer)
-        rec = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "train_top1": correct / (steps_per_epoch * cfg.batch_size), "seconds": time.time() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / steps_per_epoch,
+            "train_top1": correct / (steps_per_epoch * cfg.batch_size),
+            "seconds": time.time() - t0,
+        }
         history.append(rec)
         net.meta = _meta(space, data, cfg, epoch + 1, history)
         save_checkpoint(ckpt, net)

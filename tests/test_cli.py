@@ -18,7 +18,9 @@ FAST = ["--epochs", "1", "--population", "6", "--generations", "2"]
 
 def run(*args, cwd=None):
     """Run the installed entry point the way a user does; returns (code, stdout, stderr)."""
-    p = subprocess.run([sys.executable, "-m", "regnas", *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONHASHSEED": "0"})
+    p = subprocess.run(
+        [sys.executable, "-m", "regnas", *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONHASHSEED": "0"}
+    )
     return p.returncode, p.stdout, p.stderr
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from functools import lru_cache
-from typing import Any, ClassVar, Hashable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

@@ -245,8 +245,14 @@ class MBV3Space(SearchSpace):
     def sample(self, rng: random.Random, lower: MBV3Arch | None = None) -> MBV3Arch:
         c, dmax = self.config, max(self.config["depths"])
         depth = [rng.choice(self._at_least(c["depths"], lower.depth[s] if lower else None)) for s in range(self.n_stages)]
-        kernel = [[rng.choice(self._at_least(c["kernels"], self._block(lower, s, j, "kernel"))) for j in range(dmax)] for s in range(self.n_stages)]
-        expand = [[rng.choice(self._at_least(c["expands"], self._block(lower, s, j, "expand"))) for j in range(dmax)] for s in range(self.n_stages)]
+        kernel = [
+            [rng.choice(self._at_least(c["kernels"], self._block(lower, s, j, "kernel"))) for j in range(dmax)]
+            for s in range(self.n_stages)
+        ]
+        expand = [
+            [rng.choice(self._at_least(c["expands"], self._block(lower, s, j, "expand"))) for j in range(dmax)]
+            for s in range(self.n_stages)
+        ]
         return self._build(depth, kernel, expand)
 
     def mutate(self, arch: MBV3Arch, rng: random.Random, prob: float, lower: MBV3Arch | None = None) -> MBV3Arch:
