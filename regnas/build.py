@@ -98,21 +98,13 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
     if cached and cached.get("key") == key:
         log(f"search: reusing {cache_path}")
-        family = [Member(**{**m, "arch": space.from_json(m["arch"])}) for m in cached["family"]]
-        baseline = [Member(**{**m, "arch": space.from_json(m["arch"])}) for m in cached["baseline"]]
+        family = [Member.from_json(space, m) for m in cached["family"]]
+        baseline = [Member.from_json(space, m) for m in cached["baseline"]]
     else:
         family = search_family(evaluator, budgets, reward, opts.search, opts.seed, log=log)
         baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
-        write_json(
-            cache_path,
-            {
-                "key": key,
-                **{
-                    name: [{**asdict(m), "arch": space.to_json(m.arch)} for m in ms]
-                    for name, ms in (("family", family), ("baseline", baseline))
-                },
-            },
-        )
+        members = {"family": family, "baseline": baseline}
+        write_json(cache_path, {"key": key, **{k: [m.to_json(space) for m in ms] for k, ms in members.items()}})
     t_search = time.time()
 
     report: dict[str, Any] = {"format": "regnas-report/1"}

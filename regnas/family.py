@@ -33,6 +33,13 @@ class Member:
     val_nfr_vs_prev: float | None
     evaluated: int
 
+    def to_json(self, space: SearchSpace) -> dict[str, Any]:
+        return {**self.__dict__, "arch": space.to_json(self.arch)}
+
+    @classmethod
+    def from_json(cls, space: SearchSpace, obj: dict[str, Any]) -> Member:
+        return cls(**{**obj, "arch": space.from_json(obj["arch"])})
+
 
 def search_family(
     evaluator: Evaluator,
