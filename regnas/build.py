@@ -18,6 +18,7 @@ from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.family import Member, assess, search_baseline, search_family
 from regnas.io import read_json, save_tensors, sha256_file, sha256_json, write_json
+from regnas.report import write_reports
 from regnas.search import SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
@@ -130,8 +131,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         "search": asdict(opts.search),
         "train": net.meta.get("train"),
     }
+    report["search"] = {
+        kind: {m.target: [list(c) for c in m.candidates] for m in members} for kind, members in (("family", family), ("baseline", baseline))
+    }
     report["timing_s"] = {"train": t_train - t0, "search": t_search - t_train, "total": time.time() - t0}
     write_json(out / "report.json", report)
+    write_reports(out, report)
     return report
 
 

@@ -126,6 +126,80 @@ class Train(Command):
         return 0
 
 
+@register_command
+class Report(Command):
+    name = "report"
+    help = "write report.html and summary.md for a build directory from its report.json"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas.report import load_report, write_reports
+
+        for path in write_reports(args.build_dir, load_report(args.build_dir)):
+            print(f"wrote {path}")
+        return 0
+
+
+def _fraction(value: str) -> float:
+    v = float(value)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {v}")
+    return v
+
+
+@register_command
+class Gate(Command):
+    name = "gate"
+    help = "fail (exit 1) when a candidate model flips samples its reference gets right"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        what = "an .onnx model, a build member directory (BUILD_DIR/<target>) or .npy/.json predictions"
+        p.add_argument("--reference", required=True, help=f"the model to stay compatible with: {what}")
+        p.add_argument("--candidate", required=True, help=f"the new model: {what}")
+        p.add_argument("--data", required=True, help="dataset name or path, as for regnas build")
+        p.add_argument("--split", default=None, help="train, calib, val or test (default: the whole set, in source order)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the dataset's splits (default: 0, as regnas build)")
+        p.add_argument("--max-nfr", type=_fraction, default=0.01, help="largest acceptable NFR upper bound (default: 0.01)")
+        p.add_argument("--max-top1-drop", type=_fraction, default=0.01, help="largest acceptable top-1 drop (default: 0.01)")
+        p.add_argument("--confidence", type=_fraction, default=0.95, help="confidence of the NFR upper bound (default: 0.95)")
+        p.add_argument("--list", type=int, default=20, help="how many flipped samples to list (default: 20)")
+        p.add_argument("--mean", type=float, nargs="+", default=[0.0], help="ONNX inputs: per-channel mean subtracted from [0, 1] images")
+        p.add_argument("--std", type=float, nargs="+", default=[1.0], help="ONNX inputs: per-channel std to divide by")
+        p.add_argument("--threads", type=_positive, default=1, help="ONNX Runtime threads")
+        p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+        p.add_argument("--junit", type=Path, default=None, help="write JUnit XML")
+        p.add_argument("--markdown", type=Path, default=None, help="write a markdown summary (pull-request comment)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas.data import load_dataset
+        from regnas.gate import Preprocess, decide, predictions, write_outputs
+
+        if any(s <= 0 for s in args.std):
+            raise RegnasError("--std values must be positive")
+        data = load_dataset(args.data, args.seed)
+        split = data.split(args.split)
+        prep = Preprocess(tuple(args.mean), tuple(args.std))
+        ref = predictions(args.reference, split, data.num_classes, prep, args.threads)
+        cand = predictions(args.candidate, split, data.num_classes, prep, args.threads)
+        result = decide(ref, cand, split.y.numpy(), args.max_nfr, args.max_top1_drop, args.confidence, args.list)
+        write_outputs(result, args.reference, args.candidate, args.json, args.junit, args.markdown)
+        verdict = "passed" if result.passed else "REGRESSION"
+        print(
+            f"gate {verdict}: {result.flips} negative flips in {result.n} samples, NFR {100 * result.nfr:.2f}% "
+            f"(upper {100 * result.nfr_upper:.2f}% at {result.confidence:.0%}; limit {100 * result.max_nfr:.2f}%), "
+            f"top-1 {100 * result.top1_reference:.2f}% -> {100 * result.top1_candidate:.2f}%"
+        )
+        for reason in result.reasons:
+            print(f"  {reason}")
+        return 0 if result.passed else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     from regnas import __version__
 

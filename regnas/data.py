@@ -27,10 +27,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass
 class Split:
-    """One split: images N×C×H×W float32 in [0, 1] and int64 labels."""
+    """One split: images N×C×H×W float32 in [0, 1], int64 labels, and their indices in the source."""
 
     x: torch.Tensor
     y: torch.Tensor
+    index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,6 +57,21 @@ class Dataset:
 
     def __getitem__(self, split: str) -> Split:
         return self.splits[split]
+
+    def whole(self) -> Split:
+        """Every sample, in the source's own order (official test set after the training set)."""
+        parts = list(self.splits.values())
+        order = np.argsort(np.concatenate([p.index for p in parts]), kind="stable")
+        cat = Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), np.concatenate([p.index for p in parts]))
+        return Split(cat.x[order], cat.y[order], cat.index[order])
+
+    def split(self, name: str | None) -> Split:
+        """A split by name, or the whole set for None."""
+        if name is None:
+            return self.whole()
+        if name not in self.splits:
+            raise RegnasError(f"unknown split {name!r}; use one of {', '.join(self.splits)} (or omit --split for the whole set)")
+        return self.splits[name]
 
 
 @dataclass(frozen=True)
@@ -253,12 +269,12 @@ def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFrac
     if official_test is None:
         fr["test"] = fractions.test
     idx = _stratified_split(y, fr, caps, rng)
-    splits = {s: Split(torch.from_numpy(x[idx[s]]), torch.from_numpy(y[idx[s]].astype(np.int64))) for s in idx}
+    splits = {s: Split(torch.from_numpy(x[idx[s]]), torch.from_numpy(y[idx[s]].astype(np.int64)), idx[s]) for s in idx}
     if official_test is not None:
         xt, yt = official_test
         xt = _to_float_images(np.asarray(xt), name)
         yt = np.searchsorted(labels, yt)
-        splits["test"] = Split(torch.from_numpy(xt), torch.from_numpy(yt.astype(np.int64)))
+        splits["test"] = Split(torch.from_numpy(xt), torch.from_numpy(yt.astype(np.int64)), len(x) + np.arange(len(xt)))
     splits = {s: splits[s] for s in SPLITS}
 
     h = hashlib.sha256()

@@ -8,18 +8,21 @@ of each pair is literally shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
-from regnas.flips import flip_matrix, nfr, top1
+from regnas.flips import flip_matrix, negative_flips, nfr, top1
+from regnas.io import load_tensors, read_json
 from regnas.nn import crop_slices
 from regnas.search import PRESETS, Reward, SearchConfig, evolve
-from regnas.spaces import Arch, SearchSpace
+from regnas.spaces import Arch, SearchSpace, create_space
 
 
 @dataclass
@@ -32,13 +35,15 @@ class Member:
     val_top1: float
     val_nfr_vs_prev: float | None
     evaluated: int
+    candidates: list[tuple[int, float, float | None]] = field(default_factory=list)
+    """(FLOPs, val top-1, val NFR vs the previous member) of every arch the search evaluated."""
 
     def to_json(self, space: SearchSpace) -> dict[str, Any]:
         return {**self.__dict__, "arch": space.to_json(self.arch)}
 
     @classmethod
     def from_json(cls, space: SearchSpace, obj: dict[str, Any]) -> Member:
-        return cls(**{**obj, "arch": space.from_json(obj["arch"])})
+        return cls(**{**obj, "arch": space.from_json(obj["arch"]), "candidates": [tuple(c) for c in obj.get("candidates", [])]})
 
 
 def search_family(
@@ -57,7 +62,8 @@ def search_family(
         log(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget:,} FLOPs)")
         result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, log)
         best = result.best
-        members.append(Member(name, best.arch, budget, best.top1, best.nfr, result.evaluated))
+        seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
+        members.append(Member(name, best.arch, budget, best.top1, best.nfr, result.evaluated, seen))
         prev = best.arch
     return members
 
@@ -118,6 +124,23 @@ def nesting(
     )
 
 
+def load_member(path: str | Path) -> tuple[SearchSpace, nn.Module]:
+    """A family member saved by `regnas build` (`DIR/<target>/`), as a standalone eval-mode network."""
+    path = Path(path)
+    meta = read_json(path / "arch.json", "member arch file")
+    try:
+        space = create_space(meta["space"], meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise RegnasError(f"{path / 'arch.json'} is not a regnas arch file (missing {exc}); rebuild it with regnas build") from exc
+    net = space.build_subnet(space.from_json(meta["arch"]))
+    state = load_tensors(path / "model.safetensors", "member weights")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RegnasError(f"{path / 'model.safetensors'} does not match {path / 'arch.json'}; rebuild the family") from exc
+    return space, net.eval()
+
+
 @dataclass
 class Assessment:
     """A family's extracted subnets and its report section on one split."""
@@ -125,6 +148,10 @@ class Assessment:
     nets: list[nn.Module]
     preds: list[np.ndarray]
     section: dict[str, Any]
+
+
+def _per_class(old: np.ndarray, new: np.ndarray, labels: np.ndarray, classes: int) -> list[int]:
+    return np.bincount(labels[negative_flips(old, new, labels)], minlength=classes).tolist()
 
 
 def assess(evaluator: Evaluator, members: list[Member], split: str = "test") -> Assessment:
@@ -145,6 +172,7 @@ def assess(evaluator: Evaluator, members: list[Member], split: str = "test") -> 
             "val_top1": m.val_top1,
             "val_nfr_vs_prev": m.val_nfr_vs_prev,
             "evaluated": m.evaluated,
+            "flips_per_class": _per_class(preds[i - 1], p, labels, evaluator.data.num_classes) if i else None,
         }
         for i, (m, p) in enumerate(zip(members, preds))
     ]

@@ -72,6 +72,7 @@ class SearchResult:
     best: Candidate
     evaluated: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
 
 
 def feasible(space: SearchSpace, arch: Arch, budget: int, rng: random.Random, lower: Arch | None) -> Arch:
@@ -139,4 +140,4 @@ def evolve(
             population.append(unique(lambda ps=parents: space.mutate(rng.choice(ps), rng, cfg.mutate_prob, prev), population))
         while len(population) < cfg.population:
             population.append(unique(lambda ps=parents: space.crossover(*rng.sample(ps, 2), rng), population))
-    return SearchResult(min(seen.values(), key=rank), len(seen), history)
+    return SearchResult(min(seen.values(), key=rank), len(seen), history, list(seen.values()))

@@ -23,6 +23,17 @@ def test_digits_splits_are_stratified_disjoint_and_seeded(digits):
     assert len(rows["val"] & rows["test"]) < 5
 
 
+def test_whole_set_is_in_source_order(digits):
+    from sklearn.datasets import load_digits
+
+    whole = digits.whole()
+    assert whole.index.tolist() == list(range(1797))
+    assert whole.y.tolist() == load_digits().target.tolist()
+    assert digits.split("test") is digits["test"]
+    with pytest.raises(RegnasError, match="unknown split"):
+        digits.split("holdout")
+
+
 def test_val_and_test_indices_never_overlap():
     y = np.repeat(np.arange(4), 50)
     idx = data_mod._stratified_split(y, {"calib": 0.1, "val": 0.2, "test": 0.2}, {}, np.random.default_rng(0))

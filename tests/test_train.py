@@ -13,7 +13,7 @@ from regnas.train import CHECKPOINT, TrainConfig, load_checkpoint, train_superne
 def small(digits, n=256):
     """The first n training images of digits, so training tests stay fast."""
     splits = dict(digits.splits)
-    splits["train"] = Split(digits["train"].x[:n], digits["train"].y[:n])
+    splits["train"] = Split(digits["train"].x[:n], digits["train"].y[:n], digits["train"].index[:n])
     return Dataset(digits.name + "-small", splits, digits.class_names, digits.digest + f"-{n}")
 
 

@@ -1,0 +1,224 @@
+"""`regnas gate`: fail CI when a candidate model flips samples its reference got right.
+
+Reference and candidate are ONNX files (any image classifier), family members saved by
+`regnas build` (`BUILD_DIR/<target>`), or saved predictions (`.npy` / `.json`). The decision uses
+the exact (Clopper-Pearson) one-sided upper confidence bound of the negative flip rate, so a
+small evaluation set cannot pass by luck: pass iff `nfr_upper <= max_nfr` and the top-1 drop is
+within `max_top1_drop`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import numpy as np
+from scipy.stats import beta
+
+from regnas.data import Split
+from regnas.errors import RegnasError
+from regnas.flips import negative_flips, top1
+from regnas.io import atomic_path, read_json, write_json
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images in [0, 1] become model inputs for an ONNX file: `(x - mean) / std` per channel."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        c = x.shape[1]
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        if len(mean) not in (1, c) or len(std) not in (1, c):
+            raise RegnasError(f"--mean/--std give {len(mean)}/{len(std)} values but the images have {c} channels; give 1 or {c}")
+        return (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
+
+
+def upper_bound(flips: int, n: int, confidence: float) -> float:
+    """One-sided exact binomial upper bound of the flip rate."""
+    if n == 0:
+        return 1.0
+    if flips >= n:
+        return 1.0
+    return float(beta.ppf(confidence, flips + 1, n - flips))
+
+
+def _check_predictions(pred: np.ndarray, n: int, classes: int, source: str) -> np.ndarray:
+    if pred.ndim == 2:
+        if pred.shape[1] != classes:
+            raise RegnasError(f"{source} scores {pred.shape[1]} classes but the data has {classes}; the label sets differ")
+        pred = pred.argmax(1)
+    if pred.ndim != 1 or not np.issubdtype(pred.dtype, np.integer):
+        raise RegnasError(f"{source}: predictions must be integer class indices (or N×classes scores), got {pred.dtype} {pred.shape}")
+    if len(pred) != n:
+        raise RegnasError(f"{source} has {len(pred)} predictions but the data has {n} samples; use the same data and split")
+    if len(pred) and (pred.min() < 0 or pred.max() >= classes):
+        raise RegnasError(f"{source} predicts class {int(pred.max())} outside the data's {classes} classes; the label sets differ")
+    return pred.astype(np.int64)
+
+
+def _model_predictions(net_scores, input_shape: tuple, x: np.ndarray, source: str, batch: int = 500) -> np.ndarray:
+    expected = tuple(input_shape)
+    got = tuple(x.shape[1:])
+    if len(expected) != 3 or any(e is not None and e != g for e, g in zip(expected, got)):
+        shown = "×".join("?" if e is None else str(e) for e in expected)
+        raise RegnasError(
+            f"{source} expects inputs {shown} but the data is {'×'.join(map(str, got))}; resize the data or use a matching model"
+        )
+    return np.concatenate([net_scores(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def predictions(source: str | Path, split: Split, classes: int, preprocess: Preprocess = Preprocess(), threads: int = 1) -> np.ndarray:
+    """Predicted class per sample of `split` from a model or a predictions file."""
+    path = Path(source)
+    n = len(split)
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise RegnasError(f"predictions file not found: {path}; check the path")
+        try:
+            pred = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise RegnasError(f"{path} is not a readable .npy file ({exc}); save it with numpy.save") from exc
+    elif path.suffix == ".json":
+        obj = read_json(path, "predictions file")
+        pred = np.asarray(obj.get("predictions") if isinstance(obj, dict) else obj)
+        if pred.dtype == object or pred.ndim == 0:
+            raise RegnasError(f'{path}: give a JSON list of class indices or {{"predictions": [...]}}')
+    elif path.suffix == ".onnx":
+        from regnas.runtimes import runtime_for
+
+        rt = runtime_for(path, threads)
+        pred = _model_predictions(rt.scores, rt.input_shape, preprocess(split.x.numpy()), str(path))
+    elif path.is_dir() and (path / "arch.json").is_file():
+        import torch
+
+        from regnas.family import load_member
+
+        space, net = load_member(path)
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).numpy()
+
+        pred = _model_predictions(scores, space.input_shape, split.x.numpy(), str(path))
+    elif path.is_dir() and (path / "report.json").is_file():
+        targets = sorted(p.name for p in path.iterdir() if (p / "arch.json").is_file())
+        raise RegnasError(f"{path} is a build directory; name a member, e.g. {path / (targets[0] if targets else '<target>')}")
+    elif not path.exists():
+        raise RegnasError(f"model or predictions not found: {path}; check the path")
+    else:
+        raise RegnasError(f"{path}: give an .onnx model, a build member directory (BUILD_DIR/<target>), or .npy/.json predictions")
+    return _check_predictions(pred, n, classes, str(path))
+
+
+@dataclass
+class GateResult:
+    """The gate's decision and the evidence for it."""
+
+    n: int
+    flips: int
+    nfr: float
+    nfr_upper: float
+    confidence: float
+    max_nfr: float
+    top1_reference: float
+    top1_candidate: float
+    top1_drop: float
+    max_top1_drop: float
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    flipped: list[dict[str, int]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    max_nfr: float,
+    max_top1_drop: float,
+    confidence: float,
+    list_limit: int = 20,
+) -> GateResult:
+    """Compare candidate against reference on labelled data and decide pass or fail."""
+    mask = negative_flips(reference, candidate, labels)
+    n, flips = len(labels), int(mask.sum())
+    rate = flips / n if n else 0.0
+    upper = upper_bound(flips, n, confidence)
+    t_ref, t_cand = top1(reference, labels), top1(candidate, labels)
+    reasons = []
+    if upper > max_nfr:
+        reasons.append(
+            f"NFR upper bound {100 * upper:.2f}% (at {confidence:.0%} confidence; point {100 * rate:.2f}%) exceeds {100 * max_nfr:.2f}%"
+        )
+    if t_ref - t_cand > max_top1_drop:
+        reasons.append(f"top-1 dropped {100 * (t_ref - t_cand):.2f} points, more than {100 * max_top1_drop:.2f}")
+    flipped = [
+        {"index": int(i), "label": int(labels[i]), "reference": int(reference[i]), "candidate": int(candidate[i])}
+        for i in np.flatnonzero(mask)[:list_limit]
+    ]
+    return GateResult(
+        n, flips, rate, upper, confidence, max_nfr, t_ref, t_cand, t_ref - t_cand, max_top1_drop, not reasons, reasons, flipped
+    )
+
+
+def markdown(result: GateResult, reference: str, candidate: str) -> str:
+    """A pull-request comment."""
+    verdict = "✅ passed" if result.passed else "❌ regression"
+    lines = [
+        f"### regnas gate: {verdict}",
+        "",
+        f"Reference `{reference}` → candidate `{candidate}` on {result.n} samples.",
+        "",
+        "| metric | value | limit |",
+        "| --- | --- | --- |",
+        f"| negative flips | {result.flips} ({100 * result.nfr:.2f}%) | |",
+        f"| NFR upper bound ({result.confidence:.0%}) | {100 * result.nfr_upper:.2f}% | ≤ {100 * result.max_nfr:.2f}% |",
+        f"| top-1 reference / candidate | {100 * result.top1_reference:.2f}% / {100 * result.top1_candidate:.2f}% "
+        f"| drop ≤ {100 * result.max_top1_drop:.2f} pts |",
+    ]
+    lines += ["", *[f"- {r}" for r in result.reasons]] if result.reasons else []
+    if result.flipped:
+        lines += [
+            "",
+            f"<details><summary>First {len(result.flipped)} flipped samples</summary>",
+            "",
+            "| index | label | reference | candidate |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {f['index']} | {f['label']} | {f['reference']} | {f['candidate']} |" for f in result.flipped]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def junit(result: GateResult, reference: str, candidate: str) -> str:
+    """JUnit XML with one test case per criterion, for CI test reporters."""
+    suite = ET.Element("testsuite", name="regnas-gate", tests="2", failures=str(len(result.reasons)))
+    checks = [
+        ("negative_flip_rate", result.nfr_upper <= result.max_nfr, f"NFR upper {result.nfr_upper:.4f} > {result.max_nfr:.4f}"),
+        ("top1_drop", result.top1_drop <= result.max_top1_drop, f"top-1 drop {result.top1_drop:.4f} > {result.max_top1_drop:.4f}"),
+    ]
+    for name, ok, message in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"{reference} -> {candidate}", name=name)
+        if not ok:
+            ET.SubElement(case, "failure", message=message).text = json.dumps(result.to_json()["flipped"])
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_outputs(
+    result: GateResult, reference: str, candidate: str, json_path: Path | None, junit_path: Path | None, md_path: Path | None
+) -> None:
+    """Write whichever reports were asked for, each atomically."""
+    if json_path:
+        write_json(json_path, {**result.to_json(), "reference": reference, "candidate": candidate})
+    for path, text in ((junit_path, junit(result, reference, candidate)), (md_path, markdown(result, reference, candidate))):
+        if path:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)

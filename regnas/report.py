@@ -1,0 +1,225 @@
+"""Human-readable views of a build: a self-contained `report.html` and a markdown summary.
+
+Both are rendered from `report.json` alone, so `regnas report BUILD_DIR` can redo them at any
+time. The HTML embeds its plots as PNG data URIs and loads nothing from anywhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from regnas.errors import RegnasError  # noqa: E402
+from regnas.io import atomic_path, read_json  # noqa: E402
+
+
+def load_report(build_dir: str | Path) -> dict[str, Any]:
+    """The report.json of a build directory."""
+    path = Path(build_dir) / "report.json"
+    if not path.is_file():
+        raise RegnasError(f"{build_dir} has no report.json; run regnas build --out {build_dir} first")
+    report = read_json(path, "build report")
+    if not isinstance(report, dict) or "family" not in report or "baseline" not in report:
+        raise RegnasError(f"{path} is not a regnas build report; rebuild it with regnas build")
+    return report
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def markdown_summary(report: dict[str, Any]) -> str:
+    """A pull-request comment: the family against the baseline, nesting and flips."""
+    lines = [
+        "### regnas build",
+        "",
+        "| | target | MFLOPs (budget) | params | top-1 | NFR vs previous |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
+        for m in members:
+            flops = f"{m['flops'] / 1e6:.2f} ({m['budget_flops'] / 1e6:.2f})"
+            lines.append(f"| {kind} | {m['target']} | {flops} | {m['params']:,} | {_pct(m['top1'])} | {_pct(m['nfr_vs_prev'])} |")
+    lines += ["", "| pair | nested | shared weights (of larger) |", "| --- | --- | --- |"]
+    for n in report["nesting"]:
+        lines.append(
+            f"| {n['smaller']} ⊂ {n['larger']} | {'yes' if n['contains'] and n['literal'] else 'no'} | {n['shared_weight_fraction']:.3f} |"
+        )
+    fam = [m["nfr_vs_prev"] for m in report["family"][1:]]
+    base = [m["nfr_vs_prev"] for m in report["baseline"]["family"][1:]]
+    if fam and base:
+        lines += [
+            "",
+            f"Mean NFR between consecutive members: family {_pct(float(np.mean(fam)))}, independent baseline {_pct(float(np.mean(base)))}.",
+        ]
+    for a in report.get("artifacts", []):
+        lines.append(f"- artifact {a['target']} {a['format']} {a['precision']}: {a['status']}")
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pareto_plot(report: dict[str, Any]) -> str | None:
+    search = report.get("search")
+    if not search:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    points = []
+    for kind, colour in (("baseline", "#9ecae1"), ("family", "#bdbdbd")):
+        for target, cands in search[kind].items():
+            xs = [c[0] / 1e6 for c in cands]
+            ys = [100 * c[1] for c in cands]
+            points += list(zip(xs, ys))
+            ax.scatter(xs, ys, s=8, color=colour, label=f"{kind} candidates" if target == next(iter(search[kind])) else None)
+    front, best = [], -1.0
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    if front:
+        ax.plot(*zip(*front), color="black", lw=1, label="Pareto front (val)")
+    for kind, marker, colour in (("family", "*", "#d62728"), ("baseline", "s", "#1f77b4")):
+        members = report["family"] if kind == "family" else report["baseline"]["family"]
+        ax.scatter(
+            [m["flops"] / 1e6 for m in members],
+            [100 * m["val_top1"] for m in members],
+            marker=marker,
+            s=120,
+            color=colour,
+            label=kind,
+            zorder=3,
+        )
+        for m in members:
+            ax.annotate(m["target"], (m["flops"] / 1e6, 100 * m["val_top1"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for m in report["family"]:
+        ax.axvline(m["budget_flops"] / 1e6, color="#888", ls="--", lw=0.8)
+    ax.set_xlabel("MFLOPs (multiply-accumulates); dashed: budgets")
+    ax.set_ylabel("val top-1 (%)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Search: top-1 vs FLOPs")
+    return _png(fig)
+
+
+def _heatmaps(report: dict[str, Any]) -> str:
+    sections = [("REG-NAS family", report), ("independent baseline", report["baseline"])]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    vmax = max(100 * max(max(r) for r in s["flip_matrix"]) for _, s in sections) or 1.0
+    for ax, (title, sec) in zip(axes, sections):
+        m = 100 * np.asarray(sec["flip_matrix"])
+        names = [x["target"] for x in sec["family"]]
+        ax.imshow(m, cmap="Reds", vmin=0, vmax=vmax)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("new model")
+        ax.set_ylabel("reference")
+        for i in range(len(names)):
+            for j in range(len(names)):
+                colour = "white" if m[i, j] > vmax / 2 else "black"
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
+        ax.set_title(f"{title}: NFR (%)")
+    return _png(fig)
+
+
+def _per_class_plot(report: dict[str, Any]) -> str | None:
+    classes = report.get("config", {}).get("data", {}).get("class_names")
+    pairs = [
+        (kind, m)
+        for kind, ms in (("family", report["family"]), ("baseline", report["baseline"]["family"]))
+        for m in ms
+        if m.get("flips_per_class")
+    ]
+    if not pairs or not classes:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(pairs)
+    for k, (kind, m) in enumerate(pairs):
+        ax.bar(
+            np.arange(len(classes)) + k * width,
+            m["flips_per_class"],
+            width,
+            label=f"{kind}: → {m['target']}",
+            hatch="//" if kind == "baseline" else None,
+        )
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("negative flips (test)")
+    ax.legend(fontsize=8)
+    ax.set_title("Negative flips per class, against the previous member")
+    return _png(fig)
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole report as one HTML page with embedded plots."""
+    rows = [
+        [
+            kind,
+            m["target"],
+            f"{m['flops'] / 1e6:.2f}",
+            f"{m['budget_flops'] / 1e6:.2f}",
+            f"{m['params']:,}",
+            _pct(m["top1"]),
+            _pct(m["nfr_vs_prev"]),
+        ]
+        for kind, ms in (("family", report["family"]), ("baseline", report["baseline"]["family"]))
+        for m in ms
+    ]
+    members = _table(rows, ["", "target", "MFLOPs", "budget", "params", "test top-1", "NFR vs previous"])
+    nest = _table(
+        [
+            [f"{n['smaller']} ⊂ {n['larger']}", str(n["contains"]), str(n["literal"]), f"{n['shared_weight_fraction']:.3f}"]
+            for n in report["nesting"]
+        ],
+        ["pair", "contains", "literal slices", "shared weight fraction"],
+    )
+    figures = [("Flips between members", _heatmaps(report)), ("Search", _pareto_plot(report)), ("Flips per class", _per_class_plot(report))]
+    imgs = "".join(f"<h2>{t}</h2><img alt='{t}' src='{src}'>" for t, src in figures if src)
+    cfg = report.get("config", {})
+    data = cfg.get("data", {})
+    reward = cfg.get("reward", {}).get("name", "?")
+    lut = "<p>Latency: these targets use FLOP budgets, so there is no LUT prediction to compare with measurements.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>regnas build report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} .meta {{ color: #666; }}
+</style></head><body>
+<h1>regnas build report</h1>
+<p class="meta">data {html.escape(str(data.get("name", "?")))} {html.escape(str(data.get("input_shape", "")))},
+space {html.escape(str(cfg.get("space", "?")))}, seed {cfg.get("seed", "?")}, reward {html.escape(str(reward))}</p>
+<h2>Family and independent baseline</h2>{members}
+<h2>Nesting</h2>{nest}
+{imgs}
+<h2>Latency</h2>{lut}
+</body></html>
+"""
+
+
+def write_reports(build_dir: str | Path, report: dict[str, Any]) -> list[Path]:
+    """Write report.html and summary.md next to report.json, atomically."""
+    out = []
+    for name, text in (("report.html", render_html(report)), ("summary.md", markdown_summary(report))):
+        path = Path(build_dir) / name
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        out.append(path)
+    return out

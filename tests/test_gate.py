@@ -1,0 +1,206 @@
+"""`regnas gate` on real digits models: saved members, ONNX exports and prediction files."""
+
+import json
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+
+from regnas.cli import main
+from regnas.evaluate import predict, recalibrate_bn
+from regnas.gate import decide, upper_bound
+from regnas.io import save_tensors, write_json
+
+
+def save_member(net, space, arch, out):
+    subnet = recalibrate_bn(space.extract(net.model, arch), net_calib(net))
+    write_json(out / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
+    save_tensors(out / "model.safetensors", subnet.state_dict())
+    return subnet.to(memory_format=torch.contiguous_format)
+
+
+def net_calib(net):
+    from regnas.data import load_dataset
+
+    return load_dataset("digits", 0)["calib"].x
+
+
+def export_onnx(model, path, input_shape=(1, 8, 8)):
+    model.eval()
+    torch.onnx.export(
+        model,
+        torch.zeros(1, *input_shape),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        dynamo=False,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(digits_supernet, digits, tmp_path_factory):
+    net, _ = digits_supernet
+    space = net.space
+    root = tmp_path_factory.mktemp("gate")
+    small = save_member(net, space, space.smallest(), root / "build" / "phone")
+    large = save_member(net, space, space.largest(), root / "build" / "server")
+    (root / "build" / "report.json").write_text("{}")
+    export_onnx(large, root / "large.onnx")
+    test = digits["test"]
+    preds = {"small": predict(small, test.x), "large": predict(large, test.x)}
+    return root, preds
+
+
+def test_upper_bound_is_the_exact_binomial_bound():
+    assert upper_bound(0, 100, 0.95) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert upper_bound(5, 100, 0.95) > 0.05 > upper_bound(5, 10000, 0.95) - 0.0
+    assert upper_bound(100, 100, 0.95) == 1.0
+    r = decide(np.array([1, 1, 0]), np.array([1, 0, 0]), np.array([1, 1, 0]), 0.5, 0.5, 0.95)
+    assert r.flips == 1 and r.flipped == [{"index": 1, "label": 1, "reference": 1, "candidate": 0}]
+    assert not r.passed  # one flip in three: the bound is far above 50%
+
+
+def test_member_vs_onnx_counts_real_flips_and_writes_reports(models, tmp_path, capsys, digits):
+    root, preds = models
+    labels = digits["test"].y.numpy()
+    expected = int(((preds["small"] == labels) & (preds["large"] != labels)).sum())
+    out = {k: tmp_path / f"gate.{k}" for k in ("json", "xml", "md")}
+    args = [
+        "gate",
+        "--reference",
+        str(root / "build" / "phone"),
+        "--candidate",
+        str(root / "large.onnx"),
+        "--data",
+        "digits",
+        "--split",
+        "test",
+    ]
+    args += ["--json", str(out["json"]), "--junit", str(out["xml"]), "--markdown", str(out["md"]), "--max-nfr", "1", "--max-top1-drop", "1"]
+    assert main(args) == 0
+    result = json.loads(out["json"].read_text())
+    assert result["flips"] == expected and result["n"] == len(labels) and result["passed"] is True
+    assert {"nfr", "nfr_upper", "flips", "n", "top1_reference", "top1_candidate", "passed"} <= set(result)
+    assert result["nfr_upper"] >= result["nfr"]
+    assert len(result["flipped"]) == min(expected, 20)
+    suite = ET.parse(out["xml"]).getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert "regnas gate" in out["md"].read_text()
+    assert "gate passed" in capsys.readouterr().out
+
+
+def test_strict_limit_fails_with_exit_1(models, tmp_path):
+    root, preds = models
+    np.save(tmp_path / "ref.npy", preds["small"])
+    (tmp_path / "cand.json").write_text(json.dumps({"predictions": preds["large"].tolist()}))
+    xml = tmp_path / "j.xml"
+    code = main(
+        [
+            "gate",
+            "--reference",
+            str(tmp_path / "ref.npy"),
+            "--candidate",
+            str(tmp_path / "cand.json"),
+            "--data",
+            "digits",
+            "--split",
+            "test",
+            "--max-nfr",
+            "0",
+            "--junit",
+            str(xml),
+        ]
+    )
+    assert code == 1
+    assert ET.parse(xml).getroot().get("failures") in ("1", "2")
+
+
+def test_identical_models_pass_and_small_sets_do_not_pass_by_luck(models, tmp_path):
+    root, preds = models
+    member = str(root / "build" / "server")
+    assert (
+        main(
+            [
+                "gate",
+                "--reference",
+                member,
+                "--candidate",
+                str(root / "large.onnx"),
+                "--data",
+                "digits",
+                "--split",
+                "test",
+                "--max-nfr",
+                "0.02",
+            ]
+        )
+        == 0
+    )
+    tiny = np.array([0, 1] * 10)
+    assert decide(tiny, tiny, tiny, 0.05, 0.0, 0.95).passed is False  # 20 samples cannot show NFR <= 5%
+
+
+def _bad_onnx(path, out_features, spatial=False):
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1] if spatial else torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).repeat(1, out_features)
+
+    return export_onnx(Net(), path)
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d, p: np.save(d / "short.npy", p["small"][:10]) or d / "short.npy", "10 predictions but the data has"),
+        (lambda d, p: _bad_onnx(d / "three.onnx", 3), "scores 3 classes but the data has 10"),
+        (lambda d, p: _bad_onnx(d / "spatial.onnx", 1, spatial=True), "not [N, classes]"),
+        (lambda d, p: (d / "corrupt.onnx").write_bytes(b"junk") or d / "corrupt.onnx", "not a loadable ONNX model"),
+        (lambda d, p: d / "missing.onnx", "not found"),
+        (lambda d, p: d / "build", "is a build directory; name a member"),
+        (lambda d, p: np.save(d / "neg.npy", p["small"] - 20) or d / "neg.npy", "outside the data's 10 classes"),
+    ],
+)
+def test_bad_inputs_exit_2(models, capsys, make, message):
+    root, preds = models
+    bad = make(root, preds)
+    code = main(["gate", "--reference", str(root / "build" / "phone"), "--candidate", str(bad), "--data", "digits", "--split", "test"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_input_shape_mismatch_exits_2(tmp_path, capsys):
+    big = export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10)), tmp_path / "rgb.onnx", (3, 16, 16))
+    assert main(["gate", "--reference", str(big), "--candidate", str(big), "--data", "digits"]) == 2
+    assert "expects inputs 3×16×16 but the data is 1×8×8" in capsys.readouterr().err
+
+
+def test_the_example_workflow_gate_step_runs_locally(models, digits, tmp_path):
+    """Run the GitHub Actions example's own gate step, as CI would, on real models."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root, _ = models
+    workflow = yaml.safe_load((Path(__file__).parents[1] / "examples/github-actions/regnas-gate.yml").read_text())
+    steps = {s.get("name"): s for s in workflow["jobs"]["gate"]["steps"]}
+    test = digits["test"]
+    np.savez(tmp_path / "holdout.npz", x=test.x.numpy()[:, 0], y=test.y.numpy())
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "REFERENCE": str(root / "build" / "server"),
+        "CANDIDATE": str(root / "large.onnx"),
+        "DATA": str(tmp_path / "holdout.npz"),
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+    }
+    subprocess.run(["bash", "-e", "-c", steps["Flip gate"]["run"]], cwd=tmp_path, env=env, check=True)
+    assert (tmp_path / "output").read_text().strip() == "code=0"
+    assert "regnas gate" in (tmp_path / "gate.md").read_text()
+    assert json.loads((tmp_path / "gate.json").read_text())["flips"] == 0
+    assert "gate.md" in steps["Comment on the pull request"]["with"]["script"]
