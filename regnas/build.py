@@ -96,8 +96,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         }
     )
     cache_path = out / "search.json"
-    cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
-    if cached and cached.get("key") == key:
+    try:
+        cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
+    except RegnasError as exc:
+        log(f"search: ignoring unreadable cache ({exc})")
+        cached = None
+    if isinstance(cached, dict) and cached.get("key") == key:
         log(f"search: reusing {cache_path}")
         family = [Member.from_json(space, m) for m in cached["family"]]
         baseline = [Member.from_json(space, m) for m in cached["baseline"]]

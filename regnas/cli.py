@@ -144,6 +144,33 @@ class Report(Command):
         return 0
 
 
+@register_command
+class Targets(Command):
+    name = "targets"
+    help = "list the built-in targets, or show one (a name or a target .toml path)"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("action", choices=["list", "show"])
+        p.add_argument("target", nargs="?", help="with show: a built-in name or a .toml path")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from regnas.targets import builtin_targets, resolve_targets
+
+        if args.action == "list":
+            for t in sorted(builtin_targets().values(), key=lambda t: t.budget_flops(10**9)):
+                print(f"{t.name:10} {t.runtime:12} {t.precision:5} budget {t.describe_budget():40} {t.description}")
+            return 0
+        if not args.target:
+            raise RegnasError("targets show needs a target: regnas targets show phone")
+        (target,) = resolve_targets(args.target)
+        print(json.dumps(target.to_json(), indent=2))
+        return 0
+
+
 def _fraction(value: str) -> float:
     v = float(value)
     if not 0 <= v <= 1:

@@ -42,3 +42,16 @@ def test_unknown_and_duplicate_targets():
         resolve_targets("phone,phone")
     with pytest.raises(RegnasError, match="no targets"):
         resolve_targets(" , ")
+
+
+def test_targets_cli(capsys, tmp_path):
+    from regnas.cli import main
+
+    assert main(["targets", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["phone", "edge", "server"]
+    assert "30% of the largest subnet's FLOPs" in lines[0]
+    assert main(["targets", "show", "edge"]) == 0
+    assert '"runtime": "tvm"' in capsys.readouterr().out
+    assert main(["targets", "show", "tablet"]) == 2
+    assert main(["targets", "show"]) == 2

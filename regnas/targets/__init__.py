@@ -37,6 +37,12 @@ class Target:
             return int(self.budget["flops"])
         return int(self.budget["flops_fraction"] * largest_flops)
 
+    def describe_budget(self) -> str:
+        """The budget in words."""
+        if "flops" in self.budget:
+            return f"{self.budget['flops'] / 1e6:g} MFLOPs"
+        return f"{self.budget['flops_fraction']:.0%} of the largest subnet's FLOPs"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
