@@ -91,6 +91,12 @@ def test_rerun_resumes_from_the_cache(built):
     code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
     assert code == 0, stderr
     assert "search: reusing" in stderr and "train: epoch" not in stderr
+    before = json.loads((out / "report.json").read_text())
+    (out / "search.json").write_text("{truncated")
+    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
+    assert code == 0 and "ignoring unreadable cache" in stderr
+    after = json.loads((out / "report.json").read_text())
+    assert [m["arch"] for m in after["family"]] == [m["arch"] for m in before["family"]]
 
 
 def _npz(path, classes):
