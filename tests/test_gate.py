@@ -13,6 +13,12 @@ from regnas.gate import decide, upper_bound
 from regnas.io import save_tensors, write_json
 
 
+def gate(reference, candidate, *extra, split="test"):
+    """Run `regnas gate` on digits; returns the exit code."""
+    args = ["gate", "--reference", str(reference), "--candidate", str(candidate), "--data", "digits"]
+    return main(args + (["--split", split] if split else []) + list(extra))
+
+
 def save_member(net, space, arch, out):
     subnet = recalibrate_bn(space.extract(net.model, arch), net_calib(net))
     write_json(out / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
@@ -68,19 +74,8 @@ def test_member_vs_onnx_counts_real_flips_and_writes_reports(models, tmp_path, c
     labels = digits["test"].y.numpy()
     expected = int(((preds["small"] == labels) & (preds["large"] != labels)).sum())
     out = {k: tmp_path / f"gate.{k}" for k in ("json", "xml", "md")}
-    args = [
-        "gate",
-        "--reference",
-        str(root / "build" / "phone"),
-        "--candidate",
-        str(root / "large.onnx"),
-        "--data",
-        "digits",
-        "--split",
-        "test",
-    ]
-    args += ["--json", str(out["json"]), "--junit", str(out["xml"]), "--markdown", str(out["md"]), "--max-nfr", "1", "--max-top1-drop", "1"]
-    assert main(args) == 0
+    reports = ["--json", str(out["json"]), "--junit", str(out["xml"]), "--markdown", str(out["md"])]
+    assert gate(root / "build" / "phone", root / "large.onnx", *reports, "--max-nfr", "1", "--max-top1-drop", "1") == 0
     result = json.loads(out["json"].read_text())
     assert result["flips"] == expected and result["n"] == len(labels) and result["passed"] is True
     assert {"nfr", "nfr_upper", "flips", "n", "top1_reference", "top1_candidate", "passed"} <= set(result)
@@ -97,23 +92,7 @@ def test_strict_limit_fails_with_exit_1(models, tmp_path):
     np.save(tmp_path / "ref.npy", preds["small"])
     (tmp_path / "cand.json").write_text(json.dumps({"predictions": preds["large"].tolist()}))
     xml = tmp_path / "j.xml"
-    code = main(
-        [
-            "gate",
-            "--reference",
-            str(tmp_path / "ref.npy"),
-            "--candidate",
-            str(tmp_path / "cand.json"),
-            "--data",
-            "digits",
-            "--split",
-            "test",
-            "--max-nfr",
-            "0",
-            "--junit",
-            str(xml),
-        ]
-    )
+    code = gate(tmp_path / "ref.npy", tmp_path / "cand.json", "--max-nfr", "0", "--junit", str(xml))
     assert code == 1
     assert ET.parse(xml).getroot().get("failures") in ("1", "2")
 
@@ -121,24 +100,7 @@ def test_strict_limit_fails_with_exit_1(models, tmp_path):
 def test_identical_models_pass_and_small_sets_do_not_pass_by_luck(models, tmp_path):
     root, preds = models
     member = str(root / "build" / "server")
-    assert (
-        main(
-            [
-                "gate",
-                "--reference",
-                member,
-                "--candidate",
-                str(root / "large.onnx"),
-                "--data",
-                "digits",
-                "--split",
-                "test",
-                "--max-nfr",
-                "0.02",
-            ]
-        )
-        == 0
-    )
+    assert gate(member, root / "large.onnx", "--max-nfr", "0.02") == 0
     tiny = np.array([0, 1] * 10)
     assert decide(tiny, tiny, tiny, 0.05, 0.0, 0.95).passed is False  # 20 samples cannot show NFR <= 5%
 
@@ -171,14 +133,14 @@ def _bad_onnx(path, out_features, spatial=False):
 def test_bad_inputs_exit_2(models, capsys, make, message):
     root, preds = models
     bad = make(root, preds)
-    code = main(["gate", "--reference", str(root / "build" / "phone"), "--candidate", str(bad), "--data", "digits", "--split", "test"])
+    code = gate(root / "build" / "phone", bad)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
 
 
 def test_input_shape_mismatch_exits_2(tmp_path, capsys):
     big = export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10)), tmp_path / "rgb.onnx", (3, 16, 16))
-    assert main(["gate", "--reference", str(big), "--candidate", str(big), "--data", "digits"]) == 2
+    assert gate(big, big, split=None) == 2
     assert "expects inputs 3×16×16 but the data is 1×8×8" in capsys.readouterr().err
 
 
