@@ -185,10 +185,11 @@ def render_html(report: dict[str, Any]) -> str:
     members = _table(rows, ["", "target", "MFLOPs", "budget", "params", "test top-1", "NFR vs previous"])
     nest = _table(
         [
-            [f"{n['smaller']} ⊂ {n['larger']}", str(n["contains"]), str(n["literal"]), f"{n['shared_weight_fraction']:.3f}"]
-            for n in report["nesting"]
+            [kind, f"{n['smaller']} ⊂ {n['larger']}", str(n["contains"]), str(n["literal"]), f"{n['shared_weight_fraction']:.3f}"]
+            for kind, pairs in (("family", report["nesting"]), ("baseline", report["baseline"]["nesting"]))
+            for n in pairs
         ],
-        ["pair", "contains", "literal slices", "shared weight fraction"],
+        ["", "pair", "contains", "literal slices", "shared weight fraction"],
     )
     figures = [("Flips between members", _heatmaps(report)), ("Search", _pareto_plot(report)), ("Flips per class", _per_class_plot(report))]
     imgs = "".join(f"<h2>{t}</h2><img alt='{t}' src='{src}'>" for t, src in figures if src)

@@ -168,6 +168,7 @@ def test_build_writes_a_self_contained_html_report_and_summary(built):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3  # heatmaps, search Pareto plot, flips per class
     assert "http://" not in page and "https://" not in page
+    assert page.count("<td>phone ⊂ edge</td>") == 2  # nesting rows for the family and the baseline
     summary = (out / "summary.md").read_text()
     assert "| family | phone |" in summary and "| baseline | server |" in summary
     (out / "report.html").unlink()
