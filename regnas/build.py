@@ -142,16 +142,3 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     write_json(out / "report.json", report)
     write_reports(out, report)
     return report
-
-
-def summary(report: dict[str, Any]) -> str:
-    """A plain-text table of the family against the baseline."""
-    lines = [f"{'':9} {'target':10} {'MFLOPs':>8} {'budget':>8} {'params':>9} {'top-1':>7} {'NFR prev':>9}"]
-    for name, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
-        for m in members:
-            nfr_s = "-" if m["nfr_vs_prev"] is None else f"{100 * m['nfr_vs_prev']:.2f}%"
-            flops = f"{m['flops'] / 1e6:8.2f} {m['budget_flops'] / 1e6:8.2f}"
-            lines.append(f"{name:9} {m['target']:10} {flops} {m['params']:9,} {100 * m['top1']:6.2f}% {nfr_s:>9}")
-    for n in report["nesting"]:
-        lines.append(f"nesting   {n['smaller']} ⊂ {n['larger']}: contains={n['contains']} shared={n['shared_weight_fraction']:.3f}")
-    return "\n".join(lines)

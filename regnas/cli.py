@@ -36,18 +36,18 @@ class Command:
         raise NotImplementedError
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
-    p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
-    p.add_argument("--epochs", type=int, default=None, help="supernet training epochs (default: scaled to the dataset size)")
-
-
 def _positive(value: str) -> int:
     v = int(value)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
     return v
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
+    p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
+    p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: scaled to the dataset size)")
 
 
 @register_command
@@ -69,19 +69,18 @@ class Build(Command):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
-        from regnas.build import BuildOptions, build, summary
+        from regnas.build import BuildOptions, build
+        from regnas.report import markdown_summary
         from regnas.search import SearchConfig
 
         search = SearchConfig()
         if args.population:
-            search = replace(search, population=max(args.population, 4))
+            search = replace(search, population=args.population)
         if args.generations:
             search = replace(search, generations=args.generations)
-        if args.epochs is not None and args.epochs < 1:
-            raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
         opts = BuildOptions(args.targets, args.data, args.out, args.supernet, args.seed, args.space, args.epochs, args.reward, search)
         report = build(opts)
-        print(summary(report))
+        print(markdown_summary(report), end="")
         print(f"wrote {args.out / 'report.json'}")
         return 0
 
@@ -111,8 +110,6 @@ class Train(Command):
         space = args.space or "mbv3"
         space_class(space)
         data = load_dataset(args.data, args.seed)
-        if args.epochs is not None and args.epochs < 1:
-            raise RegnasError(f"--epochs must be at least 1, got {args.epochs}")
         n = len(data["train"])
         cfg = TrainConfig(
             epochs=args.epochs or default_epochs(n),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
@@ -70,9 +69,11 @@ class SearchResult:
     """The best candidate and how the search got there."""
 
     best: Candidate
-    evaluated: int
-    history: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.candidates)
 
 
 def feasible(space: SearchSpace, arch: Arch, budget: int, rng: random.Random, lower: Arch | None) -> Arch:
@@ -124,13 +125,11 @@ def evolve(
     population: list[Arch] = []
     for _ in range(cfg.population):
         population.append(unique(lambda: space.sample(rng, prev), population))
-    history = []
     n_parents = max(2, round(cfg.parent_ratio * cfg.population))
     n_mutants = round(cfg.mutation_ratio * (cfg.population - n_parents))
     for gen in range(cfg.generations):
         ranked = sorted((score(a) for a in population), key=rank)
         best = min(seen.values(), key=rank)
-        history.append({"generation": gen, "best_reward": best.reward, "best_top1": best.top1, "evaluated": len(seen)})
         log(f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)")
         if gen == cfg.generations - 1:
             break
@@ -140,4 +139,4 @@ def evolve(
             population.append(unique(lambda ps=parents: space.mutate(rng.choice(ps), rng, cfg.mutate_prob, prev), population))
         while len(population) < cfg.population:
             population.append(unique(lambda ps=parents: space.crossover(*rng.sample(ps, 2), rng), population))
-    return SearchResult(min(seen.values(), key=rank), len(seen), history, list(seen.values()))
+    return SearchResult(min(seen.values(), key=rank), list(seen.values()))

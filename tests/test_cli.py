@@ -160,6 +160,8 @@ def test_python_m_and_help():
     assert code == 0 and "build" in stdout and "train" in stdout
     code, _, stderr = run("build", "--population", "0")
     assert code == 2 and "at least 1" in stderr
+    code, _, stderr = run("train", "--out", "unused", "--epochs", "0")
+    assert code == 2 and "at least 1" in stderr
 
 
 @pytest.mark.slow

@@ -19,17 +19,11 @@ def gate(reference, candidate, *extra, split="test"):
     return main(args + (["--split", split] if split else []) + list(extra))
 
 
-def save_member(net, space, arch, out):
-    subnet = recalibrate_bn(space.extract(net.model, arch), net_calib(net))
+def save_member(net, space, arch, calib, out):
+    subnet = recalibrate_bn(space.extract(net.model, arch), calib)
     write_json(out / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
     save_tensors(out / "model.safetensors", subnet.state_dict())
     return subnet.to(memory_format=torch.contiguous_format)
-
-
-def net_calib(net):
-    from regnas.data import load_dataset
-
-    return load_dataset("digits", 0)["calib"].x
 
 
 def export_onnx(model, path, input_shape=(1, 8, 8)):
@@ -51,8 +45,8 @@ def models(digits_supernet, digits, tmp_path_factory):
     net, _ = digits_supernet
     space = net.space
     root = tmp_path_factory.mktemp("gate")
-    small = save_member(net, space, space.smallest(), root / "build" / "phone")
-    large = save_member(net, space, space.largest(), root / "build" / "server")
+    small = save_member(net, space, space.smallest(), digits["calib"].x, root / "build" / "phone")
+    large = save_member(net, space, space.largest(), digits["calib"].x, root / "build" / "server")
     (root / "build" / "report.json").write_text("{}")
     export_onnx(large, root / "large.onnx")
     test = digits["test"]

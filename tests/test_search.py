@@ -35,6 +35,14 @@ def test_search_respects_budget_and_superset_constraint(evaluator):
     assert again.best.arch == first.best.arch
 
 
+@pytest.mark.parametrize("population", [1, 2, 3])
+def test_tiny_populations_still_search_within_the_budget(evaluator, population):
+    space = evaluator.space
+    budget = space.flops(space.largest()) // 2
+    result = evolve(evaluator, budget, PRESETS["R2"], None, SearchConfig(population=population, generations=3), log=lambda _m: None)
+    assert space.flops(result.best.arch) <= budget and result.evaluated >= 1
+
+
 def test_impossible_budget_is_a_regnas_error(evaluator):
     with pytest.raises(RegnasError, match="raise the budget"):
         evolve(evaluator, 10, PRESETS["R0"], None, CFG, log=lambda _m: None)
