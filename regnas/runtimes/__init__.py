@@ -1,12 +1,16 @@
-"""Registry of runtimes: an artifact file in, class scores out.
+"""Registry of runtimes: an artifact file in, outputs (and latencies) out.
 
 A runtime is a `Runtime` subclass registered with `@register_runtime`; `runtime_for(path)` picks
-one by file suffix. A runtime whose library is missing raises RegnasError naming what to install.
+one by file suffix, `load_runtime(name, path)` by name. A runtime whose library is missing raises
+RegnasError naming the pip extra; one that cannot run on this machine at all (Core ML off macOS,
+TensorRT without a GPU) raises `Unavailable`, which callers report as `skipped: <reason>`.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +20,35 @@ from regnas.errors import RegnasError
 _RUNTIMES: dict[str, type[Runtime]] = {}
 
 
+@dataclass(frozen=True)
+class Remote:
+    """A TVM RPC device: a server at `host:port`, or a tracker at `host:port` handing out `key`."""
+
+    host: str
+    port: int
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, address: str, key: str | None = None) -> Remote:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise RegnasError(f"RPC address {address!r} is not host:port; pass e.g. --rpc 192.168.1.20:9090")
+        return cls(host, int(port), key)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}" + (f" (key {self.key})" if self.key else "")
+
+
 class Runtime(ABC):
-    """A loaded model that maps N×C×H×W float32 images to N×classes scores."""
+    """A loaded model that maps N×C×H×W float32 inputs to an output array."""
 
     name: str
     suffixes: tuple[str, ...]
+    max_batch: int = 256
 
     @abstractmethod
-    def __init__(self, path: Path, threads: int = 1):
-        """Load the artifact at `path`; RegnasError when it is unreadable or not a classifier."""
+    def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
+        """Load the artifact at `path`; RegnasError when it is unreadable, Unavailable when it cannot run here."""
 
     @property
     @abstractmethod
@@ -32,8 +56,36 @@ class Runtime(ABC):
         """(C, H, W) the model expects; None where a dimension is dynamic."""
 
     @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The model's (first) output for a batch."""
+
     def scores(self, x: np.ndarray) -> np.ndarray:
-        """Class scores, shaped N×classes."""
+        """Class scores, shaped N×classes; RegnasError when the model is not a classifier."""
+        out = self.run(np.ascontiguousarray(x, dtype=np.float32))
+        if out.ndim != 2 or out.shape[0] != len(x):
+            raise RegnasError(f"{self.path} is not a classifier: its output is shaped {list(out.shape)}, not [N, classes]")
+        return out
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Top-1 class per sample, in batches of at most `max_batch`."""
+        b = self.max_batch
+        return np.concatenate([self.scores(x[i : i + b]).argmax(1) for i in range(0, len(x), b)])
+
+    def time_ms(self, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> np.ndarray:
+        """Wall-clock latency of `run(x)` in milliseconds, once per repeat, after `warmup` runs."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        for _ in range(warmup):
+            self.run(x)
+        out = np.empty(repeats)
+        for i in range(repeats):
+            t = time.perf_counter()
+            self.run(x)
+            out[i] = (time.perf_counter() - t) * 1e3
+        return out
+
+    def version(self) -> str:
+        """The runtime library's version, for provenance."""
+        return "unknown"
 
 
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:
@@ -42,14 +94,36 @@ def register_runtime(cls: type[Runtime]) -> type[Runtime]:
     return cls
 
 
-def runtime_for(path: str | Path, threads: int = 1) -> Runtime:
+def runtime_names() -> list[str]:
+    return sorted(_RUNTIMES)
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    """The runtime registered as `name`."""
+    if name not in _RUNTIMES:
+        raise RegnasError(f"unknown runtime {name!r}; use one of {', '.join(runtime_names())}")
+    return _RUNTIMES[name]
+
+
+def load_runtime(name: str, path: str | Path, threads: int = 1, remote: Remote | None = None) -> Runtime:
+    """Load `path` with the runtime called `name`."""
+    return runtime_class(name)(Path(path), threads, remote)
+
+
+def runtime_for(path: str | Path, threads: int = 1, remote: Remote | None = None) -> Runtime:
     """Load `path` with the runtime that handles its suffix."""
     path = Path(path)
     for cls in _RUNTIMES.values():
-        if path.suffix in cls.suffixes:
-            return cls(path, threads)
+        if path.name.endswith(cls.suffixes):
+            return cls(path, threads, remote)
     known = sorted(s for c in _RUNTIMES.values() for s in c.suffixes)
     raise RegnasError(f"no runtime reads {path.suffix or 'files without a suffix'} ({path}); give one of {', '.join(known)}")
 
 
-from regnas.runtimes import onnxruntime  # noqa: E402,F401  (registers the built-in runtimes)
+def local_only(runtime: str, remote: Remote | None) -> None:
+    """Refuse an RPC device for a runtime that has no remote mode."""
+    if remote is not None:
+        raise RegnasError(f"the {runtime} runtime runs locally only; --rpc needs the tvm runtime")
+
+
+from regnas.runtimes import coreml, executorch, onnxruntime, tensorrt, tvm  # noqa: E402,F401  (registers the built-in runtimes)

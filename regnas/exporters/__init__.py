@@ -1,0 +1,126 @@
+"""Registry of exporters: a plain fp32 network in, deployable artifacts out.
+
+An exporter is an `Exporter` subclass registered with `@register_exporter`. It declares the
+precisions it writes and, for quantized ones, a grid of options that flip-aware quantization may
+search (the first entry is the default). `export` writes every file atomically and returns one
+`Exported` per artifact; an artifact this machine cannot build (a TensorRT engine without a GPU)
+is returned with `status = "skipped: <reason>"` and, where one exists, the command that builds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from regnas.errors import RegnasError
+
+_EXPORTERS: dict[str, type[Exporter]] = {}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ExportJob:
+    """One network to export: the fp32 model, its input shape, calibration images, where to write.
+
+    `scratch` is a private temporary directory; formats built from the fp32 ONNX graph share one
+    export of it through `onnx()`.
+    """
+
+    model: nn.Module
+    input_shape: tuple[int, int, int]
+    calib: np.ndarray
+    directory: Path
+    scratch: Path
+
+    def onnx(self) -> Path:
+        """The fp32 ONNX graph of the model (exported once per job)."""
+        from regnas.exporters.onnx import export_onnx
+
+        path = self.scratch / "model-fp32.onnx"
+        return path if path.is_file() else export_onnx(self.model, self.input_shape, path)
+
+
+@dataclass
+class Exported:
+    """One artifact as written (or skipped) by an exporter."""
+
+    format: str
+    precision: str
+    path: Path
+    runtime: str
+    status: str = "ok"
+    command: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Exporter(ABC):
+    """Writes one format. `extra` names the pip extra that installs its toolchain."""
+
+    name: str
+    precisions: tuple[str, ...]
+    extra: str
+
+    @abstractmethod
+    def check_available(self) -> None:
+        """Raise RegnasError naming the pip extra when the toolchain is missing."""
+
+    @abstractmethod
+    def export(self, job: ExportJob, precision: str, options: dict[str, Any] | None = None) -> list[Exported]:
+        """Write the artifacts for `precision` into `job.directory`."""
+
+    def option_grid(self, precision: str) -> list[dict[str, Any]]:
+        """Quantization options flip-aware quantization may try, default first; [{}] when there is nothing to choose."""
+        return [{}]
+
+
+def register_exporter(cls: type[Exporter]) -> type[Exporter]:
+    """Class decorator: register `cls` under `cls.name`."""
+    _EXPORTERS[cls.name] = cls
+    return cls
+
+
+def exporter_names() -> list[str]:
+    return sorted(_EXPORTERS)
+
+
+def create_exporter(name: str) -> Exporter:
+    """The exporter registered as `name`."""
+    if name not in _EXPORTERS:
+        raise RegnasError(f"unknown exporter {name!r}; use one of {', '.join(exporter_names())}")
+    return _EXPORTERS[name]()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the converters' progress prints, warnings and log lines; errors still propagate."""
+    levels = {n: logging.getLogger(n).level for n in ("torch", "torch.onnx", "coremltools", "onnxruntime", "root")}
+    for n in levels:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move a finished directory artifact (a Core ML package) onto `path`."""
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+from regnas.exporters import coreml, executorch, onnx, tensorrt, tvm  # noqa: E402,F401  (registers the built-in exporters)

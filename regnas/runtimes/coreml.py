@@ -1,0 +1,51 @@
+"""Core ML: `.mlpackage` programs. Apple's runtime predicts on macOS only; elsewhere `skipped`."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from regnas.errors import RegnasError, Unavailable, require
+from regnas.runtimes import Remote, Runtime, local_only, register_runtime
+
+
+@register_runtime
+class CoreMLRuntime(Runtime):
+    """An mlprogram with one image tensor input named `input` and class scores out."""
+
+    name = "coreml"
+    suffixes = (".mlpackage",)
+
+    def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
+        local_only(self.name, remote)
+        from regnas.exporters import quiet
+
+        with quiet():
+            ct = require("coremltools", "coreml")
+        if not path.is_dir():
+            raise RegnasError(f"Core ML package not found: {path}; check the path")
+        try:
+            spec = ct.utils.load_spec(str(path))
+        except Exception as exc:  # coremltools raises several types for a corrupt package
+            raise RegnasError(f"{path} is not a readable Core ML package ({str(exc).splitlines()[0]}); re-export it") from exc
+        self.path = path
+        shape = [r.lowerBound for r in spec.description.input[0].type.multiArrayType.shapeRange.sizeRanges]
+        self._shape = tuple(shape[1:]) if len(shape) == 4 else (None, None, None)
+        if platform.system() != "Darwin":
+            raise Unavailable("Core ML predicts on macOS only")
+        self.model = ct.models.MLModel(str(path))
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.model.predict({"input": np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out["scores"])
+
+    def version(self) -> str:
+        import coremltools
+
+        return f"coremltools {coremltools.__version__}"

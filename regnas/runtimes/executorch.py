@@ -1,0 +1,57 @@
+"""ExecuTorch: `.pte` programs with the XNNPACK delegate, run by the ExecuTorch runtime.
+
+The same XNNPACK kernels run on Android phones and on x86, so predictions here are the phone's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from regnas.errors import RegnasError, require
+from regnas.runtimes import Remote, Runtime, local_only, register_runtime
+
+
+@register_runtime
+class ExecuTorchRuntime(Runtime):
+    """A `.pte` program whose `forward` takes one N×C×H×W float tensor."""
+
+    name = "executorch"
+    suffixes = (".pte",)
+    max_batch = 1
+
+    def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
+        local_only(self.name, remote)
+        runtime = require("executorch.runtime", "executorch")
+        import torch
+        from executorch.extension.pybindings import portable_lib
+
+        if not path.is_file():
+            raise RegnasError(f"ExecuTorch program not found: {path}; check the path")
+        self._torch = torch
+        self.path = path
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
+        try:
+            program = runtime.Runtime.get().load_program(str(path))
+            self._method = program.load_method("forward")
+            meta = self._method.metadata
+            shape = tuple(meta.input_tensor_meta(0).sizes())
+        except Exception as exc:  # the runtime raises RuntimeError/ValueError for unreadable programs
+            raise RegnasError(f"{path} is not a loadable ExecuTorch program ({str(exc).splitlines()[0]}); re-export it") from exc
+        if len(shape) != 4:
+            raise RegnasError(f"{path} is not an image model: its input is shaped {list(shape)}, not N×C×H×W")
+        self._shape = tuple(shape[1:])
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._method.execute([self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"executorch {version('executorch')} (XNNPACK)"

@@ -1,0 +1,93 @@
+"""Apache TVM: relax libraries (`.so`) compiled by the tvm exporter, run here or on a device over RPC.
+
+A library built for this host runs locally; one cross-compiled for another CPU (aarch64) runs on
+that device through a TVM RPC server (`python -m tvm.exec.rpc_server` on the device), reached
+directly (`--rpc host:port`) or through a tracker (`--rpc host:port --rpc-key KEY`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from regnas.errors import RegnasError, Unavailable, require
+from regnas.runtimes import Remote, Runtime, register_runtime
+
+SESSION_TIMEOUT_S = 600
+
+
+def connect(remote: Remote):
+    """An RPC session to `remote`; RegnasError when nothing answers there."""
+    rpc = require("tvm.rpc", "tvm")
+    try:
+        if remote.key:
+            return rpc.connect_tracker(remote.host, remote.port).request(remote.key, session_timeout=SESSION_TIMEOUT_S)
+        return rpc.connect(remote.host, remote.port, session_timeout=SESSION_TIMEOUT_S)
+    except Exception as exc:  # TVM raises InternalError/RuntimeError/TimeoutError for a dead address
+        raise RegnasError(
+            f"cannot reach the TVM RPC {'tracker' if remote.key else 'server'} at {remote} ({str(exc).splitlines()[-1][:120]}); "
+            "start `python -m tvm.exec.rpc_server` there or fix --rpc"
+        ) from exc
+
+
+def library_meta(path: Path) -> dict:
+    """The sidecar the tvm exporter writes beside a library: input shape and compile target."""
+    side = path.with_name(path.name + ".json")
+    try:
+        return json.loads(side.read_text()) if side.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RegnasError(f"{side} is not valid JSON ({exc}); re-export the TVM library") from exc
+
+
+@register_runtime
+class TvmRuntime(Runtime):
+    """A relax VM library whose `main` takes one N×C×H×W float tensor."""
+
+    name = "tvm"
+    suffixes = (".so",)
+
+    def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
+        tvm = require("tvm", "tvm")
+        from tvm import relax
+
+        if not path.is_file():
+            raise RegnasError(f"TVM library not found: {path}; check the path")
+        self.path, self.remote, self._tvm = path, remote, tvm
+        self.meta = library_meta(path)
+        host = self.meta.get("host", True)
+        if remote is None and not host:
+            raise Unavailable(f"{path.name} is built for {self.meta.get('target')}; run it on that device with --rpc host:port")
+        try:
+            if remote is None:
+                tvm.get_global_func("runtime.config_threadpool")(0, threads)
+                lib, self.dev = tvm.runtime.load_module(str(path)), tvm.cpu()
+            else:
+                self.session = connect(remote)
+                self.session.get_function("runtime.config_threadpool")(0, threads)
+                self.session.upload(str(path))
+                lib, self.dev = self.session.load_module(path.name), self.session.cpu()
+            self.vm = relax.VirtualMachine(lib, self.dev)
+        except RegnasError:
+            raise
+        except Exception as exc:  # TVM raises its own error types for a wrong or corrupt library
+            raise RegnasError(f"{path} is not a loadable TVM library ({str(exc).splitlines()[-1][:160]}); re-export it") from exc
+        self._shape = tuple(self.meta.get("input_shape", (None, None, None)))
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self._shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        arr = self._tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
+        return self.vm["main"](arr).numpy()
+
+    def time_ms(self, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> np.ndarray:
+        """Timed on the device by TVM's time evaluator, so RPC round trips are not counted."""
+        arr = self._tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
+        self.vm.time_evaluator("main", self.dev, number=warmup, repeat=1)(arr)
+        return np.asarray(self.vm.time_evaluator("main", self.dev, number=1, repeat=repeats)(arr).results) * 1e3
+
+    def version(self) -> str:
+        return f"apache-tvm {self._tvm.__version__}" + (f" over RPC {self.remote}" if self.remote else "")

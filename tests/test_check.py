@@ -1,0 +1,101 @@
+"""`regnas export` / `regnas check` on a real digits build: artifacts, flips vs fp32 and vs the previous member, exit codes."""
+
+import json
+
+import pytest
+
+from regnas.build import BuildOptions, build
+from regnas.cli import main
+from regnas.io import sha256_file
+from regnas.search import SearchConfig
+
+TOML = """name = "{name}"
+runtime = "onnxruntime"
+max_nfr_vs_fp32 = {limit}
+[exporters]
+onnx = ["fp32", "int8"]
+[budget]
+flops_fraction = {fraction}
+"""
+
+
+@pytest.fixture(scope="module")
+def family_dir(digits_supernet, tmp_path_factory):
+    """A two-member family built from the shared supernet, without artifacts yet."""
+    _, ckpt = digits_supernet
+    root = tmp_path_factory.mktemp("checked")
+    (root / "targets").mkdir()
+    for name, fraction in (("small", 0.4), ("large", 0.8)):
+        (root / "targets" / f"{name}.toml").write_text(TOML.format(name=name, limit=0.05, fraction=fraction))
+    out = root / "build"
+    opts = BuildOptions(
+        targets="small,large",
+        out=out,
+        supernet=ckpt / "supernet.safetensors",
+        search=SearchConfig(population=4, generations=1),
+        export=False,
+        targets_dir=root / "targets",
+    )
+    build(opts)
+    return out
+
+
+def test_export_then_check_fills_the_artifact_contract(family_dir, capsys):
+    assert main(["export", str(family_dir)]) == 0
+    report = json.loads((family_dir / "report.json").read_text())
+    arts = report["artifacts"]
+    assert [(a["target"], a["format"], a["precision"]) for a in arts] == [
+        ("small", "onnx", "fp32"),
+        ("small", "onnx", "int8"),
+        ("large", "onnx", "fp32"),
+        ("large", "onnx", "int8"),
+    ]
+    for a in arts:
+        assert {"target", "format", "precision", "path", "sha256", "runtime", "status", "top1", "nfr_vs_fp32", "nfr_vs_prev"} <= set(a)
+        assert a["status"] == "ok" and a["sha256"] == sha256_file(family_dir / a["path"]) and not a["path"].startswith("/")
+    fp32 = {a["target"]: a for a in arts if a["precision"] == "fp32"}
+    members = {m["target"]: m for m in report["family"]}
+    for name, a in fp32.items():  # the fp32 export is the member itself
+        assert a["nfr_vs_fp32"] == 0 and a["top1"] == pytest.approx(members[name]["top1"])
+    assert fp32["small"]["nfr_vs_prev"] is None
+    assert fp32["large"]["nfr_vs_prev"] == pytest.approx(members["large"]["nfr_vs_prev"])
+    int8 = next(a for a in arts if a["target"] == "small" and a["precision"] == "int8")
+    assert int8["quantization"]["selected_on"] == "val" and int8["options"]["activation_type"] in ("QUInt8", "QInt8")
+    matrix = report["check"]["flip_matrix"]
+    assert len(matrix["labels"]) == 4 and all(matrix["nfr"][i][i] == 0 for i in range(4))
+    assert report["check"]["passed"] and "onnx-int8.onnx" in (family_dir / "summary.md").read_text()
+
+
+def test_check_fails_naming_an_artifact_over_its_threshold(family_dir, capsys):
+    report = json.loads((family_dir / "report.json").read_text())
+    small, large = (family_dir / "small" / "onnx-fp32.onnx"), (family_dir / "large" / "onnx-fp32.onnx")
+    original = small.read_bytes()
+    small.write_bytes(large.read_bytes())  # the small target now ships the large model: many flips vs its fp32
+    entry = next(a for a in report["artifacts"] if a["path"] == "small/onnx-fp32.onnx")
+    entry["sha256"] = sha256_file(small)
+    (family_dir / "report.json").write_text(json.dumps(report))
+    try:
+        assert main(["check", str(family_dir)]) == 1
+        out = capsys.readouterr().out
+        assert "check FAILED: small/onnx-fp32.onnx: NFR vs its fp32 model" in out
+        assert not json.loads((family_dir / "report.json").read_text())["check"]["passed"]
+    finally:
+        small.write_bytes(original)
+        entry["sha256"] = sha256_file(small)
+        (family_dir / "report.json").write_text(json.dumps(report))
+    assert main(["check", str(family_dir)]) == 0
+
+
+def test_tampered_artifact_and_missing_report_exit_2(family_dir, tmp_path, capsys):
+    path = family_dir / "large" / "onnx-int8.onnx"
+    original = path.read_bytes()
+    path.write_bytes(original + b"\0")
+    try:
+        assert main(["check", str(family_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "large/onnx-int8.onnx no longer matches its sha256" in err and err.count("\n") == 1
+    finally:
+        path.write_bytes(original)
+    assert main(["check", str(tmp_path)]) == 2
+    assert "build report not found" in capsys.readouterr().err
+    assert main(["export", str(tmp_path)]) == 2
