@@ -21,7 +21,7 @@ from regnas.evaluate import Evaluator, predict
 from regnas.flips import flip_matrix, negative_flips, nfr, top1
 from regnas.io import load_tensors, read_json
 from regnas.nn import crop_slices
-from regnas.search import PRESETS, Reward, SearchConfig, evolve
+from regnas.search import PRESETS, Budget, Reward, SearchConfig, evolve
 from regnas.spaces import Arch, SearchSpace, create_space
 
 
@@ -31,12 +31,13 @@ class Member:
 
     target: str
     arch: Arch
-    budget_flops: int
+    budget_flops: int | None
     val_top1: float
     val_nfr_vs_prev: float | None
     evaluated: int
     candidates: list[tuple[int, float, float | None]] = field(default_factory=list)
     """(FLOPs, val top-1, val NFR vs the previous member) of every arch the search evaluated."""
+    budget_latency_ms: float | None = None
 
     def to_json(self, space: SearchSpace) -> dict[str, Any]:
         return {**self.__dict__, "arch": space.to_json(self.arch)}
@@ -48,27 +49,30 @@ class Member:
 
 def search_family(
     evaluator: Evaluator,
-    budgets: list[tuple[str, int]],
+    budgets: list[tuple[str, Budget | int]],
     reward: Reward,
     cfg: SearchConfig,
     seed: int,
     nested: bool = True,
     log=print,
 ) -> list[Member]:
-    """Search one arch per (target, budget), in budget order; nested: each ⊇ the previous."""
+    """Search one arch per (target, budget) in the given order (an int budget is FLOPs); nested: each ⊇ the previous."""
+    space = evaluator.space
     members: list[Member] = []
     prev: Arch | None = None
-    for i, (name, budget) in enumerate(sorted(budgets, key=lambda b: b[1])):
-        log(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget:,} FLOPs)")
+    for i, (name, budget) in enumerate(budgets):
+        budget = budget if isinstance(budget, Budget) else Budget.flops(space, budget)
+        log(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget.describe()})")
         result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, log)
         best = result.best
         seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
-        members.append(Member(name, best.arch, budget, best.top1, best.nfr, result.evaluated, seen))
+        flops, ms = (int(budget.limit), None) if budget.unit == "FLOPs" else (None, budget.limit)
+        members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms))
         prev = best.arch
     return members
 
 
-def search_baseline(evaluator: Evaluator, budgets: list[tuple[str, int]], cfg: SearchConfig, seed: int, log=print) -> list[Member]:
+def search_baseline(evaluator: Evaluator, budgets: list[tuple[str, Budget | int]], cfg: SearchConfig, seed: int, log=print) -> list[Member]:
     """Each target searched alone for accuracy (R0), the independent baseline."""
     return search_family(evaluator, budgets, PRESETS["R0"], cfg, seed, nested=False, log=log)
 

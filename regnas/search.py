@@ -1,4 +1,4 @@
-"""Evolutionary architecture search under a FLOP budget with the REG-NAS reward.
+"""Evolutionary architecture search under a FLOP or latency budget with the REG-NAS reward.
 
 reward(a) = λ1·Top1(a) − λ2·NFR(a, a_prev), both on the val split. With a previous family member,
 every candidate is a superset of it: sampling draws from its supersets, and mutation, crossover
@@ -8,6 +8,7 @@ and the budget repair (shrinking one choice at a time) never go below it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from regnas.errors import RegnasError
@@ -53,6 +54,23 @@ class SearchConfig:
     mutate_prob: float = 0.2
 
 
+@dataclass(frozen=True)
+class Budget:
+    """A constraint `cost(arch) <= limit`: FLOPs counted on the space, or milliseconds predicted by a LUT."""
+
+    limit: float
+    unit: str
+    cost: Callable[[Arch], float]
+
+    @classmethod
+    def flops(cls, space: SearchSpace, limit: int) -> Budget:
+        return cls(float(limit), "FLOPs", space.flops)
+
+    def describe(self, value: float | None = None) -> str:
+        v = self.limit if value is None else value
+        return f"{v:,.0f} FLOPs" if self.unit == "FLOPs" else f"{v:.3f} ms"
+
+
 @dataclass
 class Candidate:
     """An evaluated arch."""
@@ -76,29 +94,31 @@ class SearchResult:
         return len(self.candidates)
 
 
-def feasible(space: SearchSpace, arch: Arch, budget: int, rng: random.Random, lower: Arch | None) -> Arch:
+def feasible(space: SearchSpace, arch: Arch, budget: Budget, rng: random.Random, lower: Arch | None) -> Arch:
     """Shrink `arch` one random choice at a time until it fits the budget, never below `lower`."""
-    while space.flops(arch) > budget:
+    while budget.cost(arch) > budget.limit:
         arch = space.shrink(arch, rng, lower)
     return arch
 
 
 def evolve(
     evaluator: Evaluator,
-    budget_flops: int,
+    budget: Budget | int,
     reward: Reward,
     prev: Arch | None = None,
     cfg: SearchConfig = SearchConfig(),
     seed: int = 0,
     log=print,
 ) -> SearchResult:
-    """Search the supersets of `prev` (all archs when None) within `budget_flops` for the best reward."""
+    """Search the supersets of `prev` (all archs when None) within `budget` (an int is FLOPs) for the best reward."""
     space = evaluator.space
+    if not isinstance(budget, Budget):
+        budget = Budget.flops(space, budget)
     lower = prev if prev is not None else space.smallest()
-    floor = space.flops(lower)
-    if floor > budget_flops:
+    floor = budget.cost(lower)
+    if floor > budget.limit:
         what = "the previous family member" if prev is not None else "the smallest arch"
-        raise RegnasError(f"FLOP budget {budget_flops:,} is below {what} ({floor:,} FLOPs); raise the budget")
+        raise RegnasError(f"budget {budget.describe()} is below {what} ({budget.describe(floor)}); raise the budget")
     rng = random.Random(seed)
     labels = evaluator.labels("val")
     prev_pred = evaluator.predictions(prev, "val") if prev is not None else None
@@ -117,7 +137,7 @@ def evolve(
 
     def unique(make, population: list[Arch]) -> Arch:
         for _ in range(20):
-            arch = feasible(space, make(), budget_flops, rng, prev)
+            arch = feasible(space, make(), budget, rng, prev)
             if arch not in population:
                 return arch
         return arch

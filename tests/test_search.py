@@ -51,7 +51,7 @@ def test_impossible_budget_is_a_regnas_error(evaluator):
 def test_family_is_nested_with_literal_weight_sharing(evaluator):
     space = evaluator.space
     large = space.flops(space.largest())
-    members = search_family(evaluator, [("b", int(0.6 * large)), ("a", int(0.3 * large))], PRESETS["R2"], CFG, seed=1, log=lambda _m: None)
+    members = search_family(evaluator, [("a", int(0.3 * large)), ("b", int(0.6 * large))], PRESETS["R2"], CFG, seed=1, log=lambda _m: None)
     assert [m.target for m in members] == ["a", "b"]
     a, b = members
     pair = nesting(space, "a", a.arch, evaluator.subnet(a.arch), "b", b.arch, evaluator.subnet(b.arch))

@@ -347,6 +347,11 @@ class MBV3Space(SearchSpace):
         blocks = [("block", s, j > 0, k, e) for s in range(self.n_stages) for j, (k, e) in enumerate(zip(arch.kernel[s], arch.expand[s]))]
         return [("stem",), *blocks, ("head",)]
 
+    def all_units(self) -> list[tuple]:
+        c = self.config
+        choices = [(later, k, e) for later in (False, True) for k in c["kernels"] for e in c["expands"]]
+        return [("stem",), *(("block", s, *ch) for s in range(self.n_stages) for ch in choices), ("head",)]
+
     def build_unit(self, unit: tuple) -> tuple[nn.Module, tuple[int, ...]]:
         c = self.config
         if unit[0] == "stem":

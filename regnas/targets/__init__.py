@@ -1,8 +1,10 @@
 """Targets: the platforms a family is built for, defined in TOML.
 
-A target names its runtime, precision, threads and exporters, and a budget: absolute `flops`
-or `flops_fraction`, a share of the largest subnet's FLOPs at the dataset's input size (so the
-built-ins fit any dataset). Built-ins live in `builtin/`; a user target is a path to a TOML file.
+A target names its runtime, precision and threads (how its latency is measured), the exporters it
+ships with their precisions, the flip threshold its artifacts must meet, and one budget:
+absolute `flops`, `flops_fraction` (a share of the largest subnet's FLOPs at the dataset's input
+size, so the built-ins fit any dataset) or `latency_ms` (predicted from the target's LUT).
+Built-ins live in `builtin/`; users add a TOML file path, or a directory of them (`--targets-dir`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,25 @@ from typing import Any
 from regnas.errors import RegnasError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-_FIELDS = {"name": str, "description": str, "runtime": str, "precision": str, "threads": int, "exporters": list, "budget": dict}
-_BUDGETS = ("flops", "flops_fraction")
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "description": str,
+    "runtime": str,
+    "precision": str,
+    "threads": int,
+    "exporters": (list, dict),
+    "budget": dict,
+    "max_nfr_vs_fp32": (int, float),
+    "lut": str,
+    "tvm_target": (str, dict),
+}
+_BUDGETS = ("flops", "flops_fraction", "latency_ms")
+DEFAULT_MAX_NFR = 0.002
 
 
 @dataclass(frozen=True)
 class Target:
-    """A platform and its budget."""
+    """A platform, its budget and what it ships."""
 
     name: str
     budget: dict[str, float]
@@ -29,39 +43,76 @@ class Target:
     runtime: str = "onnxruntime"
     precision: str = "fp32"
     threads: int = 1
-    exporters: tuple[str, ...] = field(default_factory=tuple)
+    exporters: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    max_nfr_vs_fp32: float = DEFAULT_MAX_NFR
+    lut: str | None = None
+    tvm_target: str | dict[str, Any] = "llvm"
 
-    def budget_flops(self, largest_flops: int) -> int:
-        """The FLOP budget for a space whose largest subnet costs `largest_flops`."""
+    @property
+    def latency_ms(self) -> float | None:
+        """The latency budget in milliseconds, or None for a FLOP budget."""
+        return self.budget.get("latency_ms")
+
+    def budget_flops(self, largest_flops: int) -> int | None:
+        """The FLOP budget for a space whose largest subnet costs `largest_flops`; None for a latency budget."""
         if "flops" in self.budget:
             return int(self.budget["flops"])
-        return int(self.budget["flops_fraction"] * largest_flops)
+        if "flops_fraction" in self.budget:
+            return int(self.budget["flops_fraction"] * largest_flops)
+        return None
 
     def describe_budget(self) -> str:
         """The budget in words."""
         if "flops" in self.budget:
             return f"{self.budget['flops'] / 1e6:g} MFLOPs"
+        if "latency_ms" in self.budget:
+            return f"{self.budget['latency_ms']:g} ms on {self.runtime} ({self.precision}, {self.threads} threads)"
         return f"{self.budget['flops_fraction']:.0%} of the largest subnet's FLOPs"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "runtime": self.runtime,
             "precision": self.precision,
             "threads": self.threads,
-            "exporters": list(self.exporters),
+            "exporters": {k: list(v) for k, v in self.exporters.items()},
             "budget": dict(self.budget),
+            "max_nfr_vs_fp32": self.max_nfr_vs_fp32,
+            "tvm_target": self.tvm_target,
         }
+        return {**out, "lut": self.lut} if self.lut else out
 
 
-def parse_target(obj: dict[str, Any], source: str) -> Target:
+def _exporters(value: list | dict, source: str) -> dict[str, tuple[str, ...]]:
+    """`["onnx", ...]` (every precision each writes) or `{onnx = ["fp32", "int8"], ...}`, validated against the registry."""
+    from regnas.exporters import create_exporter, exporter_names
+
+    table = {name: None for name in value} if isinstance(value, list) else value
+    out = {}
+    for name, precisions in table.items():
+        if name not in exporter_names():
+            raise RegnasError(f"{source}: unknown exporter {name!r}; use one of {', '.join(exporter_names())}")
+        allowed = create_exporter(name).precisions
+        if precisions is None:
+            precisions = list(allowed)
+        if not isinstance(precisions, list) or not precisions or any(p not in allowed for p in precisions):
+            raise RegnasError(f"{source}: exporter {name} takes a list of precisions from {', '.join(allowed)}, got {precisions!r}")
+        out[name] = tuple(precisions)
+    return out
+
+
+def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> Target:
     """Validate a target definition; every problem is a one-line RegnasError naming `source`."""
+    from regnas.runtimes import runtime_names
+
     for key, value in obj.items():
         if key not in _FIELDS:
             raise RegnasError(f"{source}: unknown key {key!r}; allowed keys are {', '.join(_FIELDS)}")
-        if not isinstance(value, _FIELDS[key]) or (key == "threads" and isinstance(value, bool)):
-            raise RegnasError(f"{source}: {key} must be a {_FIELDS[key].__name__}, got {value!r}")
+        kinds = _FIELDS[key] if isinstance(_FIELDS[key], tuple) else (_FIELDS[key],)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise RegnasError(f"{source}: {key} must be a {names}, got {value!r}")
     if "name" not in obj or "budget" not in obj:
         raise RegnasError(f"{source}: a target needs 'name' and a [budget] table")
     budget = obj["budget"]
@@ -75,14 +126,29 @@ def parse_target(obj: dict[str, Any], source: str) -> Target:
         raise RegnasError(f"{source}: budget flops_fraction must be in (0, 1], got {value}")
     if obj.get("threads", 1) < 1:
         raise RegnasError(f"{source}: threads must be at least 1")
+    runtime = obj.get("runtime", "onnxruntime")
+    if runtime not in runtime_names():
+        raise RegnasError(f"{source}: unknown runtime {runtime!r}; use one of {', '.join(runtime_names())}")
+    precision = obj.get("precision", "fp32")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise RegnasError(f"{source}: precision must be fp32, fp16 or int8, got {precision!r}")
+    max_nfr = float(obj.get("max_nfr_vs_fp32", DEFAULT_MAX_NFR))
+    if not 0 <= max_nfr <= 1:
+        raise RegnasError(f"{source}: max_nfr_vs_fp32 is a fraction in [0, 1], got {max_nfr}")
+    lut = obj.get("lut")
+    if lut is not None and base is not None and not Path(lut).is_absolute():
+        lut = str(base / lut)
     return Target(
         name=obj["name"],
         budget={kinds[0]: float(value)},
         description=obj.get("description", ""),
-        runtime=obj.get("runtime", "onnxruntime"),
-        precision=obj.get("precision", "fp32"),
+        runtime=runtime,
+        precision=precision,
         threads=obj.get("threads", 1),
-        exporters=tuple(obj.get("exporters", ())),
+        exporters=_exporters(obj.get("exporters", []), source),
+        max_nfr_vs_fp32=max_nfr,
+        lut=lut,
+        tvm_target=obj.get("tvm_target", "llvm"),
     )
 
 
@@ -95,29 +161,43 @@ def load_target_file(path: str | Path) -> Target:
         obj = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RegnasError(f"{path} is not valid TOML ({exc}); fix the file") from exc
-    return parse_target(obj, str(path))
+    return parse_target(obj, str(path), path.parent)
+
+
+def _load_dir(directory: Path) -> dict[str, Target]:
+    if not directory.is_dir():
+        raise RegnasError(f"targets directory not found: {directory}; check --targets-dir")
+    targets = (load_target_file(p) for p in sorted(directory.glob("*.toml")))
+    return {t.name: t for t in targets}
 
 
 def builtin_targets() -> dict[str, Target]:
     """The targets shipped with regnas, by name."""
-    targets = (load_target_file(p) for p in sorted(BUILTIN_DIR.glob("*.toml")))
-    return {t.name: t for t in targets}
+    return _load_dir(BUILTIN_DIR)
 
 
-def resolve_targets(spec: str) -> list[Target]:
-    """Targets from a comma-separated list of built-in names and TOML paths."""
+def available_targets(targets_dir: str | Path | None = None) -> dict[str, Target]:
+    """Built-in targets, overridden and extended by the TOML files in `targets_dir`."""
+    out = builtin_targets()
+    if targets_dir is not None:
+        out.update(_load_dir(Path(targets_dir)))
+    return out
+
+
+def resolve_targets(spec: str, targets_dir: str | Path | None = None) -> list[Target]:
+    """Targets from a comma-separated list of names (built-in or in `targets_dir`) and TOML paths."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise RegnasError("no targets given; pass --targets phone,edge,server or paths to target TOML files")
-    builtins = builtin_targets()
+    known = available_targets(targets_dir)
     out = []
     for name in names:
-        if name in builtins:
-            out.append(builtins[name])
+        if name in known:
+            out.append(known[name])
         elif name.endswith(".toml") or "/" in name:
             out.append(load_target_file(name))
         else:
-            raise RegnasError(f"unknown target {name!r}; use one of {', '.join(sorted(builtins))} or a path to a target .toml file")
+            raise RegnasError(f"unknown target {name!r}; use one of {', '.join(sorted(known))} or a path to a target .toml file")
     dupes = {t.name for t in out if [u.name for u in out].count(t.name) > 1}
     if dupes:
         raise RegnasError(f"target {sorted(dupes)[0]!r} is given twice; list each target once")

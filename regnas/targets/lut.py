@@ -1,0 +1,137 @@
+"""Latency lookup tables: the measured latency of every unit (stem, block configuration, head) of a
+search space on one target, and the predictor built from them.
+
+A LUT is JSON: the target's runtime, precision and threads, the space and its config (the input
+shape fixes every unit's shape), provenance (host, CPU, runtime version, date, warm-up, repeats),
+one entry per unit (median and spread), and, once `regnas targets validate` has run, a
+calibration and the validation numbers. A plain sum of unit latencies is biased: every unit timed
+alone pays the runtime's per-call overhead, and fused graphs are cheaper than their parts; the
+calibration `a·Σ units + b·(number of units) + c` is fitted on whole subnets measured end to end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regnas.errors import RegnasError
+from regnas.io import read_json, sha256_json, write_json
+from regnas.spaces import Arch, SearchSpace
+from regnas.targets import Target
+
+FORMAT = "regnas-lut/1"
+BUILTIN_LUTS = Path(__file__).parent / "luts"
+_KEYS = ("format", "target", "runtime", "precision", "threads", "space", "space_config", "provenance", "entries")
+
+
+def unit_key(unit: Any) -> str:
+    """A unit's JSON key in the LUT."""
+    return json.dumps(list(unit))
+
+
+def lut_filename(target: str, space: str, input_shape: tuple[int, ...]) -> str:
+    return f"{target}-{space}-{'x'.join(map(str, input_shape))}.json"
+
+
+@dataclass
+class LUT:
+    """Measured unit latencies of one space on one target, plus the fitted calibration."""
+
+    target: str
+    runtime: str
+    precision: str
+    threads: int
+    space: str
+    space_config: dict[str, Any]
+    provenance: dict[str, Any]
+    entries: dict[str, dict[str, float]] = field(default_factory=dict)
+    complete: bool = False
+    calibration: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    format: str = FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        """Hash of what predictions depend on: entries and calibration."""
+        return sha256_json({"entries": self.entries, "calibration": self.calibration})
+
+    def matches(self, target: Target, space: SearchSpace) -> bool:
+        """Whether this LUT was measured for this target's runtime/precision and this space and config."""
+        same_target = (self.runtime, self.precision) == (target.runtime, target.precision)
+        return same_target and self.space == space.name and self.space_config == space.config
+
+    def plain_ms(self, space: SearchSpace, arch: Arch) -> float:
+        """The sum of the arch's unit latencies."""
+        try:
+            return sum(self.entries[unit_key(u)]["median_ms"] for u in space.units(arch))
+        except KeyError as exc:
+            raise RegnasError(f"LUT for {self.target} has no entry {exc}; re-run regnas profile --target {self.target}") from exc
+
+    def features(self, space: SearchSpace, arch: Arch) -> list[float]:
+        return [self.plain_ms(space, arch), float(len(space.units(arch))), 1.0]
+
+    def predict_ms(self, space: SearchSpace, arch: Arch) -> float:
+        """Predicted end-to-end latency: calibrated when a calibration was fitted, else the plain sum."""
+        if self.calibration is None:
+            return self.plain_ms(space, arch)
+        return float(np.dot(self.calibration["coef"], self.features(space, arch)))
+
+    def fit(self, space: SearchSpace, archs: list[Arch], measured: list[float]) -> None:
+        """Fit the calibration on whole subnets measured end to end (least squares)."""
+        x = np.array([self.features(space, a) for a in archs])
+        coef, *_ = np.linalg.lstsq(x, np.asarray(measured), rcond=None)
+        self.calibration = {"terms": ["sum_of_units_ms", "n_units", "constant_ms"], "coef": coef.tolist(), "fitted_on": len(archs)}
+
+
+def load_lut(path: str | Path) -> LUT:
+    """Read and validate a LUT file; a missing key or a corrupt file is a one-line RegnasError."""
+    path = Path(path)
+    obj = read_json(path, "LUT")
+    if not isinstance(obj, dict):
+        raise RegnasError(f"{path} is not a regnas LUT (not a JSON object); re-run regnas profile")
+    missing = [k for k in _KEYS if k not in obj]
+    if missing:
+        raise RegnasError(f"{path} is not a regnas LUT (missing {', '.join(missing)}); re-run regnas profile")
+    if obj["format"] != FORMAT:
+        raise RegnasError(f"{path} has LUT format {obj['format']!r}, this regnas reads {FORMAT!r}; re-run regnas profile")
+    bad = [k for k, v in obj["entries"].items() if not isinstance(v, dict) or not isinstance(v.get("median_ms"), (int, float))]
+    if bad:
+        raise RegnasError(f"{path}: LUT entry {bad[0]} has no median_ms; re-run regnas profile")
+    try:
+        return LUT(**obj)
+    except TypeError as exc:
+        raise RegnasError(f"{path} is not a regnas LUT ({exc}); re-run regnas profile") from exc
+
+
+def save_lut(path: str | Path, lut: LUT) -> None:
+    write_json(path, lut.to_json())
+
+
+def find_lut(target: Target, space: SearchSpace, lut_dir: str | Path | None = None) -> tuple[Path, LUT] | None:
+    """The target's LUT for this space: the target's `lut` file, else `lut_dir`, else the built-in ones.
+
+    A file that exists but was measured for another space, config or runtime is bad input.
+    """
+    name = lut_filename(target.name, space.name, space.input_shape)
+    candidates = [Path(target.lut)] if target.lut else []
+    candidates += [Path(lut_dir) / name] if lut_dir else []
+    candidates.append(BUILTIN_LUTS / name)
+    for path in candidates:
+        if path.is_file():
+            lut = load_lut(path)
+            if not lut.matches(target, space):
+                raise RegnasError(
+                    f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not {space.name} "
+                    f"{target.runtime}/{target.precision} at this input size; re-run regnas profile --target {target.name}"
+                )
+            if not lut.complete:
+                raise RegnasError(f"{path} is an unfinished profile; re-run regnas profile --target {target.name} to finish it")
+            return path, lut
+    return None

@@ -1,0 +1,221 @@
+"""`regnas profile` and `regnas targets validate`: measure on the device what the LUT predicts.
+
+Every unit is exported alone, in the target's runtime and precision, and timed at batch 1 after
+a warm-up: median and spread over the repeats. Validation measures random whole subnets the same
+way, fits the LUT's calibration on a first set, and scores the plain and calibrated predictions
+on a second, disjoint set. TVM units are compiled for the target's `tvm_target` and timed on the
+device when an RPC address is given; otherwise for this host.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import random
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from torch import nn
+
+from regnas.errors import RegnasError
+from regnas.exporters import ExportJob, create_exporter
+from regnas.runtimes import Remote, Runtime, load_runtime
+from regnas.spaces import Arch, SearchSpace
+from regnas.targets import Target
+from regnas.targets.lut import LUT, load_lut, save_lut, unit_key
+
+FORMATS = {"onnxruntime": "onnx", "executorch": "executorch", "tvm": "tvm", "coreml": "coreml", "tensorrt": "tensorrt"}
+CALIB = 32
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Runtime:
+    """Export `module` in the target's runtime and precision into `work`, and load it there."""
+    module = module.eval()
+    rng = torch.Generator().manual_seed(0)
+    calib = torch.rand((CALIB, *input_shape), generator=rng).numpy()
+    job = ExportJob(module, tuple(input_shape), calib, work, work)
+    if target.runtime == "tvm":
+        from regnas.exporters.tvm import compile_library
+
+        path = compile_library(job.onnx(), tuple(input_shape), work / "unit.so", target.tvm_target if remote else "llvm")
+        return load_runtime("tvm", path, target.threads, remote)
+    exporter = create_exporter(FORMATS[target.runtime])
+    if target.precision not in exporter.precisions:
+        raise RegnasError(f"target {target.name}: the {target.runtime} runtime has no {target.precision} build; use {exporter.precisions}")
+    runs = [e for e in exporter.export(job, target.precision) if e.runtime == target.runtime and e.status == "ok"]
+    if not runs:
+        raise RegnasError(f"target {target.name}: cannot build a {target.runtime} {target.precision} model on this machine")
+    return load_runtime(target.runtime, runs[0].path, target.threads, remote)
+
+
+def time_module(
+    module: nn.Module, input_shape: tuple[int, ...], target: Target, remote: Remote | None, warmup: int, repeats: int
+) -> dict[str, float]:
+    """Median, 10th and 90th percentile latency (ms) of `module` at batch 1 on the target."""
+    with tempfile.TemporaryDirectory() as work:
+        rt = open_on_target(module, input_shape, target, Path(work), remote)
+        ms = rt.time_ms(np.random.default_rng(0).random((1, *input_shape), dtype=np.float32), warmup, repeats)
+    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)), "p90_ms": float(np.percentile(ms, 90))}
+
+
+def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int) -> dict:
+    from regnas import __version__
+
+    return {
+        "host": str(remote) if remote else platform.node(),
+        "cpu": "remote device" if remote else cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "runtime": target.runtime,
+        "runtime_version": _runtime_version(target.runtime),
+        "threads": target.threads,
+        "precision": target.precision,
+        "tvm_target": target.tvm_target if target.runtime == "tvm" and remote else ("llvm" if target.runtime == "tvm" else None),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "warmup": warmup,
+        "repeats": repeats,
+        "batch": 1,
+        "regnas": __version__,
+    }
+
+
+def _runtime_version(runtime: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "tvm": "apache-tvm", "coreml": "coremltools"}
+    package["tensorrt"] = "tensorrt"
+    try:
+        return f"{package[runtime]} {version(package[runtime])}"
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def profile(
+    target: Target,
+    space: SearchSpace,
+    out: Path,
+    remote: Remote | None = None,
+    warmup: int = 10,
+    repeats: int = 50,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> LUT:
+    """Measure every unit of `space` on `target` into the LUT at `out`, resuming an unfinished one there."""
+    origin = provenance(target, remote, warmup, repeats)
+    lut = LUT(target.name, target.runtime, target.precision, target.threads, space.name, space.config, origin)
+    if out.is_file():
+        old = load_lut(out)
+        same = (old.runtime, old.precision, old.threads, old.space, old.space_config) == (
+            lut.runtime,
+            lut.precision,
+            lut.threads,
+            lut.space,
+            lut.space_config,
+        )
+        if same and old.provenance.get("host") == lut.provenance["host"]:
+            lut.entries = old.entries
+            if lut.entries:
+                log(f"profile: resuming {out} ({len(lut.entries)} units measured)")
+    units = space.all_units()
+    todo = [u for u in units if unit_key(u) not in lut.entries]
+    from tqdm import tqdm
+
+    bar = tqdm(todo, desc=f"profile {target.name}", unit="unit", disable=not progress)
+    for unit in bar:
+        module, shape = space.build_unit(unit)
+        lut.entries[unit_key(unit)] = time_module(module, shape, target, remote, warmup, repeats)
+        save_lut(out, lut)
+    lut.complete = True
+    save_lut(out, lut)
+    log(f"profile: {len(units)} units of {space.name} on {target.name} → {out}")
+    return lut
+
+
+def _metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    err = (predicted - measured) / measured
+    rho = spearmanr(predicted, measured).statistic if len(measured) > 1 else float("nan")
+    return {
+        "n": len(measured),
+        "within_5pct": float(np.mean(np.abs(err) <= 0.05)),
+        "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "rmspe": float(np.sqrt(np.mean(err**2))),
+        "spearman": float(rho),
+    }
+
+
+def random_archs(space: SearchSpace, n: int, rng: random.Random, exclude: set) -> list[Arch]:
+    """`n` distinct random archs not in `exclude`, the largest and smallest first."""
+    out: list[Arch] = []
+    for arch in (space.smallest(), space.largest()):
+        if arch not in exclude and len(out) < n:
+            out.append(arch)
+    tries = 0
+    while len(out) < n and tries < 100 * n:
+        arch = space.sample(rng)
+        tries += 1
+        if arch not in exclude and arch not in out:
+            out.append(arch)
+    return out
+
+
+def validate(
+    target: Target,
+    space: SearchSpace,
+    lut: LUT,
+    n: int = 50,
+    n_fit: int = 20,
+    seed: int = 0,
+    remote: Remote | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Fit the calibration on `n_fit` random subnets, then score predictions on `n` others (before and after)."""
+    from tqdm import tqdm
+
+    warmup, repeats = lut.provenance.get("warmup", 10), lut.provenance.get("repeats", 50)
+    rng = random.Random(seed)
+    fit = random_archs(space, n_fit, rng, set())
+    held = random_archs(space, n, rng, set(fit))
+
+    def measure(archs: list[Arch], what: str) -> np.ndarray:
+        bar = tqdm(archs, desc=f"{what} {target.name}", unit="subnet", disable=not progress)
+        return np.array([time_module(space.build_subnet(a), space.input_shape, target, remote, warmup, repeats)["median_ms"] for a in bar])
+
+    fit_ms = measure(fit, "fit")
+    held_ms = measure(held, "validate")
+    lut.calibration = None
+    plain = np.array([lut.plain_ms(space, a) for a in held])
+    lut.fit(space, fit, fit_ms.tolist())
+    calibrated = np.array([lut.predict_ms(space, a) for a in held])
+    result = {
+        **_metrics(calibrated, held_ms),
+        "before_calibration": _metrics(plain, held_ms),
+        "n_fit": len(fit),
+        "measured_ms": held_ms.tolist(),
+        "predicted_ms": calibrated.tolist(),
+        "plain_ms": plain.tolist(),
+        "seed": seed,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    lut.validation = result
+    log(
+        f"validate {target.name}: within 10% {result['within_10pct']:.0%} (plain sum {result['before_calibration']['within_10pct']:.0%}), "
+        f"Spearman {result['spearman']:.3f}, RMSPE {result['rmspe']:.1%} (plain {result['before_calibration']['rmspe']:.1%})"
+    )
+    return result

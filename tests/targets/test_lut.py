@@ -1,0 +1,103 @@
+"""LUT files, the predictor and its calibration, profiling with resume, validation, on real ONNX Runtime timings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from regnas.errors import RegnasError
+from regnas.spaces import create_space, space_class
+from regnas.targets import parse_target
+from regnas.targets import profile as profile_mod
+from regnas.targets.lut import LUT, find_lut, load_lut, lut_filename, save_lut, unit_key
+from regnas.targets.profile import profile, validate
+
+TARGET = parse_target({"name": "cpu", "runtime": "onnxruntime", "threads": 1, "budget": {"latency_ms": 1.0}}, "test")
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    """mbv3 on digits with one kernel and one expand choice: 10 units, quick to profile for real."""
+    cfg = space_class("mbv3").default_config((1, 8, 8), 10)
+    return create_space("mbv3", {**cfg, "kernels": [3], "expands": [3], "depths": [1, 2]})
+
+
+@pytest.fixture(scope="module")
+def tiny_lut(tiny_space, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lut") / "cpu.json"
+    return out, profile(TARGET, tiny_space, out, warmup=3, repeats=15, log=lambda _m: None, progress=False)
+
+
+def test_profile_measures_every_unit_with_provenance(tiny_space, tiny_lut):
+    out, lut = tiny_lut
+    assert lut.complete and set(lut.entries) == {unit_key(u) for u in tiny_space.all_units()}
+    assert all(0 < e["p10_ms"] <= e["median_ms"] <= e["p90_ms"] for e in lut.entries.values())
+    p = lut.provenance
+    assert p["runtime_version"].startswith("onnxruntime ") and p["threads"] == 1 and p["repeats"] == 15 and p["cpu"]
+    assert load_lut(out).entries == lut.entries
+
+
+def test_killed_profile_resumes_where_it_stopped(tiny_space, tmp_path, monkeypatch):
+    out = tmp_path / "lut.json"
+    real, calls = profile_mod.time_module, []
+
+    def dies_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(profile_mod, "time_module", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        profile(TARGET, tiny_space, out, warmup=1, repeats=3, log=lambda _m: None, progress=False)
+    partial = load_lut(out)
+    assert len(partial.entries) == 3 and not partial.complete
+    with pytest.raises(RegnasError, match="unfinished profile"):
+        find_lut(parse_target({**TARGET.to_json(), "lut": str(out)}, "t"), tiny_space)
+    measured = []
+    monkeypatch.setattr(profile_mod, "time_module", lambda *a, **k: measured.append(1) or real(*a, **k))
+    lut = profile(TARGET, tiny_space, out, warmup=1, repeats=3, log=lambda _m: None, progress=False)
+    assert lut.complete and len(measured) == len(tiny_space.all_units()) - 3
+
+
+def test_calibration_recovers_a_known_linear_bias(tiny_space, tiny_lut):
+    _, lut = tiny_lut
+    lut = LUT(**{**lut.to_json(), "calibration": None})
+    rng = np.random.default_rng(0)
+    archs = [tiny_space.sample(__import__("random").Random(i)) for i in range(12)]
+    truth = [0.7 * lut.plain_ms(tiny_space, a) - 0.01 * len(tiny_space.units(a)) + 0.05 for a in archs]
+    lut.fit(tiny_space, archs, truth)
+    assert np.allclose(lut.calibration["coef"], [0.7, -0.01, 0.05], atol=1e-6)
+    a = archs[int(rng.integers(len(archs)))]
+    assert lut.predict_ms(tiny_space, a) == pytest.approx(0.7 * lut.plain_ms(tiny_space, a) - 0.01 * len(tiny_space.units(a)) + 0.05)
+
+
+def test_validate_scores_before_and_after_calibration(tiny_space, tiny_lut):
+    _, lut = tiny_lut
+    result = validate(TARGET, tiny_space, lut, n=6, n_fit=4, log=lambda _m: None, progress=False)
+    for block in (result, result["before_calibration"]):
+        assert block["n"] == 6 and 0 <= block["within_5pct"] <= block["within_10pct"] <= 1
+        assert block["rmspe"] >= 0 and -1 <= block["spearman"] <= 1
+    assert lut.calibration["fitted_on"] == 4 and lut.validation is result
+    assert len(result["measured_ms"]) == 6 and all(m > 0 for m in result["measured_ms"])
+
+
+def test_bad_luts_are_one_line_errors(tiny_space, tiny_lut, tmp_path):
+    out, lut = tiny_lut
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(RegnasError, match="not valid JSON"):
+        load_lut(bad)
+    obj = json.loads(out.read_text())
+    del obj["entries"]
+    bad.write_text(json.dumps(obj))
+    with pytest.raises(RegnasError, match="missing entries"):
+        load_lut(bad)
+    other = create_space("mbv3", space_class("mbv3").default_config((1, 28, 28), 10))
+    target = parse_target({**TARGET.to_json(), "lut": str(out)}, "t")
+    with pytest.raises(RegnasError, match="measured for mbv3 onnxruntime/fp32, not mbv3"):
+        find_lut(target, other)
+    assert find_lut(target, tiny_space)[1].entries == lut.entries
+    assert lut_filename("edge", "mbv3", (1, 8, 8)) == "edge-mbv3-1x8x8.json"
+    save_lut(tmp_path / "copy.json", lut)
+    assert load_lut(tmp_path / "copy.json").to_json() == lut.to_json()
