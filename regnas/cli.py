@@ -43,6 +43,19 @@ def _positive(value: str) -> int:
     return v
 
 
+def _add_rpc_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server (or, with --rpc-key, a tracker) on the device")
+    p.add_argument("--rpc-key", default=None, help="device key to request from the TVM RPC tracker at --rpc")
+
+
+def _remote(args: argparse.Namespace):
+    from regnas.runtimes import Remote
+
+    if args.rpc_key and not args.rpc:
+        raise RegnasError("--rpc-key needs --rpc HOST:PORT of the tracker")
+    return Remote.parse(args.rpc, args.rpc_key) if args.rpc else None
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
@@ -63,6 +76,9 @@ class Build(Command):
         p.add_argument("--reward", default="R2", help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: R2)")
         p.add_argument("--population", type=_positive, default=None, help="evolution population size")
         p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
+        p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
+        p.add_argument("--no-export", dest="export", action="store_false", help="stop after the family: no artifacts, no check")
+        _add_rpc_options(p)
         _add_data_options(p)
 
     @staticmethod
@@ -78,11 +94,84 @@ class Build(Command):
             search = replace(search, population=args.population)
         if args.generations:
             search = replace(search, generations=args.generations)
-        opts = BuildOptions(args.targets, args.data, args.out, args.supernet, args.seed, args.space, args.epochs, args.reward, search)
+        opts = BuildOptions(
+            args.targets,
+            args.data,
+            args.out,
+            args.supernet,
+            args.seed,
+            args.space,
+            args.epochs,
+            args.reward,
+            search,
+            export=args.export,
+            targets_dir=args.targets_dir,
+            remote=_remote(args),
+        )
         report = build(opts)
         print(markdown_summary(report), end="")
         print(f"wrote {args.out / 'report.json'}")
-        return 0
+        return _check_exit(report)
+
+
+def _check_exit(report: dict) -> int:
+    """Exit 1 naming each artifact over its flip threshold."""
+    failures = report.get("check", {}).get("failures", [])
+    for f in failures:
+        print(f"check FAILED: {f}")
+    return 1 if failures else 0
+
+
+@register_command
+class Export(Command):
+    name = "export"
+    help = "export a built family to its targets' formats (flip-aware quantization), then check the artifacts"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
+        _add_rpc_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas.artifacts import export_family
+        from regnas.build import log
+        from regnas.check import check, load_build, save_check
+
+        report, targets, data = load_build(args.build_dir)
+        remote = _remote(args)
+        artifacts = export_family(args.build_dir, targets, data, log=log)
+        report = save_check(args.build_dir, report, check(args.build_dir, artifacts, targets, data, remote, log=log))
+        print(f"wrote {len(artifacts)} artifacts; updated {args.build_dir / 'report.json'}")
+        return _check_exit(report)
+
+
+@register_command
+class Check(Command):
+    name = "check"
+    help = "run every artifact of a build on the test split: top-1, flips vs fp32 and vs the previous member (exit 1 over threshold)"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
+        _add_rpc_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas.artifacts import Artifact
+        from regnas.build import log
+        from regnas.check import check, load_build, save_check
+
+        report, targets, data = load_build(args.build_dir)
+        if not report.get("artifacts"):
+            raise RegnasError(f"{args.build_dir} has no artifacts; run regnas export {args.build_dir} first")
+        artifacts = [Artifact.from_json(a) for a in report["artifacts"]]
+        result = check(args.build_dir, artifacts, targets, data, _remote(args), log=log)
+        report = save_check(args.build_dir, report, result)
+        for a in result.artifacts:
+            got = f"top-1 {a.top1:.2%}  NFR vs fp32 {a.nfr_vs_fp32:.2%}" if a.status == "ok" else a.status
+            print(f"{a.label:40} {a.runtime:12} {got}")
+        return _check_exit(report)
 
 
 @register_command
@@ -141,30 +230,166 @@ class Report(Command):
         return 0
 
 
+def _space_for(data_spec: str, seed: int, space_name: str | None):
+    """The search space (default config) for a dataset's input shape and classes."""
+    from regnas.data import load_dataset
+    from regnas.spaces import create_space, space_class
+
+    data = load_dataset(data_spec, seed)
+    name = space_name or "mbv3"
+    return create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
+
+
+def _add_space_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="the dataset the LUT is for (fixes the input size; default: digits)")
+    p.add_argument("--space", default=None, help="search space (default: mbv3)")
+    p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
+
+
 @register_command
 class Targets(Command):
     name = "targets"
-    help = "list the built-in targets, or show one (a name or a target .toml path)"
+    help = "list the targets, show one, or validate a target's LUT against end-to-end measurements"
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("action", choices=["list", "show"])
-        p.add_argument("target", nargs="?", help="with show: a built-in name or a .toml path")
+        p.add_argument("action", choices=["list", "show", "validate"])
+        p.add_argument("target", nargs="?", help="with show/validate: a target name or a .toml path")
+        p.add_argument("--n", type=_positive, default=50, help="validate: subnets measured to score the predictor (default: 50)")
+        p.add_argument("--n-fit", type=_positive, default=20, help="validate: other subnets measured to fit the calibration (default: 20)")
+        p.add_argument("--lut", type=Path, default=None, help="validate: the LUT file (default: the target's, --lut-dir's or the built-in)")
+        p.add_argument("--lut-dir", type=Path, default=None, help="validate: a directory of LUTs written by regnas profile")
+        p.add_argument("--json", type=Path, default=None, help="validate: also write the numbers as JSON")
+        p.add_argument("--seed", type=int, default=0, help="validate: seed of the random subnets (default: 0)")
+        _add_space_options(p)
+        _add_rpc_options(p)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         import json
 
-        from regnas.targets import builtin_targets, resolve_targets
+        from regnas.targets import available_targets, resolve_targets
 
         if args.action == "list":
-            for t in sorted(builtin_targets().values(), key=lambda t: t.budget_flops(10**9)):
-                print(f"{t.name:10} {t.runtime:12} {t.precision:5} budget {t.describe_budget():40} {t.description}")
+            def order(t):
+                flops = t.budget_flops(10**9)
+                return (flops is None, flops or t.latency_ms)
+
+            for t in sorted(available_targets(args.targets_dir).values(), key=order):
+                exporters = ", ".join(f"{k} {'/'.join(v)}" for k, v in t.exporters.items())
+                print(f"{t.name:10} {t.runtime:12} {t.precision:5} budget {t.describe_budget():40} exports {exporters or 'nothing'}")
             return 0
         if not args.target:
-            raise RegnasError("targets show needs a target: regnas targets show phone")
-        (target,) = resolve_targets(args.target)
-        print(json.dumps(target.to_json(), indent=2))
+            raise RegnasError(f"targets {args.action} needs a target: regnas targets {args.action} phone")
+        (target,) = resolve_targets(args.target, args.targets_dir)
+        if args.action == "show":
+            print(json.dumps(target.to_json(), indent=2))
+            return 0
+        return _validate(target, args)
+
+
+def _validate(target, args: argparse.Namespace) -> int:
+    import json
+
+    from regnas.build import log
+    from regnas.io import write_json
+    from regnas.targets.lut import find_lut, load_lut, save_lut
+    from regnas.targets.profile import validate
+
+    space = _space_for(args.data, 0, args.space)
+    if args.lut:
+        path, lut = args.lut, load_lut(args.lut)
+        if not lut.matches(target, space):
+            raise RegnasError(f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not this target and space; pick its LUT")
+    else:
+        found = find_lut(target, space, args.lut_dir)
+        if found is None:
+            shape = space.input_shape
+            raise RegnasError(f"no LUT for {target.name} and {space.name} at {shape}; run regnas profile --target {target.name} first")
+        path, lut = found
+    from dataclasses import replace
+
+    target = replace(target, threads=lut.threads)  # measure subnets as the units were measured
+    result = validate(target, space, lut, args.n, args.n_fit, args.seed, _remote(args), log=log, progress=sys.stderr.isatty())
+    save_lut(path, lut)
+    if args.json:
+        write_json(args.json, {"target": target.name, "lut": str(path), **result})
+    keys = ("n", "within_5pct", "within_10pct", "rmspe", "spearman")
+    print(json.dumps({k: result[k] for k in keys} | {"before_calibration": {k: result["before_calibration"][k] for k in keys}}, indent=2))
+    return 0
+
+
+@register_command
+class Profile(Command):
+    name = "profile"
+    help = "measure every unit of the search space on a target's runtime and write its latency LUT"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", required=True, help="a target name or .toml path")
+        default = "luts/<target>-<space>-<C>x<H>x<W>.json"
+        p.add_argument("--out", type=Path, default=None, help=f"LUT file (default: {default}); an unfinished one is resumed")
+        p.add_argument("--warmup", type=_positive, default=10, help="untimed runs per unit (default: 10)")
+        p.add_argument("--repeats", type=_positive, default=50, help="timed runs per unit (default: 50)")
+        p.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the target's; recorded in the LUT)")
+        _add_space_options(p)
+        _add_rpc_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
+        from regnas.build import log
+        from regnas.targets import resolve_targets
+        from regnas.targets.lut import lut_filename
+        from regnas.targets.profile import profile
+
+        (target,) = resolve_targets(args.target, args.targets_dir)
+        if args.threads:
+            target = replace(target, threads=args.threads)
+        space = _space_for(args.data, 0, args.space)
+        out = args.out or Path("luts") / lut_filename(target.name, space.name, space.input_shape)
+        profile(target, space, out, _remote(args), args.warmup, args.repeats, log=log, progress=sys.stderr.isatty())
+        print(f"wrote {out}")
+        return 0
+
+
+@register_command
+class Bench(Command):
+    name = "bench"
+    help = "measure an artifact's latency (p50/p90/p99/mean) in its runtime, here or on a device over TVM RPC"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", type=Path, help="an artifact: .onnx, .pte, .so (TVM), .mlpackage or .engine")
+        p.add_argument("--runtime", default=None, help="runtime name (default: chosen by the file suffix)")
+        p.add_argument("--threads", type=_positive, default=1, help="runtime threads (default: 1)")
+        p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
+        p.add_argument("--input-shape", default=None, help="C,H,W for models whose input shape is dynamic")
+        p.add_argument("--warmup", type=_positive, default=20, help="untimed runs (default: 20)")
+        p.add_argument("--repeats", type=_positive, default=200, help="timed runs (default: 200)")
+        p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+        _add_rpc_options(p)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from regnas.bench import bench
+        from regnas.io import write_json
+
+        shape = None
+        if args.input_shape:
+            try:
+                shape = tuple(int(v) for v in args.input_shape.split(","))
+            except ValueError:
+                raise RegnasError(f"--input-shape {args.input_shape!r} is not C,H,W integers; pass e.g. 1,28,28") from None
+            if len(shape) != 3 or min(shape) < 1:
+                raise RegnasError(f"--input-shape {args.input_shape!r} needs three positive integers C,H,W")
+        result = bench(args.model, args.runtime, args.threads, _remote(args), args.batch, shape, args.warmup, args.repeats)
+        if args.json:
+            write_json(args.json, result.to_json())
+        print(json.dumps(result.to_json(), indent=2))
         return 0
 
 

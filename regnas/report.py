@@ -37,18 +37,28 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
+def _budget(m: dict[str, Any]) -> str:
+    if m.get("budget_latency_ms") is not None:
+        return f"{m['budget_latency_ms']:.3f} ms"
+    return f"{m['budget_flops'] / 1e6:.2f} MFLOPs"
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def markdown_summary(report: dict[str, Any]) -> str:
-    """A pull-request comment: the family against the baseline, nesting and flips."""
+    """A pull-request comment: the family against the baseline, nesting, flips and the artifact check."""
     lines = [
         "### regnas build",
         "",
-        "| | target | MFLOPs (budget) | params | top-1 | NFR vs previous |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| | target | MFLOPs | budget | predicted ms | params | top-1 | NFR vs previous |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
         for m in members:
-            flops = f"{m['flops'] / 1e6:.2f} ({m['budget_flops'] / 1e6:.2f})"
-            lines.append(f"| {kind} | {m['target']} | {flops} | {m['params']:,} | {_pct(m['top1'])} | {_pct(m['nfr_vs_prev'])} |")
+            cells = [kind, m["target"], f"{m['flops'] / 1e6:.2f}", _budget(m), _ms(m.get("predicted_latency_ms")), f"{m['params']:,}"]
+            lines.append("| " + " | ".join([*cells, _pct(m["top1"]), _pct(m["nfr_vs_prev"])]) + " |")
     lines += ["", "| pair | nested | shared weights (of larger) |", "| --- | --- | --- |"]
     for n in report["nesting"]:
         lines.append(
@@ -61,8 +71,21 @@ def markdown_summary(report: dict[str, Any]) -> str:
             "",
             f"Mean NFR between consecutive members: family {_pct(float(np.mean(fam)))}, independent baseline {_pct(float(np.mean(base)))}.",
         ]
-    for a in report.get("artifacts", []):
-        lines.append(f"- artifact {a['target']} {a['format']} {a['precision']}: {a['status']}")
+    if report.get("artifacts"):
+        lines += ["", "| artifact | runtime | status | top-1 | NFR vs fp32 | NFR vs previous member |", "|" + " --- |" * 6]
+        for a in report["artifacts"]:
+            cells = [a["path"], a["runtime"], a["status"], _pct(a["top1"]), _pct(a["nfr_vs_fp32"]), _pct(a["nfr_vs_prev"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        for a in report["artifacts"]:
+            q = a.get("quantization")
+            if q and q["after"] != q["before"]:
+                lines.append(
+                    f"- {a['path']}: flip-aware quantization kept {q['after']['options']} "
+                    f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32)"
+                )
+        check = report.get("check", {})
+        verdict = "passed" if check.get("passed") else "FAILED: " + "; ".join(check.get("failures", []))
+        lines += ["", f"Artifact check on the test split: {verdict}."]
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +190,64 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _artifact_table(report: dict[str, Any]) -> str:
+    arts = report.get("artifacts")
+    if not arts:
+        return "<p>No artifacts: the build ran with --no-export. Run regnas export on the build directory.</p>"
+    rows = [
+        [a["path"], a["runtime"], a["status"], (a["sha256"] or "–")[:12], _pct(a["top1"]), _pct(a["nfr_vs_fp32"]), _pct(a["nfr_vs_prev"])]
+        for a in arts
+    ]
+    check = report.get("check", {})
+    verdict = "passed" if check.get("passed") else "FAILED: " + "; ".join(check.get("failures", []))
+    head = ["artifact", "runtime", "status", "sha256", "test top-1", "NFR vs fp32", "NFR vs previous member"]
+    return _table(rows, head) + f"<p>Check on the test split: {html.escape(verdict)}</p>"
+
+
+def _artifact_heatmap(report: dict[str, Any]) -> str | None:
+    matrix = report.get("check", {}).get("flip_matrix")
+    if not matrix or len(matrix["labels"]) < 2:
+        return None
+    m, names = 100 * np.asarray(matrix["nfr"]), matrix["labels"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(names), 1.0 + 0.6 * len(names)))
+    ax.imshow(m, cmap="Reds", vmin=0, vmax=max(m.max(), 1e-9))
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", fontsize=6)
+    ax.set_title("NFR (%) between runnable artifacts (row = reference)")
+    return _png(fig)
+
+
+def _lut_section(report: dict[str, Any]) -> str:
+    luts = report.get("luts") or {}
+    if not luts:
+        return "<p>No target has a LUT for this space and input size; budgets are FLOPs. Run regnas profile to measure one.</p>"
+    rows = []
+    for name, lut in luts.items():
+        p, v = lut["provenance"], lut.get("validation") or {}
+        got = f"{_pct(v.get('within_10pct'))} within 10%, Spearman {v['spearman']:.3f}" if v else "not validated"
+        where = f"{p.get('cpu', '?')} ({p.get('host', '?')})"
+        rows.append([name, p.get("runtime_version", "?"), f"{p.get('threads')} threads", where, str(p.get("date", "?")), got])
+    table = _table(rows, ["target", "runtime", "threads", "measured on", "date", "validation"])
+    validated = [(name, lut["validation"]) for name, lut in luts.items() if lut.get("validation")]
+    if not validated:
+        return table
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for name, v in validated:
+        ax.scatter(v["measured_ms"], v["predicted_ms"], s=12, label=name)
+    lo = min(min(v["measured_ms"]) for _, v in validated)
+    hi = max(max(v["measured_ms"]) for _, v in validated)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.fill_between([lo, hi], [0.9 * lo, 0.9 * hi], [1.1 * lo, 1.1 * hi], color="grey", alpha=0.15, label="±10%")
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("LUT prediction (ms)")
+    ax.legend(fontsize=8)
+    ax.set_title("LUT prediction vs measurement (held-out subnets)")
+    return table + f"<img alt='LUT prediction vs measurement' src='{_png(fig)}'>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole report as one HTML page with embedded plots."""
     rows = [
@@ -174,7 +255,8 @@ def render_html(report: dict[str, Any]) -> str:
             kind,
             m["target"],
             f"{m['flops'] / 1e6:.2f}",
-            f"{m['budget_flops'] / 1e6:.2f}",
+            _budget(m),
+            _ms(m.get("predicted_latency_ms")),
             f"{m['params']:,}",
             _pct(m["top1"]),
             _pct(m["nfr_vs_prev"]),
@@ -182,7 +264,7 @@ def render_html(report: dict[str, Any]) -> str:
         for kind, ms in (("family", report["family"]), ("baseline", report["baseline"]["family"]))
         for m in ms
     ]
-    members = _table(rows, ["", "target", "MFLOPs", "budget", "params", "test top-1", "NFR vs previous"])
+    members = _table(rows, ["", "target", "MFLOPs", "budget", "predicted ms", "params", "test top-1", "NFR vs previous"])
     nest = _table(
         [
             [kind, f"{n['smaller']} ⊂ {n['larger']}", str(n["contains"]), str(n["literal"]), f"{n['shared_weight_fraction']:.3f}"]
@@ -191,12 +273,18 @@ def render_html(report: dict[str, Any]) -> str:
         ],
         ["", "pair", "contains", "literal slices", "shared weight fraction"],
     )
-    figures = [("Flips between members", _heatmaps(report)), ("Search", _pareto_plot(report)), ("Flips per class", _per_class_plot(report))]
+    figures = [
+        ("Flips between members", _heatmaps(report)),
+        ("Search", _pareto_plot(report)),
+        ("Flips per class", _per_class_plot(report)),
+        ("Flips between artifacts", _artifact_heatmap(report)),
+    ]
     imgs = "".join(f"<h2>{t}</h2><img alt='{t}' src='{src}'>" for t, src in figures if src)
     cfg = report.get("config", {})
     data = cfg.get("data", {})
     reward = cfg.get("reward", {}).get("name", "?")
-    lut = "<p>Latency: these targets use FLOP budgets, so there is no LUT prediction to compare with measurements.</p>"
+    lut = _lut_section(report)
+    artifacts = _artifact_table(report)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>regnas build report</title>
 <style>
@@ -209,6 +297,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} .meta {{ color: #666; }
 space {html.escape(str(cfg.get("space", "?")))}, seed {cfg.get("seed", "?")}, reward {html.escape(str(reward))}</p>
 <h2>Family and independent baseline</h2>{members}
 <h2>Nesting</h2>{nest}
+<h2>Artifacts</h2>{artifacts}
 {imgs}
 <h2>Latency</h2>{lut}
 </body></html>

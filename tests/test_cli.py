@@ -29,7 +29,8 @@ def run(*args, cwd=None):
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
     code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
-    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["check"]["passed"] else 1), stderr
     return out, stdout, stderr
 
 
@@ -48,6 +49,33 @@ def test_build_writes_the_report_contract(built):
     assert [m["target"] for m in report["baseline"]["family"]] == ["phone", "edge", "server"]
     assert "search: generation" in stderr and "train: epoch 1/1" in stderr
     assert "family" in stdout and "report.json" in stdout
+    assert all("predicted_latency_ms" in m for m in fam)
+
+
+@pytest.mark.slow
+def test_build_exports_and_checks_every_target_format(built):
+    out, stdout, _ = built
+    report = json.loads((out / "report.json").read_text())
+    arts = {(a["target"], a["format"], a["precision"], a["path"].split("/")[-1]): a for a in report["artifacts"]}
+    formats = {(t, f) for t, f, _, _ in arts}
+    wanted = {"phone": ("coreml", "executorch"), "edge": ("tvm", "onnx"), "server": ("onnx", "tensorrt")}
+    assert formats == {(t, f) for t, fs in wanted.items() for f in fs}
+    for a in arts.values():
+        assert a["status"] == "ok" or a["status"].startswith("skipped: ")
+        if a["status"] == "ok":
+            assert 0 <= a["top1"] <= 1 and 0 <= a["nfr_vs_fp32"] <= 1 and (out / a["path"]).exists()
+    assert "macOS" in arts["phone", "coreml", "int8", "coreml-int8.mlpackage"]["status"]
+    assert arts["edge", "tvm", "fp32", "tvm-fp32-x86_64.so"]["status"] == "ok"
+    assert arts["edge", "tvm", "fp32", "tvm-fp32-x86_64.so"]["nfr_vs_fp32"] == 0
+    assert "--rpc" in arts["edge", "tvm", "fp32", "tvm-fp32-aarch64.so"]["status"]
+    engine = arts["server", "tensorrt", "int8", "tensorrt-int8.engine"]
+    assert engine["status"].startswith("skipped: no ") and engine["command"].startswith("trtexec --onnx=")
+    assert arts["server", "onnx", "fp32", "onnx-fp32.onnx"]["nfr_vs_fp32"] == 0
+    assert arts["server", "onnx", "fp16", "onnx-fp16.onnx"]["nfr_vs_prev"] is None  # edge ships no fp16 ONNX
+    assert arts["server", "onnx", "int8", "onnx-int8.onnx"]["nfr_vs_prev"] is not None
+    failures = report["check"]["failures"]
+    assert all(f.split(":")[0] in {f"{t}/{name}" for t, _, _, name in arts} for f in failures)
+    assert ("check FAILED" in stdout) == bool(failures)
 
 
 @pytest.mark.slow

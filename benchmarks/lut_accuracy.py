@@ -1,0 +1,84 @@
+"""How well each target's LUT predicts whole-subnet latency, per runtime.
+
+    python benchmarks/lut_accuracy.py [--targets phone edge server] [--data digits] [--lut-dir DIR] [--n 50] [--n-fit 20]
+
+Profiles every unit of the space on each target (skipped when a finished LUT is already in
+`--lut-dir`), then runs `regnas targets validate`'s procedure: fit the calibration on `--n-fit`
+random subnets, score on `--n` others, plain sum and calibrated. Threads are capped at this
+machine's cores (recorded in the LUT). With the defaults this regenerates the built-in LUTs.
+Target: within_10pct ≥ 0.95 and spearman ≥ 0.95 for every runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from regnas.build import log
+from regnas.data import load_dataset
+from regnas.io import write_json
+from regnas.spaces import create_space, space_class
+from regnas.targets import resolve_targets
+from regnas.targets.lut import BUILTIN_LUTS, load_lut, lut_filename, save_lut
+from regnas.targets.profile import profile, validate
+
+GOAL = 0.95
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", nargs="+", default=["server", "edge", "phone"])
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--space", default="mbv3")
+    ap.add_argument("--lut-dir", type=Path, default=BUILTIN_LUTS)
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--n-fit", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lut_accuracy.json"))
+    args = ap.parse_args()
+    data = load_dataset(args.data, 0)
+    space = create_space(args.space, space_class(args.space).default_config(data.input_shape, data.num_classes))
+    rows = []
+    for target in resolve_targets(",".join(args.targets)):
+        target = replace(target, threads=min(target.threads, os.cpu_count() or 1))
+        path = args.lut_dir / lut_filename(target.name, space.name, space.input_shape)
+        t0 = time.time()
+        lut = load_lut(path) if path.is_file() and load_lut(path).complete else profile(target, space, path, log=log, progress=False)
+        t1 = time.time()
+        result = validate(target, space, lut, args.n, args.n_fit, log=log, progress=False)
+        save_lut(path, lut)
+        keys = ("n", "within_5pct", "within_10pct", "rmspe", "spearman")
+        rows.append(
+            {
+                "target": target.name,
+                "runtime": lut.provenance["runtime_version"],
+                "precision": lut.precision,
+                "threads": lut.threads,
+                "units": len(lut.entries),
+                "lut": str(path),
+                **{k: result[k] for k in keys},
+                "before_calibration": {k: result["before_calibration"][k] for k in keys},
+                "calibration": lut.calibration,
+                "profile_s": t1 - t0,
+                "validate_s": time.time() - t1,
+                "meets_goal": result["within_10pct"] >= GOAL and result["spearman"] >= GOAL,
+            }
+        )
+    meta = {"benchmark": "lut_accuracy", "data": args.data, "space": args.space, "cpu_count": os.cpu_count()}
+    write_json(args.out, {**meta, "runtimes": rows})
+    print(f"{'target':8} {'runtime':22} {'within 10%':>11} {'(plain)':>8} {'Spearman':>9} {'(plain)':>8} {'RMSPE':>7}")
+    for r in rows:
+        b = r["before_calibration"]
+        print(
+            f"{r['target']:8} {r['runtime']:22} {r['within_10pct']:11.0%} {b['within_10pct']:8.0%} "
+            f"{r['spearman']:9.3f} {b['spearman']:8.3f} {r['rmspe']:7.1%}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
