@@ -71,4 +71,4 @@ class ExecuTorchExporter(Exporter):
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":
             return [{}]
-        return [{}, {"per_channel": False}, {"calib_samples": 2000}, {"per_channel": False, "calib_samples": 2000}]
+        return [{}, {"per_channel": False}, {"calib_samples": 2000}]
