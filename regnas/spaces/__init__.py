@@ -32,6 +32,6 @@ def create_space(name: str, config: dict[str, Any]) -> SearchSpace:
     return space_class(name)(config)
 
 
-from regnas.spaces import mbv3  # noqa: E402,F401  (registers the built-in spaces)
+from regnas.spaces import mbv3, resnet, vit  # noqa: E402,F401  (registers the built-in spaces)
 
 __all__ = ["Arch", "SearchSpace", "create_space", "register_space", "space_class", "space_names"]

@@ -84,6 +84,10 @@ class SearchSpace(ABC):
         """
 
     @abstractmethod
+    def all_units(self) -> list[Hashable]:
+        """Every unit any arch of the space can contain: what `regnas profile` measures."""
+
+    @abstractmethod
     def build_unit(self, unit: Hashable) -> tuple[nn.Module, tuple[int, ...]]:
         """A standalone module for one unit and its input shape (C, H, W)."""
 

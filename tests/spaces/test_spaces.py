@@ -128,3 +128,16 @@ def test_json_round_trip_encoding_and_validation(name):
 def test_unknown_space_is_a_regnas_error():
     with pytest.raises(RegnasError, match="unknown search space"):
         space_class("nope")
+
+
+@pytest.mark.parametrize("name", space_names())
+def test_all_units_cover_every_arch_and_build(name):
+    space = make(name)
+    every = set(space.all_units())
+    assert len(every) == len(space.all_units())
+    rng = random.Random(0)
+    for arch in [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(60))]:
+        assert set(space.units(arch)) <= every
+    for unit in space.all_units()[:3]:
+        module, shape = space.build_unit(unit)
+        assert isinstance(module, torch.nn.Module) and len(shape) == 3
