@@ -1,6 +1,6 @@
 """The post-export flip check: run every artifact on the test split and count what export cost.
 
-For each artifact that runs here (or on the RPC device): top-1, NFR against its own fp32 model
+For each artifact that runs here (cross-compiled TVM libraries: on the RPC device): top-1, NFR against its own fp32 model
 (the member as built), NFR against the previous member's artifact of the same format and
 precision, and a flip matrix across all of them. An artifact above its target's
 `max_nfr_vs_fp32` fails the check (exit 1). Artifacts whose bytes changed since export are bad
@@ -24,6 +24,7 @@ from regnas.family import load_member
 from regnas.flips import flip_matrix, nfr, top1
 from regnas.io import read_json, write_json
 from regnas.runtimes import Remote
+from regnas.runtimes.tvm import library_meta
 from regnas.targets import Target, parse_target
 
 
@@ -71,8 +72,9 @@ def check(
     preds: dict[int, np.ndarray] = {}
     failures = []
     for i, a in enumerate(artifacts):
+        device = remote if a.runtime == "tvm" and not library_meta(out / a.path).get("host", True) else None
         try:
-            rt = open_artifact(out, a, remote=remote if a.runtime == "tvm" else None)
+            rt = open_artifact(out, a, remote=device)
             p = rt.predict(x)
         except Unavailable as exc:
             a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev = f"skipped: {exc}", None, None, None
