@@ -129,8 +129,9 @@ def _pareto_plot(report: dict[str, Any]) -> str | None:
         for m in members:
             ax.annotate(m["target"], (m["flops"] / 1e6, 100 * m["val_top1"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for m in report["family"]:
-        ax.axvline(m["budget_flops"] / 1e6, color="#888", ls="--", lw=0.8)
-    ax.set_xlabel("MFLOPs (multiply-accumulates); dashed: budgets")
+        if m["budget_flops"] is not None:  # latency budgets have no place on a FLOP axis
+            ax.axvline(m["budget_flops"] / 1e6, color="#888", ls="--", lw=0.8)
+    ax.set_xlabel("MFLOPs (multiply-accumulates); dashed: FLOP budgets")
     ax.set_ylabel("val top-1 (%)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Search: top-1 vs FLOPs")
