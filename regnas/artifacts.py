@@ -131,13 +131,20 @@ def export_family(out: Path, targets: list[Target], data: Dataset, log: Callable
     return artifacts
 
 
-def open_artifact(out: Path, artifact: Artifact, threads: int = 1, remote=None):
-    """Load an artifact's runtime after verifying its bytes; Unavailable when it cannot run here."""
-    if artifact.status != "ok" and artifact.sha256 is None:
-        raise Unavailable(artifact.status.removeprefix("skipped: "))
+def verify_artifact(out: Path, artifact: Artifact) -> None:
+    """Fail unless an exported artifact is on disk with the bytes report.json recorded."""
+    if artifact.sha256 is None:
+        return
     path = out / artifact.path
     if not path.exists():
         raise RegnasError(f"artifact {artifact.label} is missing ({path}); re-run regnas export {out}")
     if sha256_file(path) != artifact.sha256:
         raise RegnasError(f"artifact {artifact.label} no longer matches its sha256 in report.json; re-run regnas export {out}")
-    return load_runtime(artifact.runtime, path, threads, remote)
+
+
+def open_artifact(out: Path, artifact: Artifact, threads: int = 1, remote=None):
+    """Load an artifact's runtime after verifying its bytes; Unavailable when it cannot run here."""
+    if artifact.status != "ok" and artifact.sha256 is None:
+        raise Unavailable(artifact.status.removeprefix("skipped: "))
+    verify_artifact(out, artifact)
+    return load_runtime(artifact.runtime, out / artifact.path, threads, remote)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from regnas.artifacts import Artifact, open_artifact
+from regnas.artifacts import Artifact, open_artifact, verify_artifact
 from regnas.data import Dataset, load_dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
@@ -66,6 +66,8 @@ def check(
     test = data["test"]
     labels = test.y.numpy()
     x = test.x.numpy()
+    for a in artifacts:
+        verify_artifact(out, a)
     limits = {t.name: t.max_nfr_vs_fp32 for t in targets}
     order = [t.name for t in targets]
     fp32 = {name: predict(load_member(out / name)[1], test.x) for name in {a.target for a in artifacts}}
