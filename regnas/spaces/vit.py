@@ -74,10 +74,10 @@ class PatchEmbed(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Multi-head softmax attention over the grid; channel c belongs to head c // head_dim."""
-    n, c, h, w = q.shape
-    q, k, v = (t.reshape(n, c // head_dim, head_dim, h * w) for t in (q, k, v))
-    attn = torch.softmax((q.transpose(-2, -1) @ k) * head_dim**-0.5, dim=-1)
-    return (v @ attn.transpose(-2, -1)).reshape(n, c, h, w)
+    # (N, C, H, W) -> (N, heads, head_dim, H·W) and back without reading sizes: Core ML's converter rejects traced size arithmetic.
+    qh, kh, vh = (t.flatten(2).unflatten(1, (-1, head_dim)) for t in (q, k, v))
+    attn = torch.softmax((qh.transpose(-2, -1) @ kh) * head_dim**-0.5, dim=-1)
+    return (vh @ attn.transpose(-2, -1)).reshape_as(q)
 
 
 class ElasticPointwise(nn.Conv2d):
@@ -118,6 +118,14 @@ class ElasticBlock(Block):
     """The supernet's block: holds the most heads and the widest MLP, runs any prefix of them."""
 
     conv = ElasticPointwise
+
+    def __init__(self, dim: int, inner: int, hidden: int, head_dim: int):
+        super().__init__(dim, inner, hidden, head_dim)
+        # Both residual branches start at zero (as in SkipInit), so every subnet starts as the same shallow
+        # network: under the sandwich rule the supernet otherwise sits on a long plateau.
+        for m in (self.proj, self.fc2):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, heads: int, mlp_ratio: float) -> torch.Tensor:
         inner = heads * self.head_dim

@@ -17,14 +17,18 @@ def make(name, shape=(1, 8, 8), classes=10):
 
 
 def randomised_supernet(space, seed=0):
-    """A supernet with random weights and random BN statistics, so equalities are not vacuous."""
+    """A supernet with random weights, norm affines and BN statistics, so equalities are not vacuous."""
     torch.manual_seed(seed)
     net = space.build_supernet()
     with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():  # zero-initialised residual branches
+                p.normal_(std=0.1)
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
                 m.weight.normal_()
                 m.bias.normal_()
     return net.eval()

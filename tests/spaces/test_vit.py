@@ -7,23 +7,11 @@ from regnas.errors import RegnasError
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.spaces import create_space, space_class
 from regnas.spaces.vit import ViTArch, token_grid
+from tests.spaces.test_spaces import randomised_supernet
 
 
 def make(shape=(1, 8, 8)):
     return create_space("vit", space_class("vit").default_config(shape, 10))
-
-
-def randomised_supernet(space, seed=0):
-    """Random weights everywhere, LayerNorm affine and position embedding included."""
-    torch.manual_seed(seed)
-    net = space.build_supernet()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("ln1.weight", "ln2.weight", "norm.weight")):
-                p.uniform_(0.5, 1.5)
-            elif "ln" in name or "norm" in name or name == "stem.pos":
-                p.normal_()
-    return net.eval()
 
 
 @pytest.mark.parametrize("shape,grid", [((1, 8, 8), (4, 4)), ((1, 28, 28), (5, 5)), ((3, 13, 17), (5, 6))])
@@ -50,7 +38,7 @@ def test_heads_and_mlp_units_are_prefix_slices():
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 13, 17)])
-def test_supernet_equals_extracted_subnet_with_random_layer_norms(shape):
+def test_supernet_equals_extracted_subnet_on_ragged_archs(shape):
     space = make(shape)
     supernet = randomised_supernet(space, seed=1)
     x = torch.randn(3, *shape)
@@ -94,3 +82,12 @@ def test_bad_arch_json_gives_a_one_line_message():
         with pytest.raises(RegnasError) as exc:
             space.from_json(bad)
         assert "\n" not in str(exc.value) and "vit" in str(exc.value)
+
+
+def test_attention_traces_without_size_arithmetic():
+    """Core ML's converter fails on traced `aten::Int` (size arithmetic); attention reshapes must not produce it."""
+    space = make()
+    block, shape = space.build_unit(("block", 2, 2))
+    with torch.no_grad():
+        graph = torch.jit.trace(block.eval(), torch.rand(1, *shape)).inlined_graph
+    assert not [n for n in graph.nodes() if n.kind() in ("aten::Int", "aten::floordiv")]
