@@ -78,6 +78,12 @@ class Build(Command):
         p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
         p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
         p.add_argument("--no-export", dest="export", action="store_false", help="stop after the family: no artifacts, no check")
+        p.add_argument(
+            "--workers", type=_positive, default=1, help="evaluate search candidates on N local Ray workers (default: 1, in process)"
+        )
+        p.add_argument(
+            "--ray-address", default=None, help="evaluate on an existing Ray cluster (host:port of its head, or auto); needs regnas[ray]"
+        )
         _add_rpc_options(p)
         _add_data_options(p)
 
@@ -107,6 +113,8 @@ class Build(Command):
             export=args.export,
             targets_dir=args.targets_dir,
             remote=_remote(args),
+            workers=args.workers,
+            ray_address=args.ray_address,
         )
         report = build(opts)
         print(markdown_summary(report), end="")
@@ -193,6 +201,7 @@ class Train(Command):
     def run(args: argparse.Namespace) -> int:
         from regnas.build import log
         from regnas.data import load_dataset
+        from regnas.distributed import init_world
         from regnas.spaces import space_class
         from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, default_epochs, train_supernet
 
@@ -207,8 +216,13 @@ class Train(Command):
             sort_channels=args.sort_channels,
             seed=args.seed,
         )
-        train_supernet(data, args.out, cfg, space, log=log)
-        print(f"wrote {args.out / CHECKPOINT}")
+        world = init_world()
+        try:
+            train_supernet(data, args.out, cfg, space, log=log, world=world)
+        finally:
+            world.close()
+        if world.main:
+            print(f"wrote {args.out / CHECKPOINT}")
         return 0
 
 

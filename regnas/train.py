@@ -2,13 +2,15 @@
 
 Each step trains the largest subnet on the labels and the smallest plus two random subnets on the
 largest's soft predictions (BigNAS / OFA), so every nested subnet learns to agree with the
-largest: agreement is the point of regnas. A checkpoint is a safetensors file whose header holds
+largest: agreement is the point of regnas. Under torchrun every rank trains the same subnets on its
+slice of each global batch (DDP); rank 0 writes. A checkpoint is a safetensors file whose header holds
 the JSON metadata (space, config, data digest, training config, epochs done), with a JSON sidecar
 for people; the optimizer state sits beside it, so a killed run resumes from its last epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -24,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from regnas.data import Dataset
+from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
 from regnas.spaces import SearchSpace, create_space, space_class
@@ -64,7 +67,7 @@ class Supernet:
     meta: dict[str, Any]
 
 
-def _meta(space: SearchSpace, data: Dataset, cfg: TrainConfig, epochs_done: int, history: list[dict]) -> dict[str, Any]:
+def _meta(space: SearchSpace, data: Dataset, cfg: TrainConfig, epochs_done: int, history: list[dict], world_size: int) -> dict[str, Any]:
     return {
         "format": "regnas-supernet/1",
         "space": space.name,
@@ -72,6 +75,7 @@ def _meta(space: SearchSpace, data: Dataset, cfg: TrainConfig, epochs_done: int,
         "data": {"name": data.name, "digest": data.digest, "num_classes": data.num_classes, "class_names": data.class_names},
         "train": asdict(cfg),
         "epochs_done": epochs_done,
+        "world_size": world_size,
         "history": history,
     }
 
@@ -153,13 +157,19 @@ def train_supernet(
     cfg: TrainConfig,
     space_name: str = "mbv3",
     log=print,
+    world: World = World(),
 ) -> Supernet:
-    """Train (or resume training) a supernet on `data`; checkpoints land in `out_dir` each epoch."""
+    """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
     out_dir = Path(out_dir)
+    if not world.main:
+        log = _silent
+    if cfg.batch_size < world.size:
+        raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
+    world.assert_same("the training data", data.digest)
     ckpt, opt_path = out_dir / CHECKPOINT, out_dir / OPTIMIZER
     space = create_space(space_name, space_class(space_name).default_config(data.input_shape, data.num_classes))
     torch.manual_seed(cfg.seed)
-    net = Supernet(space, space.build_supernet(), {})
+    net = Supernet(space, space.build_supernet().to(world.device), {})
     optimizer = torch.optim.AdamW(net.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(data["train"])
     steps_per_epoch = max(1, n // cfg.batch_size)
@@ -177,34 +187,49 @@ def train_supernet(
         if same and old.meta["config"] == space.config:
             net.model.load_state_dict(old.model.state_dict())
             start, history = old.meta["epochs_done"], old.meta["history"]
+            trained_by = old.meta.get("world_size", 1)
+            if start < cfg.epochs and trained_by != world.size:
+                raise RegnasError(
+                    f"{ckpt} was trained by {trained_by} process(es) but this run has {world.size}; resume it with "
+                    f"torchrun --nproc_per_node {trained_by} (or without torchrun when 1), or train afresh in another --out"
+                )
             _load_optimizer(opt_path, optimizer, schedule)
             if start < cfg.epochs:
                 log(f"train: resuming at epoch {start + 1}/{cfg.epochs} from {ckpt}")
         elif old is not None:
             log(f"train: {ckpt} was trained on other data or settings; training from scratch")
 
+    model = net.model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        model = DistributedDataParallel(net.model, device_ids=ids, find_unused_parameters=True)
     x_all, y_all = data["train"].x, data["train"].y
     largest, smallest = space.largest(), space.smallest()
     for epoch in range(start, cfg.epochs):
-        net.model.train()
+        model.train()
         torch.manual_seed(cfg.seed * 1009 + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         rng = random.Random(cfg.seed * 104729 + epoch)
         order = torch.from_numpy(np.random.default_rng((cfg.seed, epoch)).permutation(n))
         only_largest = cfg.sort_channels and epoch == 0
         t0, loss_sum, correct = time.time(), 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"train {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=None, leave=False)
+        sampled = hashlib.sha256()
+        quiet = None if world.main else True
+        bar = tqdm(range(steps_per_epoch), desc=f"train {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=quiet, leave=False)
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x, y = _augment(x_all[idx], gen), y_all[idx]
+            x, y = world.shard(_augment(x_all[idx], gen)), world.shard(y_all[idx])
             optimizer.zero_grad(set_to_none=True)
-            logits = net.model(x, largest)
+            logits = model(x, largest)
             loss = F.cross_entropy(logits, y)
             loss.backward()
             if not only_largest:
                 teacher = logits.detach()
                 for arch in [smallest] + [space.sample(rng) for _ in range(cfg.random_subnets)]:
-                    _distill(net.model(x, arch), teacher).backward()
+                    sampled.update(repr(arch).encode())
+                    _distill(model(x, arch), teacher).backward()
             optimizer.step()
             schedule.step()
             loss_sum += loss.item()
@@ -214,21 +239,30 @@ def train_supernet(
                 log(f"train: epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} loss {loss_sum / (step + 1):.3f}")
         if only_largest:
             _permute_channels(net, optimizer)
+        world.average_buffers(net.model)
+        world.assert_same(f"the subnets sampled in epoch {epoch + 1}", sampled.hexdigest())
+        world.assert_same(f"the weights after epoch {epoch + 1}", state_digest(net.model))
+        loss_sum, correct = world.sum([loss_sum, correct])
         rec = {
             "epoch": epoch + 1,
-            "loss": loss_sum / steps_per_epoch,
+            "loss": loss_sum / (steps_per_epoch * world.size),
             "train_top1": correct / (steps_per_epoch * cfg.batch_size),
             "seconds": time.time() - t0,
         }
         history.append(rec)
-        net.meta = _meta(space, data, cfg, epoch + 1, history)
-        save_checkpoint(ckpt, net)
-        _save_optimizer(opt_path, optimizer, schedule)
+        net.meta = _meta(space, data, cfg, epoch + 1, history, world.size)
+        if world.main:
+            save_checkpoint(ckpt, net)
+            _save_optimizer(opt_path, optimizer, schedule)
         log(f"train: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} train top-1 {rec['train_top1']:.3f} ({rec['seconds']:.0f}s)")
     if not net.meta:
-        net.meta = _meta(space, data, cfg, cfg.epochs, history)
-    net.model.eval()
+        net.meta = _meta(space, data, cfg, cfg.epochs, history, world.size)
+    net.model.cpu().eval()
     return net
+
+
+def _silent(_msg: str) -> None:
+    """The log of every rank but 0."""
 
 
 def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, schedule) -> None:
