@@ -17,6 +17,7 @@ from typing import Any
 from regnas.artifacts import export_family
 from regnas.check import check
 from regnas.data import load_dataset
+from regnas.distributed import launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
@@ -53,6 +54,8 @@ class BuildOptions:
     targets_dir: Path | None = None
     remote: Remote | None = None
     lut_dir: Path | None = None
+    workers: int = 1
+    ray_address: str | None = None
 
 
 Luts = dict[str, tuple[Path, LUT]]
@@ -99,8 +102,17 @@ def _latency(records: list[dict], members: list[Member], space: SearchSpace, lut
 def build(opts: BuildOptions) -> dict[str, Any]:
     """Run the whole build and return the report (also written to `out/report.json`)."""
     t0 = time.time()
+    if launched_by_torchrun():
+        raise RegnasError(
+            "regnas build runs in one process; train under torchrun with `regnas train --out DIR`, then run regnas build --supernet DIR/"
+            + CHECKPOINT
+        )
     reward = parse_reward(opts.reward)
     targets = resolve_targets(opts.targets, opts.targets_dir)
+    if opts.ray_address is not None:
+        from regnas.parallel import check_ray_address
+
+        check_ray_address(opts.ray_address)
     if opts.export:
         for t in targets:
             for name in t.exporters:
@@ -151,8 +163,18 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         family = [Member.from_json(space, m) for m in cached["family"]]
         baseline = [Member.from_json(space, m) for m in cached["baseline"]]
     else:
-        family = search_family(evaluator, budgets, reward, opts.search, opts.seed, log=log)
-        baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
+        if opts.workers > 1 or opts.ray_address is not None:
+            from regnas.parallel import RayPool
+
+            evaluator.pool = RayPool(evaluator, opts.workers, opts.ray_address)
+            log(f"search: evaluating candidates on {evaluator.pool.workers} Ray workers")
+        try:
+            family = search_family(evaluator, budgets, reward, opts.search, opts.seed, log=log)
+            baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
+        finally:
+            if evaluator.pool is not None:
+                evaluator.pool.close()
+                evaluator.pool = None
         members = {"family": family, "baseline": baseline}
         write_json(cache_path, {"key": key, **{k: [m.to_json(space) for m in ms] for k, ms in members.items()}})
     t_search = time.time()

@@ -55,6 +55,7 @@ class Evaluator:
         self.data = data
         self.calib_x = data["calib"].x[:calib_size]
         self._cache: dict[tuple[Arch, str], np.ndarray] = {}
+        self.pool = None  # a regnas.parallel.RayPool for `prefetch`; None evaluates in this process
 
     @property
     def space(self):
@@ -69,6 +70,13 @@ class Evaluator:
         if key not in self._cache:
             self._cache[key] = predict(self.subnet(arch), self.data[split].x)
         return self._cache[key]
+
+    def prefetch(self, archs: list[Arch], split: str = "val") -> None:
+        """Evaluate the uncached archs on the pool's workers at once (nothing to do without a pool)."""
+        todo = [a for a in dict.fromkeys(archs) if (a, split) not in self._cache]
+        if self.pool is not None and todo:
+            for arch, pred in zip(todo, self.pool.map(todo, split)):
+                self._cache[(arch, split)] = pred
 
     def labels(self, split: str = "val") -> np.ndarray:
         return self.data[split].y.numpy()

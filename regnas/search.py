@@ -148,6 +148,7 @@ def evolve(
     n_parents = max(2, round(cfg.parent_ratio * cfg.population))
     n_mutants = round(cfg.mutation_ratio * (cfg.population - n_parents))
     for gen in range(cfg.generations):
+        evaluator.prefetch(population, "val")
         ranked = sorted((score(a) for a in population), key=rank)
         best = min(seen.values(), key=rank)
         log(f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)")

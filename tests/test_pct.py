@@ -1,0 +1,54 @@
+"""PCT focal distillation: the loss itself, and fine-tuning towards the old model on digits (its flip numbers: benchmarks/nfr_family.py)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regnas.errors import RegnasError
+from regnas.evaluate import Evaluator, predict
+from regnas.io import sha256_json
+from regnas.pct import PCTConfig, focal_distillation, pct_family, pct_finetune
+
+
+def test_focal_distillation_weights_samples_the_old_model_got_right():
+    torch.manual_seed(0)
+    new, old = torch.randn(4, 3), torch.randn(4, 3)
+    labels = old.argmax(1).clone()
+    labels[2:] = (labels[2:] + 1) % 3  # the old model is right on samples 0 and 1 only
+    cfg = PCTConfig(alpha=1.0, beta=5.0, weight=2.0)
+    d = 0.5 * (new - old).pow(2).sum(1)
+    expected = F.cross_entropy(new, labels) + 2.0 * (torch.tensor([6.0, 6.0, 1.0, 1.0]) * d).mean()
+    assert focal_distillation(new, old, labels, cfg).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert focal_distillation(old, old, labels, cfg).item() == pytest.approx(F.cross_entropy(old, labels).item(), rel=1e-6)
+    kl = focal_distillation(new, old, labels, PCTConfig(kind="kl", temperature=2.0))
+    assert kl.item() > F.cross_entropy(new, labels).item()
+
+
+def test_unknown_distillation_kind_is_a_one_line_error():
+    with pytest.raises(RegnasError, match="unknown focal distillation 'l2'; use lm"):
+        PCTConfig(kind="l2")
+    with pytest.raises(RegnasError, match="at least one model"):
+        pct_family([], None)
+
+
+def logit_gap(new, old, x):
+    """Mean squared logit distance, the quantity focal distillation pulls down."""
+    with torch.no_grad():
+        return (new(x) - old(x)).pow(2).sum(1).mean().item()
+
+
+def test_pct_pulls_the_new_model_towards_the_old_one_and_leaves_the_old_untouched(digits_supernet, digits):
+    net, _ = digits_supernet
+    ev = Evaluator(net, digits)
+    old, new = ev.subnet(net.space.smallest()), ev.subnet(net.space.largest())
+    old_state = sha256_json({k: v.tolist() for k, v in old.state_dict().items()})
+    x, labels = torch.cat([digits["val"].x, digits["test"].x]), torch.cat([digits["val"].y, digits["test"].y]).numpy()
+    p_old = predict(old, x)
+    quiet = lambda _m: None  # noqa: E731
+    family = pct_family([old, new], digits, PCTConfig(epochs=4), log=quiet)
+    pct = family[1]
+    plain = pct_finetune(new, old, digits, PCTConfig(epochs=4, weight=0.0), log=quiet)
+    assert logit_gap(pct, old, x) < 0.5 * logit_gap(plain, old, x)
+    assert (predict(pct, x) == labels).mean() > (p_old == labels).mean()  # still better than the old model
+    assert sha256_json({k: v.tolist() for k, v in old.state_dict().items()}) == old_state
+    assert family[0] is old
