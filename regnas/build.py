@@ -17,7 +17,7 @@ from typing import Any
 from regnas.artifacts import export_family
 from regnas.check import check
 from regnas.data import load_dataset
-from regnas.distributed import launched_by_torchrun
+from regnas.distributed import init_world, launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
@@ -113,13 +113,13 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         from regnas.parallel import check_ray_address
 
         check_ray_address(opts.ray_address)
-    if opts.export:
-        for t in targets:
-            for name in t.exporters:
-                create_exporter(name).check_available()
     if opts.space is not None:
         space_class(opts.space)
     data = load_dataset(opts.data, opts.seed)
+    if opts.export:  # after the cheap checks: this imports every backend the targets ask for
+        for t in targets:
+            for name in t.exporters:
+                create_exporter(name).check_available()
     log(f"data: {data.name} {data.input_shape} {data.num_classes} classes, " + ", ".join(f"{s} {len(data[s])}" for s in data.splits))
 
     out = Path(opts.out)
@@ -135,7 +135,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         budgets, luts = _budgets(fresh, targets, opts.lut_dir)
         n = len(data["train"])
         cfg = TrainConfig(epochs=opts.epochs or default_epochs(n), batch_size=default_batch_size(n), seed=opts.seed)
-        net = train_supernet(data, out, cfg, name, log=log)
+        net = train_supernet(data, out, cfg, name, log=log, world=init_world())
         ckpt = out / CHECKPOINT
     space = net.space
     t_train = time.time()
