@@ -185,7 +185,7 @@ class Check(Command):
 @register_command
 class Train(Command):
     name = "train"
-    help = "train a weight-sharing supernet (sandwich rule, in-place distillation)"
+    help = "train a weight-sharing supernet (sandwich rule, in-place distillation); runs under torchrun unchanged"
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
