@@ -64,16 +64,12 @@ class RayPool:
         self._ray = ray
         self._owned = not ray.is_initialized()
         if self._owned:
-            env = {"py_modules": [str(Path(__file__).parent)]} if address is not None else None
+            if address is None:  # a private local instance sized to the workers
+                where = {"num_cpus": workers, "include_dashboard": False}
+            else:  # an existing cluster: ship this regnas to its workers
+                where = {"address": address, "runtime_env": {"py_modules": [str(Path(__file__).parent)]}}
             try:
-                ray.init(
-                    address=address,
-                    num_cpus=None if address is not None else workers,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level=logging.ERROR,
-                    runtime_env=env,
-                )
+                ray.init(log_to_driver=False, logging_level=logging.ERROR, **where)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RegnasError(f"could not join Ray at {address or 'a local instance'}: {str(exc).splitlines()[0]}") from None
         if address is not None and workers <= 1:
