@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a gate or check failed, 2 bad input or environment (one
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -363,6 +364,12 @@ class Profile(Command):
             target = replace(target, threads=args.threads)
         space = _space_for(args.data, 0, args.space)
         out = args.out or Path("luts") / lut_filename(target.name, space.name, space.input_shape)
+        cores = os.cpu_count() or 1
+        if args.rpc is None and target.threads >= cores:
+            log(
+                f"warning: timing with {target.threads} threads on {cores} cores leaves none for the rest of the system; "
+                f"timings may not repeat (consider --threads {max(1, cores - 1)})"
+            )
         profile(target, space, out, _remote(args), args.warmup, args.repeats, log=log, progress=sys.stderr.isatty())
         print(f"wrote {out}")
         return 0
