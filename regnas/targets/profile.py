@@ -159,6 +159,22 @@ def _metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     }
 
 
+def repeatability(
+    target: Target, space: SearchSpace, n: int, seed: int = 1, remote: Remote | None = None, warmup: int = 10, repeats: int = 50
+) -> dict:
+    """Time `n` random subnets in two separate passes and score the second against the first.
+
+    This is the ceiling for any predictor on this device: a LUT cannot agree with a measurement
+    better than the measurement agrees with itself.
+    """
+    archs = random_archs(space, n, random.Random(seed), set())
+    passes = [
+        np.array([time_module(space.build_subnet(a), space.input_shape, target, remote, warmup, repeats)["median_ms"] for a in archs])
+        for _ in range(2)
+    ]
+    return {**_metrics(passes[1], passes[0]), "first_ms": passes[0].tolist(), "second_ms": passes[1].tolist()}
+
+
 def random_archs(space: SearchSpace, n: int, rng: random.Random, exclude: set) -> list[Arch]:
     """`n` distinct random archs not in `exclude`, the largest and smallest first."""
     out: list[Arch] = []

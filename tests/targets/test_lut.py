@@ -10,7 +10,7 @@ from regnas.spaces import create_space, space_class
 from regnas.targets import parse_target
 from regnas.targets import profile as profile_mod
 from regnas.targets.lut import LUT, find_lut, load_lut, lut_filename, save_lut, unit_key
-from regnas.targets.profile import profile, validate
+from regnas.targets.profile import profile, repeatability, validate
 
 TARGET = parse_target({"name": "cpu", "runtime": "onnxruntime", "threads": 1, "budget": {"latency_ms": 1.0}}, "test")
 
@@ -80,6 +80,14 @@ def test_validate_scores_before_and_after_calibration(tiny_space, tiny_lut):
         assert block["rmspe"] >= 0 and -1 <= block["spearman"] <= 1
     assert lut.calibration["fitted_on"] == 4 and lut.validation is result
     assert len(result["measured_ms"]) == 6 and all(m > 0 for m in result["measured_ms"])
+
+
+def test_repeatability_times_the_same_subnets_twice(tiny_space):
+    result = repeatability(TARGET, tiny_space, n=3, warmup=2, repeats=9)
+    assert result["n"] == 3 and len(result["first_ms"]) == len(result["second_ms"]) == 3
+    assert all(m > 0 for m in result["first_ms"] + result["second_ms"]) and result["first_ms"] != result["second_ms"]
+    err = np.abs(np.array(result["second_ms"]) / np.array(result["first_ms"]) - 1)
+    assert result["within_10pct"] == pytest.approx(float(np.mean(err <= 0.10)))
 
 
 def test_bad_luts_are_one_line_errors(tiny_space, tiny_lut, tmp_path):
