@@ -1,10 +1,11 @@
 """How well each target's LUT predicts whole-subnet latency, per runtime.
 
-    python benchmarks/lut_accuracy.py [--targets phone edge server] [--data digits] [--lut-dir DIR] [--n 50] [--n-fit 20] [--retest 15]
+    python benchmarks/lut_accuracy.py [--targets phone edge server] [--data digits] [--lut-dir DIR] [--n 50] [--n-fit 30] [--retest 15]
 
 Profiles every unit of the space on each target (skipped when a finished LUT is already in
 `--lut-dir`), then runs `regnas targets validate`'s procedure: fit the calibration on `--n-fit`
-random subnets, score on `--n` others, plain sum and calibrated. `--retest` subnets are timed
+random subnets, score on `--n` others, plain sum and calibrated. Rows of targets not run this time
+are kept from the previous `--out`. `--retest` subnets are timed
 twice, in two passes: how well the device agrees with itself bounds any predictor. Threads are
 capped at this machine's cores minus one (recorded in the LUT). With the defaults this
 regenerates the built-in LUTs.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from regnas.build import log
 from regnas.data import load_dataset
-from regnas.io import write_json
+from regnas.io import read_json, write_json
 from regnas.spaces import create_space, space_class
 from regnas.targets import resolve_targets
 from regnas.targets.lut import BUILTIN_LUTS, load_lut, lut_filename, save_lut
@@ -38,12 +39,13 @@ def main() -> int:
     ap.add_argument("--space", default="mbv3")
     ap.add_argument("--lut-dir", type=Path, default=BUILTIN_LUTS)
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--n-fit", type=int, default=20)
+    ap.add_argument("--n-fit", type=int, default=30)
     ap.add_argument("--retest", type=int, default=15, help="subnets timed twice to measure the device's own repeatability (0: skip)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lut_accuracy.json"))
     args = ap.parse_args()
     data = load_dataset(args.data, 0)
     space = create_space(args.space, space_class(args.space).default_config(data.input_shape, data.num_classes))
+    kept = read_json(args.out, "results")["runtimes"] if args.out.is_file() else []
     rows = []
     for target in resolve_targets(",".join(args.targets)):
         # One core stays free: with every core timing, ORT re-measurements of the same subnet moved by
@@ -81,7 +83,8 @@ def main() -> int:
             }
         )
         meta = {"benchmark": "lut_accuracy", "data": args.data, "space": args.space, "cpu_count": os.cpu_count()}
-        write_json(args.out, {**meta, "runtimes": rows})  # after every target, so a long run keeps what it measured
+        others = [r for r in kept if r["target"] not in {row["target"] for row in rows}]
+        write_json(args.out, {**meta, "runtimes": rows + others})  # after every target, so a long run keeps what it measured
     print(f"{'target':8} {'runtime':22} {'within 10%':>11} {'(plain)':>8} {'Spearman':>9} {'(plain)':>8} {'RMSPE':>7} {'retest 10%':>11}")
     for r in rows:
         b = r["before_calibration"]

@@ -271,7 +271,7 @@ class Targets(Command):
         p.add_argument("action", choices=["list", "show", "validate"])
         p.add_argument("target", nargs="?", help="with show/validate: a target name or a .toml path")
         p.add_argument("--n", type=_positive, default=50, help="validate: subnets measured to score the predictor (default: 50)")
-        p.add_argument("--n-fit", type=_positive, default=20, help="validate: other subnets measured to fit the calibration (default: 20)")
+        p.add_argument("--n-fit", type=_positive, default=30, help="validate: other subnets measured to fit the calibration (default: 30)")
         p.add_argument("--lut", type=Path, default=None, help="validate: the LUT file (default: the target's, --lut-dir's or the built-in)")
         p.add_argument("--lut-dir", type=Path, default=None, help="validate: a directory of LUTs written by regnas profile")
         p.add_argument("--json", type=Path, default=None, help="validate: also write the numbers as JSON")

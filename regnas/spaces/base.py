@@ -83,6 +83,14 @@ class SearchSpace(ABC):
         FLOPs and params add up over units, and the latency LUT is keyed by them.
         """
 
+    def unit_group(self, unit: Hashable) -> str:
+        """The group of units whose latencies share one calibration factor (default: the unit's kind).
+
+        Spaces whose blocks run at several resolutions and widths group blocks by stage: a runtime's
+        bias (fusion, cache use, schedule quality) differs more between stages than within one.
+        """
+        return str(unit[0])
+
     @abstractmethod
     def all_units(self) -> list[Hashable]:
         """Every unit any arch of the space can contain: what `regnas profile` measures."""

@@ -347,6 +347,9 @@ class MBV3Space(SearchSpace):
         blocks = [("block", s, j > 0, k, e) for s in range(self.n_stages) for j, (k, e) in enumerate(zip(arch.kernel[s], arch.expand[s]))]
         return [("stem",), *blocks, ("head",)]
 
+    def unit_group(self, unit: tuple) -> str:
+        return f"stage{unit[1]}" if unit[0] == "block" else unit[0]
+
     def all_units(self) -> list[tuple]:
         c = self.config
         choices = [(later, k, e) for later in (False, True) for k in c["kernels"] for e in c["expands"]]

@@ -339,6 +339,9 @@ class ResNetSpace(SearchSpace):
             cin = w
         return [*out, ("head", cin)]
 
+    def unit_group(self, unit: tuple) -> str:
+        return f"stage{unit[1]}" if unit[0] == "block" else unit[0]
+
     def all_units(self) -> list[tuple]:
         c = self.config
         widths = [sorted({stage_width(st["width"], m) for m in c["width_mults"]}) for st in c["stages"]]

@@ -5,8 +5,14 @@ A LUT is JSON: the target's runtime, precision and threads, the space and its co
 shape fixes every unit's shape), provenance (host, CPU, runtime version, date, warm-up, repeats),
 one entry per unit (median and spread), and, once `regnas targets validate` has run, a
 calibration and the validation numbers. A plain sum of unit latencies is biased: every unit timed
-alone pays the runtime's per-call overhead, and fused graphs are cheaper than their parts; the
-calibration `a·Σ units + b·(number of units) + c` is fitted on whole subnets measured end to end.
+alone pays the runtime's per-call overhead, fused graphs are cheaper than their parts, and how much
+cheaper depends on the stage (resolution, width). The calibration is a linear model over named
+terms, fitted on whole subnets measured end to end by least squares on relative error (the metric
+validation reports). Three term sets compete and leave-one-out error on the fitting subnets picks
+one, the simplest on a tie:
+- `global`: `a·Σ units + b·(number of units) + c`;
+- `per_group`: one factor per unit group (`SearchSpace.unit_group`, e.g. a stage) `+ c`;
+- `per_group+n`: both the group factors and the unit count.
 """
 
 from __future__ import annotations
@@ -74,20 +80,57 @@ class LUT:
         except KeyError as exc:
             raise RegnasError(f"LUT for {self.target} has no entry {exc}; re-run regnas profile --target {self.target}") from exc
 
-    def features(self, space: SearchSpace, arch: Arch) -> list[float]:
-        return [self.plain_ms(space, arch), float(len(space.units(arch))), 1.0]
+    def features(self, space: SearchSpace, arch: Arch, terms: list[str]) -> list[float]:
+        """The values of the named calibration terms for `arch`."""
+        units = space.units(arch)
+        values = {"sum_of_units_ms": self.plain_ms(space, arch), "n_units": float(len(units)), "constant_ms": 1.0}
+        for u in units:
+            key = f"sum_ms[{space.unit_group(u)}]"
+            values[key] = values.get(key, 0.0) + self.entries[unit_key(u)]["median_ms"]
+        return [values.get(t, 0.0) for t in terms]
 
     def predict_ms(self, space: SearchSpace, arch: Arch) -> float:
         """Predicted end-to-end latency: calibrated when a calibration was fitted, else the plain sum."""
         if self.calibration is None:
             return self.plain_ms(space, arch)
-        return float(np.dot(self.calibration["coef"], self.features(space, arch)))
+        return float(np.dot(self.calibration["coef"], self.features(space, arch, self.calibration["terms"])))
 
     def fit(self, space: SearchSpace, archs: list[Arch], measured: list[float]) -> None:
-        """Fit the calibration on whole subnets measured end to end (least squares)."""
-        x = np.array([self.features(space, a) for a in archs])
-        coef, *_ = np.linalg.lstsq(x, np.asarray(measured), rcond=None)
-        self.calibration = {"terms": ["sum_of_units_ms", "n_units", "constant_ms"], "coef": coef.tolist(), "fitted_on": len(archs)}
+        """Fit each candidate term set on whole subnets measured end to end; keep the one with the lowest leave-one-out error."""
+        y = np.asarray(measured, dtype=float)
+        groups = sorted({space.unit_group(u) for u in space.all_units()})
+        per_group = [f"sum_ms[{g}]" for g in groups]
+        candidates = {
+            "global": ["sum_of_units_ms", "n_units", "constant_ms"],
+            "per_group": [*per_group, "constant_ms"],
+            "per_group+n": [*per_group, "n_units", "constant_ms"],
+        }
+        usable = {name: terms for name, terms in candidates.items() if len(archs) > len(terms)}
+        if not usable:
+            raise RegnasError(f"{len(archs)} measured subnets cannot fit a calibration; measure at least 4 (--n-fit)")
+        loo = {name: _loo_rmspe(np.array([self.features(space, a, terms) for a in archs]), y) for name, terms in usable.items()}
+        best = min(usable, key=lambda name: (round(loo[name], 6), len(usable[name])))
+        x = np.array([self.features(space, a, usable[best]) for a in archs])
+        self.calibration = {
+            "model": best,
+            "terms": usable[best],
+            "coef": _fit_relative(x, y).tolist(),
+            "fitted_on": len(archs),
+            "loo_rmspe": loo,
+        }
+
+
+def _fit_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares on relative error: minimise Σ((x·c − y) / y)²."""
+    coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+    return coef
+
+
+def _loo_rmspe(x: np.ndarray, y: np.ndarray) -> float:
+    """Root-mean-square relative error of each point predicted by a fit on all the others."""
+    keep = ~np.eye(len(y), dtype=bool)
+    err = [(x[i] @ _fit_relative(x[keep[i]], y[keep[i]]) - y[i]) / y[i] for i in range(len(y))]
+    return float(np.sqrt(np.mean(np.square(err))))
 
 
 def load_lut(path: str | Path) -> LUT:
@@ -104,6 +147,11 @@ def load_lut(path: str | Path) -> LUT:
     bad = [k for k, v in obj["entries"].items() if not isinstance(v, dict) or not isinstance(v.get("median_ms"), (int, float))]
     if bad:
         raise RegnasError(f"{path}: LUT entry {bad[0]} has no median_ms; re-run regnas profile")
+    cal = obj.get("calibration")
+    if cal is not None and not (
+        isinstance(cal, dict) and isinstance(cal.get("terms"), list) and isinstance(cal.get("coef"), list) and len(cal["terms"]) == len(cal["coef"])
+    ):
+        raise RegnasError(f"{path}: the calibration needs as many terms as coef; re-run regnas targets validate")
     try:
         return LUT(**obj)
     except TypeError as exc:

@@ -1,6 +1,7 @@
 """LUT files, the predictor and its calibration, profiling with resume, validation, on real ONNX Runtime timings."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from regnas.spaces import create_space, space_class
 from regnas.targets import parse_target
 from regnas.targets import profile as profile_mod
 from regnas.targets.lut import LUT, find_lut, load_lut, lut_filename, save_lut, unit_key
-from regnas.targets.profile import profile, repeatability, validate
+from regnas.targets.profile import profile, random_archs, repeatability, validate
 
 TARGET = parse_target({"name": "cpu", "runtime": "onnxruntime", "threads": 1, "budget": {"latency_ms": 1.0}}, "test")
 
@@ -60,16 +61,40 @@ def test_killed_profile_resumes_where_it_stopped(tiny_space, tmp_path, monkeypat
     assert lut.complete and len(measured) == len(tiny_space.all_units()) - 3
 
 
-def test_calibration_recovers_a_known_linear_bias(tiny_space, tiny_lut):
-    _, lut = tiny_lut
+def _fit_on(lut, space, truth, n=12):
     lut = LUT(**{**lut.to_json(), "calibration": None})
-    rng = np.random.default_rng(0)
-    archs = [tiny_space.sample(__import__("random").Random(i)) for i in range(12)]
-    truth = [0.7 * lut.plain_ms(tiny_space, a) - 0.01 * len(tiny_space.units(a)) + 0.05 for a in archs]
-    lut.fit(tiny_space, archs, truth)
-    assert np.allclose(lut.calibration["coef"], [0.7, -0.01, 0.05], atol=1e-6)
-    a = archs[int(rng.integers(len(archs)))]
-    assert lut.predict_ms(tiny_space, a) == pytest.approx(0.7 * lut.plain_ms(tiny_space, a) - 0.01 * len(tiny_space.units(a)) + 0.05)
+    archs = random_archs(space, n, random.Random(0), set())
+    lut.fit(space, archs, [truth(a) for a in archs])
+    return lut, archs
+
+
+def test_calibration_recovers_a_known_global_bias(tiny_space, tiny_lut):
+    def truth(a):
+        return 0.7 * lut.plain_ms(tiny_space, a) - 0.01 * len(tiny_space.units(a)) + 0.05
+
+    lut = tiny_lut[1]
+    fitted, archs = _fit_on(lut, tiny_space, truth)
+    assert fitted.calibration["model"] == "global" and fitted.calibration["fitted_on"] == 12
+    assert np.allclose(fitted.calibration["coef"], [0.7, -0.01, 0.05], atol=1e-6)
+    other = tiny_space.sample(random.Random(99))
+    assert fitted.predict_ms(tiny_space, other) == pytest.approx(truth(other))
+
+
+def test_calibration_picks_per_stage_factors_when_stages_are_biased_differently(tiny_space, tiny_lut):
+    """A runtime that runs stage 1 blocks at half their standalone cost: only per-group terms can say so."""
+
+    def truth(a):
+        return sum(lut.entries[unit_key(u)]["median_ms"] * (0.5 if tiny_space.unit_group(u) == "stage1" else 0.9) for u in tiny_space.units(a))
+
+    lut = tiny_lut[1]
+    fitted, archs = _fit_on(lut, tiny_space, truth)
+    cal = fitted.calibration
+    assert cal["model"] == "per_group" and cal["loo_rmspe"]["per_group"] < 1e-6 < cal["loo_rmspe"]["global"]
+    coef = dict(zip(cal["terms"], cal["coef"]))
+    assert coef["sum_ms[stage1]"] == pytest.approx(0.5) and coef["sum_ms[stage2]"] == pytest.approx(0.9)
+    assert all(fitted.predict_ms(tiny_space, a) == pytest.approx(truth(a)) for a in archs)
+    with pytest.raises(RegnasError, match="at least 4"):
+        _fit_on(lut, tiny_space, truth, n=3)
 
 
 def test_validate_scores_before_and_after_calibration(tiny_space, tiny_lut):
