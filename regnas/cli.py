@@ -286,6 +286,7 @@ class Targets(Command):
         from regnas.targets import available_targets, resolve_targets
 
         if args.action == "list":
+
             def order(t):
                 flops = t.budget_flops(10**9)
                 return (flops is None, flops or t.latency_ms)

@@ -98,4 +98,3 @@ def pct_family(nets: list[nn.Module], data: Dataset, cfg: PCTConfig = PCTConfig(
         log(f"pct: member {i + 1}/{len(nets)} against member {i}")
         out.append(pct_finetune(net, out[-1], data, cfg, log))
     return out
-

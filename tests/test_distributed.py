@@ -110,4 +110,3 @@ def test_build_refuses_to_run_under_torchrun(monkeypatch, tmp_path):
     with pytest.raises(RegnasError, match="regnas build runs in one process"):
         build(BuildOptions(targets="phone,edge,server", out=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
-

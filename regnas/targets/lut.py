@@ -148,9 +148,8 @@ def load_lut(path: str | Path) -> LUT:
     if bad:
         raise RegnasError(f"{path}: LUT entry {bad[0]} has no median_ms; re-run regnas profile")
     cal = obj.get("calibration")
-    if cal is not None and not (
-        isinstance(cal, dict) and isinstance(cal.get("terms"), list) and isinstance(cal.get("coef"), list) and len(cal["terms"]) == len(cal["coef"])
-    ):
+    terms, coef = (cal.get("terms"), cal.get("coef")) if isinstance(cal, dict) else (None, None)
+    if cal is not None and not (isinstance(terms, list) and isinstance(coef, list) and len(terms) == len(coef)):
         raise RegnasError(f"{path}: the calibration needs as many terms as coef; re-run regnas targets validate")
     try:
         return LUT(**obj)

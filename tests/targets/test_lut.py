@@ -84,7 +84,8 @@ def test_calibration_picks_per_stage_factors_when_stages_are_biased_differently(
     """A runtime that runs stage 1 blocks at half their standalone cost: only per-group terms can say so."""
 
     def truth(a):
-        return sum(lut.entries[unit_key(u)]["median_ms"] * (0.5 if tiny_space.unit_group(u) == "stage1" else 0.9) for u in tiny_space.units(a))
+        factor = {"stage1": 0.5}
+        return sum(lut.entries[unit_key(u)]["median_ms"] * factor.get(tiny_space.unit_group(u), 0.9) for u in tiny_space.units(a))
 
     lut = tiny_lut[1]
     fitted, archs = _fit_on(lut, tiny_space, truth)
