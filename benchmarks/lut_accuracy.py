@@ -54,13 +54,13 @@ def main() -> int:
         path = args.lut_dir / lut_filename(target.name, space.name, space.input_shape)
         t0 = time.time()
         lut = load_lut(path) if path.is_file() else None
-        if lut is None or not lut.complete or lut.threads != target.threads:
+        profiled = lut is None or not lut.complete or lut.threads != target.threads
+        if profiled:
             lut = profile(target, space, path, log=log, progress=False)
         t1 = time.time()
-        done = lut.validation or {}
-        if done.get("n") == args.n and done.get("n_fit") == args.n_fit:
-            result = done  # validated before with these settings; its numbers and timing stand
-        else:
+        result = lut.validation or {}
+        validated = (result.get("n"), result.get("n_fit")) != (args.n, args.n_fit)
+        if validated:  # else validated before with these settings: its numbers stand
             result = validate(target, space, lut, args.n, args.n_fit, log=log, progress=False)
             save_lut(path, lut)
         keys = ("n", "within_5pct", "within_10pct", "rmspe", "spearman")
@@ -77,8 +77,8 @@ def main() -> int:
                 "before_calibration": {k: result["before_calibration"][k] for k in keys},
                 "calibration": lut.calibration,
                 "repeatability": {k: retest[k] for k in keys} if retest else None,
-                "profile_s": t1 - t0 if not done else None,
-                "validate_s": time.time() - t1 if not done else None,
+                "profile_s": t1 - t0 if profiled else None,
+                "validate_s": time.time() - t1 if validated else None,
                 "meets_goal": result["within_10pct"] >= GOAL and result["spearman"] >= GOAL,
             }
         )
