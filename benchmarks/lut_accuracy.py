@@ -4,11 +4,10 @@
 
 Profiles every unit of the space on each target (skipped when a finished LUT is already in
 `--lut-dir`), then runs `regnas targets validate`'s procedure: fit the calibration on `--n-fit`
-random subnets, score on `--n` others, plain sum and calibrated. Rows of targets not run this time
-are kept from the previous `--out`. `--retest` subnets are timed
+random subnets, score on `--n` others, plain sum and calibrated. `--retest` subnets are timed
 twice, in two passes: how well the device agrees with itself bounds any predictor. Threads are
-capped at this machine's cores minus one (recorded in the LUT). With the defaults this
-regenerates the built-in LUTs.
+capped at this machine's cores minus one (recorded in the LUT). Rows of targets not run this
+time are kept from the previous `--out`. With the defaults this regenerates the built-in LUTs.
 Target: within_10pct ≥ 0.95 and spearman ≥ 0.95 for every runtime.
 """
 
