@@ -87,6 +87,9 @@ class LUT:
         for u in units:
             key = f"sum_ms[{space.unit_group(u)}]"
             values[key] = values.get(key, 0.0) + self.entries[unit_key(u)]["median_ms"]
+        unknown = [t for t in terms if t not in values and not t.startswith("sum_ms[")]
+        if unknown:
+            raise RegnasError(f"LUT for {self.target}: unknown calibration term {unknown[0]!r}; re-run regnas targets validate")
         return [values.get(t, 0.0) for t in terms]
 
     def predict_ms(self, space: SearchSpace, arch: Arch) -> float:
@@ -108,13 +111,13 @@ class LUT:
         usable = {name: terms for name, terms in candidates.items() if len(archs) > len(terms)}
         if not usable:
             raise RegnasError(f"{len(archs)} measured subnets cannot fit a calibration; measure at least 4 (--n-fit)")
-        loo = {name: _loo_rmspe(np.array([self.features(space, a, terms) for a in archs]), y) for name, terms in usable.items()}
+        x = {name: np.array([self.features(space, a, terms) for a in archs]) for name, terms in usable.items()}
+        loo = {name: _loo_rmspe(x[name], y) for name in usable}
         best = min(usable, key=lambda name: (round(loo[name], 6), len(usable[name])))
-        x = np.array([self.features(space, a, usable[best]) for a in archs])
         self.calibration = {
             "model": best,
             "terms": usable[best],
-            "coef": _fit_relative(x, y).tolist(),
+            "coef": _fit_relative(x[best], y).tolist(),
             "fitted_on": len(archs),
             "loo_rmspe": loo,
         }

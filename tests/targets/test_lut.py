@@ -96,6 +96,9 @@ def test_calibration_picks_per_stage_factors_when_stages_are_biased_differently(
     assert all(fitted.predict_ms(tiny_space, a) == pytest.approx(truth(a)) for a in archs)
     with pytest.raises(RegnasError, match="at least 4"):
         _fit_on(lut, tiny_space, truth, n=3)
+    typo = LUT(**{**fitted.to_json(), "calibration": {**cal, "terms": ["sum_of_unit_ms", *cal["terms"][1:]]}})
+    with pytest.raises(RegnasError, match="unknown calibration term 'sum_of_unit_ms'"):
+        typo.predict_ms(tiny_space, archs[0])
 
 
 def test_validate_scores_before_and_after_calibration(tiny_space, tiny_lut):
