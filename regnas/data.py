@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +37,31 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class SplitFractions:
+    """Share of the data per split; calib and val are capped so big datasets train on most of it."""
+
+    calib: float = 0.10
+    val: float = 0.15
+    test: float = 0.15
+    calib_cap: int = 2000
+    val_cap: int = 5000
+
+
 @dataclass
 class Dataset:
-    """A dataset's splits with what a model needs to know about it."""
+    """A dataset's splits with what a model needs to know about it, and how it was split."""
 
     name: str
     splits: dict[str, Split]
     class_names: list[str]
     digest: str = field(default="")
+    seed: int = 0
+    fractions: SplitFractions = field(default_factory=SplitFractions)
+
+    def split_record(self) -> dict:
+        """What fixes the split (seed, fractions) and its digest: a supernet records it, and what is built on it reuses it."""
+        return {"seed": self.seed, "fractions": asdict(self.fractions), "digest": self.digest}
 
     @property
     def num_classes(self) -> int:
@@ -72,17 +89,6 @@ class Dataset:
         if name not in self.splits:
             raise RegnasError(f"unknown split {name!r}; use one of {', '.join(self.splits)} (or omit --split for the whole set)")
         return self.splits[name]
-
-
-@dataclass(frozen=True)
-class SplitFractions:
-    """Share of the data per split; calib and val are capped so big datasets train on most of it."""
-
-    calib: float = 0.10
-    val: float = 0.15
-    test: float = 0.15
-    calib_cap: int = 2000
-    val_cap: int = 5000
 
 
 _LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray] | None]]] = {}
@@ -206,6 +212,8 @@ def _load_image_folder(path: Path):
                 raise RegnasError(f"{f} is not a readable image ({exc}); remove or replace it") from exc
             labels.append(label)
             sizes.add(images[-1].size)
+        if not labels or labels[-1] != label:
+            raise RegnasError(f"{d} has no images (class {d.name!r}); add images to it or remove the folder")
     if len(sizes) > 1:
         s = sorted(sizes)
         raise RegnasError(f"{path}: images have different sizes ({s[0][0]}x{s[0][1]} and {s[1][0]}x{s[1][1]}); resize them to one size")
@@ -233,6 +241,22 @@ def _stratified_split(y: np.ndarray, fractions: dict[str, float], caps: dict[str
             raise RegnasError(f"class {c} has too few samples ({nc}) to leave any for training; add data")
         out["train"].append(idx[start:])
     return {s: np.sort(np.concatenate(v)) for s, v in out.items()}
+
+
+def load_recorded_split(spec: str, record: dict, source: str) -> Dataset:
+    """The dataset `spec`, split as `record` (a supernet's `split_record`) says; other data or another split is bad input."""
+    try:
+        fractions = SplitFractions(**record["fractions"])
+        seed, digest = int(record["seed"]), record["digest"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RegnasError(f"{source} records no usable data split ({exc}); retrain it with this regnas") from exc
+    data = load_dataset(spec, seed, fractions)
+    if data.digest != digest:
+        raise RegnasError(
+            f"{source} was trained on other data or another split than {spec} split with seed {seed}; "
+            "use the data it was trained on, or train a supernet on this data"
+        )
+    return data
 
 
 def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFractions()) -> Dataset:
@@ -282,4 +306,4 @@ def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFrac
         h.update(s.encode())
         h.update(splits[s].x.numpy().tobytes())
         h.update(splits[s].y.numpy().tobytes())
-    return Dataset(name=name, splits=splits, class_names=list(classes), digest=h.hexdigest())
+    return Dataset(name=name, splits=splits, class_names=list(classes), digest=h.hexdigest(), seed=seed, fractions=fractions)

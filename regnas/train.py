@@ -1,21 +1,31 @@
-"""Supernet training with the sandwich rule and in-place distillation.
+"""Supernet training with the sandwich rule and in-place distillation, planned to fit a time budget.
 
-Each step trains the largest subnet on the labels and the smallest plus two random subnets on the
-largest's soft predictions (BigNAS / OFA), so every nested subnet learns to agree with the
-largest: agreement is the point of regnas. Under torchrun every rank trains the same subnets on its
-slice of each global batch (DDP); rank 0 writes. A checkpoint is a safetensors file whose header holds
-the JSON metadata (space, config, data digest, training config, epochs done), with a JSON sidecar
-for people; the optimizer state sits beside it, so a killed run resumes from its last epoch.
+Each step trains the largest subnet on the (label-smoothed) labels and the smallest plus random
+subnets on the largest's soft predictions (BigNAS / OFA), so every nested subnet learns to agree
+with the largest: agreement is the point of regnas. The same loop trains one arch alone (the
+standalone twin the supernet-quality benchmark compares against). Under torchrun every rank trains
+the same subnets on its slice of each global batch (DDP); rank 0 writes.
+
+A checkpoint is a safetensors file whose header holds the JSON metadata (space, config, the data
+split, training config, epochs done), with a JSON sidecar for people; the optimizer state sits
+beside it, stamped with the same epoch, so a killed run resumes from its last epoch and a
+mismatched pair is refused. Models and batches are channels-last (CPU depthwise convolutions run
+several times faster so); on a GPU, steps run under bf16 autocast with the data on the device and
+no host sync per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +39,14 @@ from regnas.data import Dataset
 from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
-from regnas.spaces import SearchSpace, create_space, space_class
+from regnas.spaces import Arch, SearchSpace, create_space, space_class
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "supernet.safetensors"
 OPTIMIZER = "supernet.optim.safetensors"
+MAX_EPOCHS = 15
+"""The most epochs a time budget buys: a ceiling for small data, where the whole digits build must stay within 3 minutes."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,20 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    random_subnets: int = 2
+    random_subnets: int = 1
+    label_smoothing: float = 0.1
+    warm_fraction: float = 0.4
+    """Share of the epochs that train the largest subnet alone before the sandwich starts (a warm start)."""
     sort_channels: bool = False
     seed: int = 0
+    time_budget_min: float | None = None
+    """The budget the epochs were planned for (None: given explicitly)."""
 
 
-def default_epochs(n_train: int) -> int:
-    """Epochs that give a usable supernet within the build's time budget on two CPU cores."""
-    return int(min(20, max(3, 9000 // max(n_train, 1))))
+def warm_epochs(cfg: TrainConfig, epochs: int | None = None) -> int:
+    """Epochs of the largest subnet alone at the start of a run of `epochs` (cfg's by default); one for --sort-channels."""
+    n = cfg.epochs if epochs is None else epochs
+    return min(n - 1, max(round(cfg.warm_fraction * n), 1 if cfg.sort_channels else 0)) if n > 1 else 0
 
 
 def default_batch_size(n_train: int) -> int:
@@ -73,6 +93,7 @@ def _meta(space: SearchSpace, data: Dataset, cfg: TrainConfig, epochs_done: int,
         "space": space.name,
         "config": space.config,
         "data": {"name": data.name, "digest": data.digest, "num_classes": data.num_classes, "class_names": data.class_names},
+        "split": data.split_record(),
         "train": asdict(cfg),
         "epochs_done": epochs_done,
         "world_size": world_size,
@@ -86,56 +107,83 @@ def save_checkpoint(path: Path, net: Supernet) -> None:
     write_json(path.with_suffix(".json"), net.meta)
 
 
-def load_checkpoint(path: str | Path, space_name: str | None = None, data: Dataset | None = None) -> Supernet:
-    """Load a supernet checkpoint and check it fits the requested space and data."""
+def _header(path: Path, what: str) -> dict[str, Any]:
+    """The JSON metadata regnas stores in a safetensors header."""
     from safetensors import safe_open
 
-    path = Path(path)
-    tensors = load_tensors(path, "supernet checkpoint")
     with safe_open(str(path), "pt") as f:
         header = (f.metadata() or {}).get("regnas")
     if header is None:
-        raise RegnasError(f"{path} has no regnas metadata; it was not written by regnas train (retrain with regnas train)")
-    meta = json.loads(header)
-    if space_name and meta["space"] != space_name:
-        raise RegnasError(
-            f"{path} is a {meta['space']!r} supernet but --space {space_name} was asked; pass --space {meta['space']} or retrain"
-        )
+        raise RegnasError(f"{path} has no regnas metadata; it is not a {what} written by regnas train (retrain with regnas train)")
+    try:
+        meta = json.loads(header)
+    except json.JSONDecodeError as exc:
+        raise RegnasError(f"{path} has corrupt regnas metadata ({exc}); retrain with regnas train") from exc
+    if not isinstance(meta, dict):
+        raise RegnasError(f"{path} has corrupt regnas metadata (not a JSON object); retrain with regnas train")
+    return meta
+
+
+def checkpoint_header(path: str | Path) -> dict[str, Any]:
+    """A supernet checkpoint's metadata, checked for the keys regnas needs, without loading its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegnasError(f"supernet checkpoint not found: {path}; check the path")
+    try:
+        meta = _header(path, "supernet")
+    except RegnasError:
+        raise
+    except Exception as exc:  # safetensors raises several types for corrupt headers
+        raise RegnasError(f"supernet checkpoint {path} is not a readable safetensors file ({exc}); re-create it") from exc
+    try:
+        meta["space"], meta["data"]["num_classes"], list(meta["config"]["input_shape"])
+    except (KeyError, TypeError) as exc:
+        raise RegnasError(f"{path} has incomplete regnas metadata (missing {exc}); retrain with regnas train") from exc
+    return meta
+
+
+def load_checkpoint(path: str | Path, space_name: str | None = None, data: Dataset | None = None) -> Supernet:
+    """Load a supernet checkpoint and check it fits the requested space and data."""
+    path = Path(path)
+    meta = checkpoint_header(path)
+    tensors = load_tensors(path, "supernet checkpoint")
+    name, config, classes, shape = meta["space"], meta["config"], meta["data"]["num_classes"], list(meta["config"]["input_shape"])
+    if space_name and name != space_name:
+        raise RegnasError(f"{path} is a {name!r} supernet but --space {space_name} was asked; pass --space {name} or retrain")
     if data is not None:
-        if meta["data"]["num_classes"] != data.num_classes:
-            raise RegnasError(
-                f"{path} was trained for {meta['data']['num_classes']} classes but {data.name} has {data.num_classes}; retrain on this data"
-            )
-        if list(meta["config"]["input_shape"]) != list(data.input_shape):
-            raise RegnasError(
-                f"{path} expects inputs {tuple(meta['config']['input_shape'])} but {data.name} has {data.input_shape}; retrain on this data"
-            )
-    space = create_space(meta["space"], meta["config"])
+        if classes != data.num_classes:
+            raise RegnasError(f"{path} was trained for {classes} classes but {data.name} has {data.num_classes}; retrain on this data")
+        if shape != list(data.input_shape):
+            raise RegnasError(f"{path} expects inputs {tuple(shape)} but {data.name} has {data.input_shape}; retrain on this data")
+    space = create_space(name, config)
     model = space.build_supernet()
     expected = model.state_dict()
     bad = sorted(set(expected) ^ set(tensors)) or [k for k in expected if expected[k].shape != tensors[k].shape]
     if bad:
-        raise RegnasError(f"{path} does not match the {meta['space']} supernet (first mismatching tensor: {bad[0]}); retrain it")
+        raise RegnasError(f"{path} does not match the {name} supernet (first mismatching tensor: {bad[0]}); retrain it")
     model.load_state_dict(tensors)
     return Supernet(space, model, meta)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1/14 of the image, zero-filled (none below 14 px: it hurts there)."""
+    """Random translation by up to 1/14 of the image, zero-filled (none below 14 px: it hurts there).
+
+    Offsets come from a CPU generator, so a run draws the same shifts on any device.
+    """
     n, _, h, w = x.shape
     pad = min(h, w) // 14
     if pad == 0:
         return x
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (oy[:, None] + torch.arange(h))[:, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, :]
-    return xp[torch.arange(n)[:, None, None], :, rows, cols].permute(0, 3, 1, 2).contiguous()
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    return xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
 
 def _distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(student, 1), F.softmax(teacher, 1), reduction="batchmean")
+    return F.kl_div(F.log_softmax(student.float(), 1), F.softmax(teacher, 1), reduction="batchmean")
 
 
 def _permute_channels(net: Supernet, optimizer: torch.optim.Optimizer) -> None:
@@ -144,129 +192,259 @@ def _permute_channels(net: Supernet, optimizer: torch.optim.Optimizer) -> None:
     state = net.model.state_dict()
     for name, dim, perm in net.space.channel_order(net.model):
         t = state[name]
-        t.copy_(t.index_select(dim, perm))
+        t.copy_(t.index_select(dim, perm.to(t.device)))
         if name in params:
             for v in optimizer.state.get(params[name], {}).values():
                 if torch.is_tensor(v) and v.shape == t.shape:
-                    v.copy_(v.index_select(dim, perm))
+                    v.copy_(v.index_select(dim, perm.to(v.device)))
 
 
-def train_supernet(
-    data: Dataset,
-    out_dir: str | Path,
-    cfg: TrainConfig,
-    space_name: str = "mbv3",
-    log=print,
-    world: World = World(),
-) -> Supernet:
-    """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
-    out_dir = Path(out_dir)
-    if not world.main:
-        log = _silent
-    if cfg.batch_size < world.size:
-        raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
-    world.assert_same("the training data", data.digest)
-    ckpt, opt_path = out_dir / CHECKPOINT, out_dir / OPTIMIZER
-    space = create_space(space_name, space_class(space_name).default_config(data.input_shape, data.num_classes))
-    torch.manual_seed(cfg.seed)
-    net = Supernet(space, space.build_supernet().to(world.device), {})
-    optimizer = torch.optim.AdamW(net.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(data["train"])
-    steps_per_epoch = max(1, n // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=0.1)
-    start, history = 0, []
+Subnets = Callable[[int, random.Random], list[Arch]]
+"""Per step (epoch, rng) → the archs to train: the first on the labels, the rest distilled from it."""
 
-    if ckpt.is_file() and opt_path.is_file():
-        try:
-            old = load_checkpoint(ckpt, space_name, data)
-        except RegnasError as exc:
-            log(f"train: ignoring unusable checkpoint in {out_dir} ({exc})")
-            old = None
-        same = old is not None and old.meta["data"]["digest"] == data.digest and old.meta["train"] == asdict(cfg)
-        if same and old.meta["config"] == space.config:
-            net.model.load_state_dict(old.model.state_dict())
-            start, history = old.meta["epochs_done"], old.meta["history"]
-            trained_by = old.meta.get("world_size", 1)
-            if start < cfg.epochs and trained_by != world.size:
-                raise RegnasError(
-                    f"{ckpt} was trained by {trained_by} process(es) but this run has {world.size}; resume it with "
-                    f"torchrun --nproc_per_node {trained_by} (or without torchrun when 1), or train afresh in another --out"
-                )
-            _load_optimizer(opt_path, optimizer, schedule)
-            if start < cfg.epochs:
-                log(f"train: resuming at epoch {start + 1}/{cfg.epochs} from {ckpt}")
-        elif old is not None:
-            log(f"train: {ckpt} was trained on other data or settings; training from scratch")
 
-    model = net.model
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [world.device.index] if world.device.type == "cuda" else None
-        model = DistributedDataParallel(net.model, device_ids=ids, find_unused_parameters=True)
-    x_all, y_all = data["train"].x, data["train"].y
+def sandwich(cfg: TrainConfig, space: SearchSpace) -> Subnets:
+    """Largest on labels; smallest and `random_subnets` random archs distilled (the largest alone while warming up)."""
     largest, smallest = space.largest(), space.smallest()
-    for epoch in range(start, cfg.epochs):
-        model.train()
+    warm = warm_epochs(cfg)
+
+    def pick(epoch: int, rng: random.Random) -> list[Arch]:
+        if epoch < warm:
+            return [largest]
+        return [largest, smallest, *(space.sample(rng) for _ in range(cfg.random_subnets))]
+
+    return pick
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a GPU; nothing on a CPU (its bf16 convolutions are slower than fp32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Loop:
+    """One training run's moving parts: model (maybe DDP-wrapped), optimizer, schedule, data on the device."""
+
+    def __init__(self, space: SearchSpace, model: nn.Module, data: Dataset, cfg: TrainConfig, world: World):
+        self.space, self.cfg, self.world = space, cfg, world
+        self.model = model.to(world.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.n = len(data["train"])
+        self.steps = max(1, self.n // cfg.batch_size)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg.lr, total_steps=self.steps * cfg.epochs, pct_start=0.1)
+        self.x = data["train"].x.to(world.device)
+        self.y = data["train"].y.to(world.device)
+        self.ddp = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [world.device.index] if world.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.world.device)
+        x = self.world.shard(_augment(self.x[idx], gen)).contiguous(memory_format=torch.channels_last)
+        return x, self.world.shard(self.y[idx])
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, archs: list[Arch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over `archs`; returns the first arch's loss and correct count, on the device."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.world.device):
+            logits = self.ddp(x, archs[0])
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        loss.backward()
+        teacher = logits.detach().float()
+        for arch in archs[1:]:
+            with _autocast(self.world.device):
+                student = self.ddp(x, arch)
+            _distill(student, teacher).backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def epoch(self, epoch: int, subnets: Subnets, sampled: hashlib._Hash | None = None) -> dict[str, float]:
+        """Train one epoch; the record is synced to the host once, at the end."""
+        cfg, world = self.cfg, self.world
+        self.ddp.train()
         torch.manual_seed(cfg.seed * 1009 + epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         rng = random.Random(cfg.seed * 104729 + epoch)
-        order = torch.from_numpy(np.random.default_rng((cfg.seed, epoch)).permutation(n))
-        only_largest = cfg.sort_channels and epoch == 0
-        t0, loss_sum, correct = time.time(), 0.0, 0
-        sampled = hashlib.sha256()
-        quiet = None if world.main else True
-        bar = tqdm(range(steps_per_epoch), desc=f"train {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=quiet, leave=False)
+        order = torch.from_numpy(np.random.default_rng((cfg.seed, epoch)).permutation(self.n))
+        t0 = time.time()
+        loss_sum = torch.zeros((), device=world.device)
+        correct = torch.zeros((), device=world.device, dtype=torch.long)
+        every = max(1, self.steps // 5)
+        bar = tqdm(range(self.steps), desc=f"train {epoch + 1}/{cfg.epochs}", file=sys.stderr, disable=not world.main or None, leave=False)
         for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x, y = world.shard(_augment(x_all[idx], gen)), world.shard(y_all[idx])
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x, largest)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            if not only_largest:
-                teacher = logits.detach()
-                for arch in [smallest] + [space.sample(rng) for _ in range(cfg.random_subnets)]:
-                    sampled.update(repr(arch).encode())
-                    _distill(model(x, arch), teacher).backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item()
-            correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.3f}")
-            if bar.disable and (step + 1) % max(1, steps_per_epoch // 5) == 0 and step + 1 < steps_per_epoch:
-                log(f"train: epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{steps_per_epoch} loss {loss_sum / (step + 1):.3f}")
-        if only_largest:
-            _permute_channels(net, optimizer)
+            archs = subnets(epoch, rng)
+            if sampled is not None:
+                sampled.update(repr(archs[1:]).encode())
+            x, y = self.batch(order[step * cfg.batch_size : (step + 1) * cfg.batch_size], gen)
+            loss, hits = self.step(x, y, archs)
+            loss_sum += loss
+            correct += hits
+            if (step + 1) % every == 0 and step + 1 < self.steps:
+                mean = loss_sum.item() / (step + 1)
+                bar.set_postfix(loss=f"{mean:.3f}")
+                if bar.disable and world.main:
+                    logger.info(f"train: epoch {epoch + 1}/{cfg.epochs} step {step + 1}/{self.steps} loss {mean:.3f}")
+        loss_total, correct_total = world.sum([loss_sum.item(), float(correct.item())])
+        return {
+            "epoch": epoch + 1,
+            "loss": loss_total / (self.steps * world.size),
+            "train_top1": correct_total / (self.steps * cfg.batch_size),
+            "seconds": time.time() - t0,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "schedule": self.schedule}
+
+
+def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str = "mbv3", world: World = World()) -> Supernet:
+    """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
+    out_dir = Path(out_dir)
+    if cfg.batch_size < world.size:
+        raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
+    world.assert_same("the training data", data.digest)
+    space = create_space(space_name, space_class(space_name).default_config(data.input_shape, data.num_classes))
+    torch.manual_seed(cfg.seed)
+    net = Supernet(space, space.build_supernet(), {})
+    loop = _Loop(space, net.model, data, cfg, world)
+    start, history = _resume(out_dir, net, loop, data, cfg, space_name, world)
+    subnets = sandwich(cfg, space)
+    for epoch in range(start, cfg.epochs):
+        sampled = hashlib.sha256()
+        rec = loop.epoch(epoch, subnets, sampled)
+        if cfg.sort_channels and epoch == warm_epochs(cfg) - 1:
+            _permute_channels(net, loop.optimizer)
         world.average_buffers(net.model)
         world.assert_same(f"the subnets sampled in epoch {epoch + 1}", sampled.hexdigest())
         world.assert_same(f"the weights after epoch {epoch + 1}", state_digest(net.model))
-        loss_sum, correct = world.sum([loss_sum, correct])
-        rec = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / (steps_per_epoch * world.size),
-            "train_top1": correct / (steps_per_epoch * cfg.batch_size),
-            "seconds": time.time() - t0,
-        }
         history.append(rec)
         net.meta = _meta(space, data, cfg, epoch + 1, history, world.size)
         if world.main:
-            save_checkpoint(ckpt, net)
-            _save_optimizer(opt_path, optimizer, schedule)
-        log(f"train: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} train top-1 {rec['train_top1']:.3f} ({rec['seconds']:.0f}s)")
+            save_checkpoint(out_dir / CHECKPOINT, net)
+            _save_optimizer(out_dir / OPTIMIZER, loop, epoch + 1)
+        logger.info(
+            f"train: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} train top-1 {rec['train_top1']:.3f} ({rec['seconds']:.0f}s)"
+        )
     if not net.meta:
         net.meta = _meta(space, data, cfg, cfg.epochs, history, world.size)
-    net.model.cpu().eval()
+    net.model.to("cpu", memory_format=torch.contiguous_format).eval()
     return net
 
 
-def _silent(_msg: str) -> None:
-    """The log of every rank but 0."""
+def _resume(
+    out_dir: Path, net: Supernet, loop: _Loop, data: Dataset, cfg: TrainConfig, space_name: str, world: World
+) -> tuple[int, list[dict]]:
+    """Load the checkpoint in `out_dir` when it was trained on this data with these settings: (epochs done, history)."""
+    ckpt, opt_path = out_dir / CHECKPOINT, out_dir / OPTIMIZER
+    if not (ckpt.is_file() and opt_path.is_file()):
+        return 0, []
+    try:
+        old = load_checkpoint(ckpt, space_name, data)
+    except RegnasError as exc:
+        logger.info(f"train: ignoring unusable checkpoint in {out_dir} ({exc})")
+        return 0, []
+    same = old.meta.get("data", {}).get("digest") == data.digest and old.meta.get("train") == asdict(cfg)
+    if not (same and old.meta["config"] == net.space.config):
+        logger.info(f"train: {ckpt} was trained on other data or settings; training from scratch")
+        return 0, []
+    start = old.meta["epochs_done"]
+    trained_by = old.meta.get("world_size", 1)
+    if start < cfg.epochs and trained_by != world.size:
+        raise RegnasError(
+            f"{ckpt} was trained by {trained_by} process(es) but this run has {world.size}; resume it with "
+            f"torchrun --nproc_per_node {trained_by} (or without torchrun when 1), or train afresh in another --out"
+        )
+    net.model.load_state_dict(old.model.state_dict())
+    _load_optimizer(opt_path, loop, start)
+    if start < cfg.epochs:
+        logger.info(f"train: resuming at epoch {start + 1}/{cfg.epochs} from {ckpt}")
+    return start, old.meta["history"]
 
 
-def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, schedule) -> None:
-    sd = optimizer.state_dict()
+def train_standalone(data: Dataset, space: SearchSpace, arch: Arch, cfg: TrainConfig, world: World = World()) -> nn.Module:
+    """`arch` trained alone with the supernet's recipe (same loop, epochs, schedule, no sandwich), as a plain network."""
+    torch.manual_seed(cfg.seed)
+    model = space.build_supernet()
+    loop = _Loop(space, model, data, cfg, world)
+    for epoch in range(cfg.epochs):
+        rec = loop.epoch(epoch, lambda _epoch, _rng: [arch])
+        logger.info(f"train: standalone epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} ({rec['seconds']:.0f}s)")
+    model.to("cpu", memory_format=torch.contiguous_format)
+    return space.extract(model, arch)
+
+
+def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World()) -> int:
+    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most MAX_EPOCHS).
+
+    A budget too small for one epoch is bad input: the message names the minimum.
+    """
+    probe = _Loop(space, space.build_supernet(), data, replace(cfg, epochs=MAX_EPOCHS), world)
+    rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    subnets = sandwich(replace(cfg, epochs=2, warm_fraction=0.5), space)
+
+    def seconds_per_step(epoch: int, repeats: int = 4) -> float:
+        idx = torch.arange(min(cfg.batch_size, probe.n))
+        probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
+        _sync(world.device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
+        _sync(world.device)
+        return (time.perf_counter() - t0) / repeats
+
+    sandwich_epoch = seconds_per_step(1) * probe.steps
+    warm_epoch = seconds_per_step(0) * probe.steps
+    (sandwich_epoch, warm_epoch) = world.sum([sandwich_epoch if world.main else 0.0, warm_epoch if world.main else 0.0])
+
+    def cost(epochs: int) -> float:
+        warm = warm_epochs(cfg, epochs)
+        return warm * warm_epoch + (epochs - warm) * sandwich_epoch
+
+    if budget_s < cost(1):
+        need = math.ceil(cost(1) / 60)
+        raise RegnasError(
+            f"a time budget of {budget_s / 60:.1f} min is too small for one training epoch here (about {need} min); "
+            f"raise --time-budget to at least {need}, or pass --epochs"
+        )
+    epochs = 1
+    while epochs < MAX_EPOCHS and cost(epochs + 1) <= budget_s:
+        epochs += 1
+    logger.info(f"train: {epochs} epochs fit {budget_s / 60:.1f} min (about {sandwich_epoch:.0f} s per sandwich epoch here)")
+    return epochs
+
+
+def planned(
+    out_dir: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World()
+) -> TrainConfig:
+    """`cfg` with the epochs that fit `budget_s` of training (its `time_budget_min` names the user's whole budget).
+
+    The plan of a checkpoint in `out_dir` made for the same budget, data and settings is reused, so a
+    resumed or re-run build trains on instead of re-planning from slightly different timings.
+    """
+    ckpt = Path(out_dir) / CHECKPOINT
+    if ckpt.is_file():
+        try:
+            meta = _header(ckpt, "supernet")
+            old = TrainConfig(**meta["train"])
+        except (RegnasError, KeyError, TypeError):
+            old = None
+        if old is not None and meta.get("data", {}).get("digest") == data.digest and replace(old, epochs=cfg.epochs) == cfg:
+            logger.info(f"train: keeping the plan of {ckpt} for this budget ({old.epochs} epochs)")
+            return old
+    return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _save_optimizer(path: Path, loop: _Loop, epochs_done: int) -> None:
+    sd = loop.optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
@@ -274,19 +452,22 @@ def _save_optimizer(path: Path, optimizer: torch.optim.Optimizer, schedule) -> N
                 tensors[f"{pid}.{k}"] = v
             else:
                 scalars[f"{pid}.{k}"] = v
-    meta = {"param_groups": sd["param_groups"], "scalars": scalars, "schedule": schedule.state_dict()}
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars, "schedule": loop.schedule.state_dict(), "epochs_done": epochs_done}
     save_tensors(path, tensors, {"regnas": json.dumps(meta)})
 
 
-def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, schedule) -> None:
-    from safetensors import safe_open
-
+def _load_optimizer(path: Path, loop: _Loop, epochs_done: int) -> None:
+    """Restore the optimizer and schedule, refusing a state saved at another epoch than the weights."""
     tensors = load_tensors(path, "optimizer state")
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["regnas"])
+    meta = _header(path, "optimizer state")
+    if meta.get("epochs_done") != epochs_done:
+        raise RegnasError(
+            f"{path} is from epoch {meta.get('epochs_done')} but the supernet beside it from epoch {epochs_done} "
+            f"(a run stopped between the two writes); delete {path.parent} or train into another --out"
+        )
     state: dict[int, dict[str, Any]] = {}
     for key, v in list(tensors.items()) + list(meta["scalars"].items()):
         pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    schedule.load_state_dict(meta["schedule"])
+        state.setdefault(int(pid), {})[name] = v.to(loop.world.device) if torch.is_tensor(v) else v
+    loop.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    loop.schedule.load_state_dict(meta["schedule"])

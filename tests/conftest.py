@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from regnas.data import load_dataset
@@ -17,5 +19,12 @@ def digits():
 def digits_supernet(digits, tmp_path_factory):
     """An mbv3 supernet trained for two short epochs on digits (enough for real, non-random predictions)."""
     out = tmp_path_factory.mktemp("supernet")
-    net = train_supernet(digits, out, TrainConfig(epochs=2, batch_size=32, seed=0), "mbv3", log=lambda _m: None)
+    net = train_supernet(digits, out, TrainConfig(epochs=2, batch_size=32, seed=0), "mbv3")
     return net, out
+
+
+@pytest.fixture(autouse=True)
+def _regnas_logs_reach_caplog():
+    """`regnas.logs.configure` (run by in-process CLI calls) stops propagation; tests read records through caplog."""
+    logging.getLogger("regnas").propagate = True
+    yield

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regnas.nn import count_macs, crop_to, depthwise_conv, make_divisible
+from regnas.nn import DynamicConv2d, count_macs, crop_to, depthwise_conv, make_divisible
 
 
 def test_crop_is_prefix_on_channels_and_centre_on_kernels():
@@ -15,17 +15,32 @@ def test_crop_is_prefix_on_channels_and_centre_on_kernels():
         crop_to(v, (11,))
 
 
-@pytest.mark.parametrize("h,k,stride", [(8, 7, 1), (7, 5, 2), (4, 7, 1), (2, 3, 1), (5, 3, 2)])
-def test_matmul_depthwise_equals_conv2d_forward_and_backward(h, k, stride):
+@pytest.mark.parametrize("h,k,stride", [(8, 3, 1), (7, 5, 2), (4, 3, 1)])
+def test_elastic_depthwise_kernel_is_the_centre_crop_and_trains_only_it(h, k, stride):
     torch.manual_seed(0)
-    x = torch.randn(3, 6, h, h, requires_grad=True)
+    conv = DynamicConv2d(6, 6, 7, stride, depthwise=True).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 4, h, h).contiguous(memory_format=torch.channels_last)
+    out = conv(x, kernel=k)
+    ref = F.conv2d(x, conv.weight[:4, :, (7 - k) // 2 : (7 + k) // 2, (7 - k) // 2 : (7 + k) // 2], None, stride, k // 2, groups=4)
+    torch.testing.assert_close(out, ref)
+    out.square().sum().backward()
+    touched = conv.weight.grad.abs().sum((1,)) > 0
+    off = (7 - k) // 2
+    expected = torch.zeros(6, 7, 7, dtype=torch.bool)
+    expected[:4, off : off + k, off : off + k] = True
+    assert torch.equal(touched, expected)
+
+
+@pytest.mark.parametrize("h,k,stride", [(8, 7, 1), (7, 7, 1), (4, 7, 1), (2, 3, 1), (4, 5, 2), (3, 3, 2), (14, 7, 1)])
+def test_depthwise_conv_equals_conv2d_forward_and_backward(h, k, stride):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, h, h).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(6, 1, k, k, requires_grad=True)
     ref = F.conv2d(x, w, None, stride, k // 2, groups=6)
     gx, gw = torch.autograd.grad(ref.square().sum(), (x, w))
     out = depthwise_conv(x, w, stride)
     hx, hw = torch.autograd.grad(out.square().sum(), (x, w))
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out, ref)
     torch.testing.assert_close(hx, gx, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(hw, gw, rtol=1e-4, atol=1e-3)
 

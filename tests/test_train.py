@@ -1,13 +1,17 @@
 import json
+import random
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from regnas.data import Dataset, Split
 from regnas.errors import RegnasError
 from regnas.evaluate import predict, recalibrate_bn
-from regnas.train import CHECKPOINT, TrainConfig, load_checkpoint, train_supernet
+from regnas.spaces import create_space, space_class
+from regnas.train import CHECKPOINT, Supernet, TrainConfig, _permute_channels, load_checkpoint, train_supernet
 
 
 def small(digits, n=256):
@@ -15,10 +19,6 @@ def small(digits, n=256):
     splits = dict(digits.splits)
     splits["train"] = Split(digits["train"].x[:n], digits["train"].y[:n], digits["train"].index[:n])
     return Dataset(digits.name + "-small", splits, digits.class_names, digits.digest + f"-{n}")
-
-
-def quiet(_msg):
-    pass
 
 
 def test_checkpoint_is_safetensors_with_metadata(digits_supernet, digits):
@@ -38,21 +38,21 @@ def test_training_learns(digits_supernet, digits):
         assert (pred == digits["val"].y.numpy()).mean() > 0.5  # ten classes: chance is 0.1
 
 
-def test_changed_settings_retrain_from_scratch_deterministically(digits, tmp_path):
+def test_changed_settings_retrain_from_scratch_deterministically(digits, tmp_path, caplog):
     data = small(digits)
-    full = train_supernet(data, tmp_path / "full", TrainConfig(epochs=2, batch_size=64), log=quiet)
-    train_supernet(data, tmp_path / "run", TrainConfig(epochs=1, batch_size=64), log=quiet)
-    logs = []
-    again = train_supernet(data, tmp_path / "run", TrainConfig(epochs=2, batch_size=64), log=logs.append)
-    assert any("from scratch" in m for m in logs)
+    full = train_supernet(data, tmp_path / "full", TrainConfig(epochs=2, batch_size=64))
+    train_supernet(data, tmp_path / "run", TrainConfig(epochs=1, batch_size=64))
+    with caplog.at_level("INFO", logger="regnas"):
+        again = train_supernet(data, tmp_path / "run", TrainConfig(epochs=2, batch_size=64))
+    assert "from scratch" in caplog.text
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
 
 
-def test_interrupted_epoch_resumes_where_it_stopped(digits, tmp_path, monkeypatch):
+def test_interrupted_epoch_resumes_where_it_stopped(digits, tmp_path, monkeypatch, caplog):
     data = small(digits)
     cfg = TrainConfig(epochs=2, batch_size=64)
-    reference = train_supernet(data, tmp_path / "ref", cfg, log=quiet)
+    reference = train_supernet(data, tmp_path / "ref", cfg)
 
     import regnas.train as train_mod
 
@@ -67,17 +67,31 @@ def test_interrupted_epoch_resumes_where_it_stopped(digits, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_mod, "_save_optimizer", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_supernet(data, tmp_path / "run", cfg, log=quiet)
-    logs = []
-    resumed = train_supernet(data, tmp_path / "run", cfg, log=logs.append)
-    assert any("resuming at epoch 2/2" in m for m in logs)
+        train_supernet(data, tmp_path / "run", cfg)
+    with caplog.at_level("INFO", logger="regnas"):
+        resumed = train_supernet(data, tmp_path / "run", cfg)
+    assert "resuming at epoch 2/2" in caplog.text
     for k, v in reference.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
-def test_sort_channels_keeps_training_consistent(digits, tmp_path):
-    net = train_supernet(small(digits, 128), tmp_path, TrainConfig(epochs=2, batch_size=64, sort_channels=True), log=quiet)
-    assert net.meta["train"]["sort_channels"] is True and net.meta["epochs_done"] == 2
+def test_channel_sorting_keeps_the_largest_function_and_moves_optimizer_moments_along(digits):
+    torch.manual_seed(0)
+    space = create_space("mbv3", space_class("mbv3").default_config(digits.input_shape, digits.num_classes))
+    net = Supernet(space, space.build_supernet(), {})
+    optimizer = torch.optim.AdamW(net.model.parameters(), lr=1e-3)
+    x = digits["val"].x[:64]
+    F.cross_entropy(net.model(x, space.largest()), digits["val"].y[:64]).backward()
+    optimizer.step()
+    net.model.eval()
+    before = net.model(x, space.largest()).detach()
+    name, dim, perm = space.channel_order(net.model)[0]
+    param = dict(net.model.named_parameters())[name]
+    moment = optimizer.state[param]["exp_avg"].clone()
+    assert not torch.equal(perm, torch.arange(len(perm)))  # a real reordering, not the identity
+    _permute_channels(net, optimizer)
+    torch.testing.assert_close(net.model(x, space.largest()), before, rtol=1e-4, atol=1e-4)
+    assert torch.equal(optimizer.state[param]["exp_avg"], moment.index_select(dim, perm))
 
 
 def test_mismatching_or_corrupt_checkpoints_are_rejected(digits_supernet, digits, tmp_path):
@@ -98,3 +112,36 @@ def test_mismatching_or_corrupt_checkpoints_are_rejected(digits_supernet, digits
         load_checkpoint(plain)
     with pytest.raises(RegnasError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, tmp_path, monkeypatch):
+    import regnas.train as train_mod
+
+    data = small(digits, 128)
+    space = create_space("mbv3", space_class("mbv3").default_config(data.input_shape, data.num_classes))
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    assert train_mod.plan_epochs(data, space, cfg, 1e6) == train_mod.MAX_EPOCHS  # a huge budget stops at the recipe's ceiling
+    with pytest.raises(RegnasError, match="too small for one training epoch"):
+        train_mod.plan_epochs(data, space, cfg, 1e-4)
+    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.05), 3.0)
+    assert 1 <= first.epochs <= train_mod.MAX_EPOCHS and first.time_budget_min == 0.05
+    train_supernet(data, tmp_path, first)
+
+    def no_timing(*_args, **_kw):
+        raise AssertionError("a finished run's plan must be reused, not re-timed")
+
+    monkeypatch.setattr(train_mod, "plan_epochs", no_timing)
+    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.05), 3.0) == first
+
+
+def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs(digits):
+    from regnas.train import sandwich, warm_epochs
+
+    assert [warm_epochs(TrainConfig(epochs=n)) for n in (1, 2, 5, 7, 20)] == [0, 1, 2, 3, 8]
+    assert warm_epochs(TrainConfig(epochs=4, warm_fraction=0.0, sort_channels=True)) == 1  # sorting needs a trained largest
+    space = create_space("mbv3", space_class("mbv3").default_config(digits.input_shape, digits.num_classes))
+    pick = sandwich(TrainConfig(epochs=5, random_subnets=2), space)
+    rng = random.Random(0)
+    assert pick(1, rng) == [space.largest()]
+    late = pick(2, rng)
+    assert late[:2] == [space.largest(), space.smallest()] and len(late) == 4

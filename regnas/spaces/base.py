@@ -10,16 +10,46 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from regnas.errors import RegnasError
 from regnas.nn import count_macs, crop_to
 
 Arch = Hashable
+
+MIN_SIDE = 4
+"""The smallest image side (px) a convolutional space accepts: below it, every map is a pixel or two."""
+
+
+def stride_plan(size: int, nominal: Sequence[int], drop_order: Sequence[int]) -> list[int]:
+    """Strides (stem first, then each stage) for images of `size` px.
+
+    Start from the `nominal` plan (a large-image network's) and set strides to 1, in `drop_order`,
+    until the last feature map keeps at least min(4, size // 4) px: a 28 px image then ends at
+    4×4 instead of 2×2, and an 8 px one at 2×2. Early stages lose their stride first, where the
+    resolution pays most.
+    """
+    if size < MIN_SIDE:
+        raise RegnasError(f"images of {size} px per side are too small for a convolutional space; give at least {MIN_SIDE}×{MIN_SIDE} px")
+    strides = list(nominal)
+    want = min(4, size // 4)
+
+    def final(plan: list[int]) -> int:
+        out = size
+        for st in plan:
+            out = -(-out // st)
+        return out
+
+    for i in drop_order:
+        if final(strides) >= want:
+            break
+        strides[i] = 1
+    return strides
 
 
 class SearchSpace(ABC):

@@ -26,14 +26,18 @@ from regnas.nn import (
     se_channels,
 )
 from regnas.spaces import register_space
-from regnas.spaces.base import SearchSpace
+from regnas.spaces.base import SearchSpace, stride_plan
 
 STAGES = (
-    {"width": 24, "stride": 1, "se": False, "act": "relu"},
-    {"width": 40, "stride": 2, "se": True, "act": "relu"},
-    {"width": 64, "stride": 2, "se": False, "act": "hswish"},
-    {"width": 96, "stride": 1, "se": True, "act": "hswish"},
+    {"width": 24, "se": False, "act": "relu"},
+    {"width": 40, "se": True, "act": "relu"},
+    {"width": 64, "se": False, "act": "hswish"},
+    {"width": 96, "se": True, "act": "hswish"},
 )
+NOMINAL_STRIDES = (2, 2, 2, 2, 1)
+"""Stem, then stages: MobileNetV3's downsampling at large inputs (÷16)."""
+DROP_ORDER = (1, 0, 2, 3)
+"""Which strides small inputs drop first: the first stage's, then the stem's, then later stages'."""
 
 
 @dataclass(frozen=True, order=True)
@@ -181,14 +185,13 @@ class MBV3Space(SearchSpace):
     @classmethod
     def default_config(cls, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
         c, h, w = input_shape
-        stages = [dict(s) for s in STAGES]
-        # Small inputs keep their resolution; from 24 px the first stage runs at a quarter of it.
-        stages[0]["stride"] = 2 if min(h, w) >= 24 else 1
+        stem_stride, *strides = stride_plan(min(h, w), NOMINAL_STRIDES, DROP_ORDER)
+        stages = [{**s, "stride": st} for s, st in zip(STAGES, strides)]
         return {
             "input_shape": [c, h, w],
             "num_classes": num_classes,
             "stem_width": 16,
-            "stem_stride": 2 if min(h, w) >= 16 else 1,
+            "stem_stride": stem_stride,
             "stages": stages,
             "head_width": 192,
             "feature_width": 256,

@@ -21,15 +21,10 @@ from torch import nn
 from regnas.errors import RegnasError
 from regnas.nn import ConvBN, DynamicConvBN, make_divisible
 from regnas.spaces import register_space
-from regnas.spaces.base import SearchSpace
-from regnas.spaces.mbv3 import _stage_resolutions
+from regnas.spaces.base import SearchSpace, stride_plan
+from regnas.spaces.mbv3 import DROP_ORDER, NOMINAL_STRIDES, _stage_resolutions
 
-STAGES = (
-    {"width": 64, "stride": 1},
-    {"width": 128, "stride": 2},
-    {"width": 192, "stride": 2},
-    {"width": 256, "stride": 1},
-)
+STAGES = ({"width": 64}, {"width": 128}, {"width": 192}, {"width": 256})
 
 
 @dataclass(frozen=True, order=True)
@@ -180,14 +175,13 @@ class ResNetSpace(SearchSpace):
     @classmethod
     def default_config(cls, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
         c, h, w = input_shape
-        stages = [dict(s) for s in STAGES]
-        # Small inputs keep their resolution; from 24 px the first stage runs at a quarter of it.
-        stages[0]["stride"] = 2 if min(h, w) >= 24 else 1
+        stem_stride, *strides = stride_plan(min(h, w), NOMINAL_STRIDES, DROP_ORDER)
+        stages = [{**s, "stride": st} for s, st in zip(STAGES, strides)]
         return {
             "input_shape": [c, h, w],
             "num_classes": num_classes,
             "stem_width": 32,
-            "stem_stride": 2 if min(h, w) >= 16 else 1,
+            "stem_stride": stem_stride,
             "stages": stages,
             "dropout": 0.1,
             "depths": [2, 3, 4],

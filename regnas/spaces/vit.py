@@ -26,7 +26,7 @@ from torch import nn
 
 from regnas.errors import RegnasError
 from regnas.spaces import register_space
-from regnas.spaces.base import SearchSpace
+from regnas.spaces.base import MIN_SIDE, SearchSpace
 
 
 @dataclass(frozen=True, order=True)
@@ -196,6 +196,8 @@ class ViTSpace(SearchSpace):
     @classmethod
     def default_config(cls, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
         c, h, w = input_shape
+        if min(h, w) < MIN_SIDE:
+            raise RegnasError(f"images of {min(h, w)} px per side are too small for vit; give at least {MIN_SIDE}×{MIN_SIDE} px")
         return {
             "input_shape": [c, h, w],
             "num_classes": num_classes,
