@@ -1,31 +1,37 @@
 """The post-export flip check: run every artifact on the test split and count what export cost.
 
 For each artifact that runs here (cross-compiled TVM libraries: on the RPC device): top-1, NFR against its own fp32 model
-(the member as built), NFR against the previous member's artifact of the same format and
-precision, and a flip matrix across all of them. An artifact above its target's
-`max_nfr_vs_fp32` fails the check (exit 1). Artifacts whose bytes changed since export are bad
-input (exit 2); ones that cannot run here are `skipped: <reason>`.
+(the member as built) with its exact binomial interval, NFR against the previous member's
+artifact of the same format and precision, and a flip matrix across all of them. The verdict
+carries the uncertainty: `failed` when the interval lies above the target's `max_nfr_vs_fp32`
+(exit 1), `passed` when it lies within, otherwise `inconclusive: needs about N test images`.
+Artifacts whose bytes changed since export are bad input (exit 2); ones that cannot run here are
+`skipped: <reason>`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from regnas.artifacts import Artifact, open_artifact, verify_artifact
-from regnas.data import Dataset, load_dataset
+from regnas.artifacts import Artifact, export_family, open_artifact, verify_artifact
+from regnas.data import Dataset, SplitFractions, load_recorded_split
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
 from regnas.family import load_member
-from regnas.flips import flip_matrix, nfr, top1
-from regnas.io import read_json, write_json
-from regnas.runtimes import Remote
-from regnas.runtimes.tvm import library_meta
+from regnas.flips import flip_matrix, judge, negative_flips, nfr, top1
+from regnas.io import read_json, sha256_file, write_json
+from regnas.runtimes import Remote, runtime_class
 from regnas.targets import Target, parse_target
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE = 0.95
+"""Confidence of each artifact's two-sided NFR interval."""
 
 
 @dataclass
@@ -35,33 +41,52 @@ class CheckResult:
     artifacts: list[Artifact]
     matrix: dict[str, Any]
     failures: list[str]
+    inconclusive: list[str]
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def section(self) -> dict[str, Any]:
-        return {"split": "test", "passed": self.passed, "failures": self.failures, "flip_matrix": self.matrix}
+        return {
+            "split": "test",
+            "confidence": CONFIDENCE,
+            "passed": self.passed,
+            "failures": self.failures,
+            "inconclusive": self.inconclusive,
+            "flip_matrix": self.matrix,
+        }
 
 
 def load_build(out: Path) -> tuple[dict[str, Any], list[Target], Dataset]:
-    """A build directory's report, targets (budget order) and dataset, checked for consistency."""
-    report = read_json(out / "report.json", "build report")
+    """A build directory's report, targets (budget order) and dataset (the build's own split), checked for consistency.
+
+    Member weights whose bytes changed since the build are bad input, like changed artifacts.
+    """
+    source = out / "report.json"
+    report = read_json(source, "build report")
     try:
         cfg = report["config"]
-        targets = [parse_target(t, f"{out / 'report.json'} target {t.get('name')}") for t in report["targets"]]
-        data = load_dataset(cfg["data"].get("spec", cfg["data"]["name"]), cfg["seed"])
-        digest = cfg["data"]["digest"]
-    except (KeyError, TypeError) as exc:
-        raise RegnasError(f"{out / 'report.json'} is not a regnas build report (missing {exc}); re-run regnas build") from exc
-    if data.digest != digest:
-        raise RegnasError(f"the data behind {out} changed since the build ({cfg['data']['spec']}); re-run regnas build")
+        spec = cfg["data"].get("spec", cfg["data"]["name"])
+        split = cfg["data"].get("split") or {"seed": cfg["seed"], "fractions": asdict(SplitFractions()), "digest": cfg["data"]["digest"]}
+        if not isinstance(report["targets"], list) or not all(isinstance(t, dict) for t in report["targets"]):
+            raise TypeError("targets must be a list of target tables")
+        targets = [parse_target(t, f"{source} target {t.get('name')}") for t in report["targets"]]
+        members = {m["target"]: m.get("weights_sha256") for m in report["family"]}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise RegnasError(f"{source} is not a regnas build report ({type(exc).__name__}: {exc}); re-run regnas build") from exc
+    try:
+        data = load_recorded_split(spec, split, str(source))
+    except RegnasError as exc:
+        raise RegnasError(f"the data behind {out} changed since the build ({spec}): {exc}") from exc
+    for name, digest in members.items():
+        weights = out / name / "model.safetensors"
+        if digest is not None and (not weights.is_file() or sha256_file(weights) != digest):
+            raise RegnasError(f"the weights of {name} ({weights}) changed since the build; re-run regnas build")
     return report, targets, data
 
 
-def check(
-    out: Path, artifacts: list[Artifact], targets: list[Target], data: Dataset, remote: Remote | None = None, log: Callable = print
-) -> CheckResult:
+def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dataset, remote: Remote | None = None) -> CheckResult:
     """Run every artifact on the test split and compare it with its fp32 model and the previous member."""
     test = data["test"]
     labels = test.y.numpy()
@@ -72,21 +97,27 @@ def check(
     order = [t.name for t in targets]
     fp32 = {name: predict(load_member(out / name)[1], test.x) for name in {a.target for a in artifacts}}
     preds: dict[int, np.ndarray] = {}
-    failures = []
+    failures, inconclusive = [], []
     for i, a in enumerate(artifacts):
-        device = remote if a.runtime == "tvm" and not library_meta(out / a.path).get("host", True) else None
+        device = remote if a.sha256 and runtime_class(a.runtime).needs_device(out / a.path) else None
         try:
             rt = open_artifact(out, a, remote=device)
             p = rt.predict(x)
         except Unavailable as exc:
-            a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev = f"skipped: {exc}", None, None, None
-            log(f"check: {a.label} skipped: {exc}")
+            a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev, a.flips, a.nfr_interval, a.verdict = f"skipped: {exc}", *[None] * 6
+            logger.info(f"check: {a.label} skipped: {exc}")
             continue
         preds[i] = p
         a.status, a.top1, a.nfr_vs_fp32 = "ok", top1(p, labels), nfr(fp32[a.target], p, labels)
-        log(f"check: {a.label} top-1 {a.top1:.2%}, NFR vs fp32 {a.nfr_vs_fp32:.2%}")
-        if a.nfr_vs_fp32 > limits.get(a.target, 1.0):
-            failures.append(f"{a.label}: NFR vs its fp32 model {a.nfr_vs_fp32:.2%} exceeds max_nfr_vs_fp32 {limits[a.target]:.2%}")
+        v = judge(int(negative_flips(fp32[a.target], p, labels).sum()), len(labels), limits.get(a.target, 1.0), CONFIDENCE)
+        a.flips, a.nfr_interval, a.verdict = v.flips, [v.low, v.high], v.status
+        logger.info(f"check: {a.label} top-1 {a.top1:.2%}, {v.flips} flips vs fp32 ({a.nfr_vs_fp32:.2%}, {v.status})")
+        where = f"{a.label}: {v.flips} flips in {v.n} test images vs its fp32 model, NFR {a.nfr_vs_fp32:.2%} "
+        where += f"[{v.low:.2%}, {v.high:.2%}] against max_nfr_vs_fp32 {v.limit:.2%}"
+        if v.status == "failed":
+            failures.append(where)
+        elif not v.decided:
+            inconclusive.append(f"{where}: {v.status.removeprefix('inconclusive: ')}")
     for i, a in enumerate(artifacts):
         a.nfr_vs_prev = None
         if i not in preds or a.target not in order or order.index(a.target) == 0:
@@ -97,7 +128,21 @@ def check(
             a.nfr_vs_prev = nfr(preds[match[0]], preds[i], labels)
     ran = sorted(preds)
     matrix = {"labels": [artifacts[i].label for i in ran], "nfr": flip_matrix([preds[i] for i in ran], labels)}
-    return CheckResult(artifacts, matrix, failures)
+    return CheckResult(artifacts, matrix, failures, inconclusive)
+
+
+def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> CheckResult:
+    """Check a build's artifacts (exporting them first when asked) and record the result in its report."""
+    report, targets, data = load_build(out)
+    if export:
+        artifacts = export_family(out, targets, data)
+    elif report.get("artifacts"):
+        artifacts = [Artifact.from_json(a) for a in report["artifacts"]]
+    else:
+        raise RegnasError(f"{out} has no artifacts; run regnas export {out} first")
+    result = check(out, artifacts, targets, data, remote)
+    save_check(out, report, result)
+    return result
 
 
 def save_check(out: Path, report: dict[str, Any], result: CheckResult) -> dict[str, Any]:

@@ -33,6 +33,15 @@ def nfr(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
     return float(negative_flips(old, new, labels).mean()) if len(labels) else 0.0
 
 
+def nfr_any(olds: list[np.ndarray], new: np.ndarray, labels: np.ndarray) -> float:
+    """Share of samples some earlier model gets right and `new` gets wrong (what a user who saw all of them notices)."""
+    _check(labels, new, *olds)
+    if not len(labels) or not olds:
+        return 0.0
+    right_before = np.any([old == labels for old in olds], axis=0)
+    return float((right_before & (new != labels)).mean())
+
+
 def pfr(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
     """Positive flip rate: samples `old` gets wrong and `new` gets right, / N."""
     return nfr(new, old, labels)
@@ -71,6 +80,80 @@ def compare(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> FlipStats:
         nfi=nfi(old, new, labels),
         flips=int(negative_flips(old, new, labels).sum()),
     )
+
+
+def upper_bound(flips: int, n: int, confidence: float) -> float:
+    """One-sided exact (Clopper-Pearson) upper confidence bound of a flip rate."""
+    from scipy.stats import beta
+
+    if n == 0 or flips >= n:
+        return 1.0
+    return float(beta.ppf(confidence, flips + 1, n - flips))
+
+
+def lower_bound(flips: int, n: int, confidence: float) -> float:
+    """One-sided exact (Clopper-Pearson) lower confidence bound of a flip rate."""
+    from scipy.stats import beta
+
+    if n == 0 or flips == 0:
+        return 0.0
+    return float(beta.ppf(1 - confidence, flips, n - flips + 1))
+
+
+def interval(flips: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval of a flip rate at `confidence` (each side at (1 + confidence) / 2)."""
+    side = (1 + confidence) / 2
+    return lower_bound(flips, n, side), upper_bound(flips, n, side)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A flip count judged against a limit with its uncertainty: passed, failed, or inconclusive with the n that would decide."""
+
+    flips: int
+    n: int
+    limit: float
+    low: float
+    high: float
+    status: str
+
+    @property
+    def decided(self) -> bool:
+        return self.status in ("passed", "failed")
+
+
+def samples_to_decide(rate: float, limit: float, confidence: float = 0.95) -> int | None:
+    """About how many samples at the observed `rate` would put the interval wholly on one side of `limit` (None: never)."""
+    if rate == limit:
+        return None
+
+    def decides(m: int) -> bool:
+        low, high = interval(round(rate * m), m, confidence)
+        return high <= limit if rate < limit else low > limit
+
+    hi = 16
+    while not decides(hi):
+        hi *= 2
+        if hi > 2**40:
+            return None
+    lo = hi // 2
+    while hi - lo > max(1, lo // 100):
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if decides(mid) else (mid, hi)
+    return hi
+
+
+def judge(flips: int, n: int, limit: float, confidence: float = 0.95) -> Verdict:
+    """`failed` when the interval lies above `limit`, `passed` when it lies within, else `inconclusive: needs about N samples`."""
+    low, high = interval(flips, n, confidence)
+    if low > limit:
+        status = "failed"
+    elif high <= limit:
+        status = "passed"
+    else:
+        need = samples_to_decide(flips / n if n else 0.0, limit, confidence)
+        status = "inconclusive: " + (f"needs about {need:,} test images" if need else "the flip rate sits on the limit")
+    return Verdict(flips, n, limit, low, high, status)
 
 
 def flip_matrix(preds: list[np.ndarray], labels: np.ndarray) -> list[list[float]]:

@@ -28,9 +28,25 @@ def load_report(build_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RegnasError(f"{build_dir} has no report.json; run regnas build --out {build_dir} first")
     report = read_json(path, "build report")
-    if not isinstance(report, dict) or "family" not in report or "baseline" not in report:
-        raise RegnasError(f"{path} is not a regnas build report; rebuild it with regnas build")
+    problem = _shape_problem(report)
+    if problem:
+        raise RegnasError(f"{path} is not a regnas build report ({problem}); rebuild it with regnas build")
     return report
+
+
+def _shape_problem(report: Any) -> str | None:
+    """What makes `report` unreadable as a build report, or None."""
+    if not isinstance(report, dict):
+        return f"a JSON {type(report).__name__}, not an object"
+    for section in (report, report.get("baseline")):
+        if not isinstance(section, dict):
+            return "no baseline section"
+        for key in ("family", "nesting"):
+            if not isinstance(section.get(key), list) or not all(isinstance(v, dict) for v in section[key]):
+                return f"{key} is missing or not a list of records"
+    if not isinstance(report.get("targets", []), list) or not all(isinstance(t, dict) for t in report.get("targets", [])):
+        return "targets is not a list of target tables"
+    return None
 
 
 def _pct(v: float | None) -> str:
@@ -59,6 +75,11 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for m in members:
             cells = [kind, m["target"], f"{m['flops'] / 1e6:.2f}", _budget(m), _ms(m.get("predicted_latency_ms")), f"{m['params']:,}"]
             lines.append("| " + " | ".join([*cells, _pct(m["top1"]), _pct(m["nfr_vs_prev"])]) + " |")
+    for m in report["family"]:
+        if m.get("same_as_previous"):
+            lines.append(
+                f"\n**Warning**: family member {m['target']} has the same arch as the one before it: its larger budget buys nothing."
+            )
     lines += ["", "| pair | nested | shared weights (of larger) |", "| --- | --- | --- |"]
     for n in report["nesting"]:
         lines.append(
@@ -72,10 +93,8 @@ def markdown_summary(report: dict[str, Any]) -> str:
             f"Mean NFR between consecutive members: family {_pct(float(np.mean(fam)))}, independent baseline {_pct(float(np.mean(base)))}.",
         ]
     if report.get("artifacts"):
-        lines += ["", "| artifact | runtime | status | top-1 | NFR vs fp32 | NFR vs previous member |", "|" + " --- |" * 6]
-        for a in report["artifacts"]:
-            cells = [a["path"], a["runtime"], a["status"], _pct(a["top1"]), _pct(a["nfr_vs_fp32"]), _pct(a["nfr_vs_prev"])]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + " --- |" * len(ARTIFACT_COLUMNS)]
+        lines += ["| " + " | ".join(_artifact_cells(a)) + " |" for a in report["artifacts"]]
         for a in report["artifacts"]:
             q = a.get("quantization")
             if q and q["after"] != q["before"]:
@@ -83,10 +102,38 @@ def markdown_summary(report: dict[str, Any]) -> str:
                     f"- {a['path']}: flip-aware quantization kept {q['after']['options']} "
                     f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32)"
                 )
-        check = report.get("check", {})
-        verdict = "passed" if check.get("passed") else "FAILED: " + "; ".join(check.get("failures", []))
-        lines += ["", f"Artifact check on the test split: {verdict}."]
+        lines += ["", f"Artifact check on the test split: {_check_verdict(report)}."]
     return "\n".join(lines) + "\n"
+
+
+ARTIFACT_COLUMNS = (
+    "artifact",
+    "runtime",
+    "status",
+    "test top-1",
+    "flips vs fp32",
+    "NFR vs fp32 [95%]",
+    "verdict",
+    "NFR vs previous member",
+)
+
+
+def _artifact_cells(a: dict[str, Any]) -> list[str]:
+    """One artifact's row: what ran, its flips against its fp32 model with their interval and verdict."""
+    nfr = "–"
+    if a.get("nfr_vs_fp32") is not None:
+        low, high = a.get("nfr_interval") or (None, None)
+        nfr = _pct(a["nfr_vs_fp32"]) + ("" if low is None else f" [{_pct(low)}, {_pct(high)}]")
+    flips = "–" if a.get("flips") is None else str(a["flips"])
+    return [a["path"], a["runtime"], a["status"], _pct(a["top1"]), flips, nfr, a.get("verdict") or "–", _pct(a["nfr_vs_prev"])]
+
+
+def _check_verdict(report: dict[str, Any]) -> str:
+    check = report.get("check", {})
+    if not check.get("passed"):
+        return "FAILED: " + "; ".join(check.get("failures", []))
+    undecided = check.get("inconclusive", [])
+    return "passed" + (f"; {len(undecided)} artifact(s) inconclusive on this many test images (see the verdicts)" if undecided else "")
 
 
 def _png(fig) -> str:
@@ -135,6 +182,28 @@ def _pareto_plot(report: dict[str, Any]) -> str | None:
     ax.set_ylabel("val top-1 (%)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Search: top-1 vs FLOPs")
+    return _png(fig)
+
+
+def trade_off_plot(points: list[dict[str, Any]], title: str) -> str | None:
+    """Mean NFR between consecutive members against mean top-1, one point per reward (or method), front marked."""
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs, ys = [100 * p["mean_nfr"] for p in points], [100 * p["mean_top1"] for p in points]
+    ax.scatter(xs, ys, color="#d62728", zorder=3)
+    for p, x, y in zip(points, xs, ys):
+        ax.annotate(p["reward"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front, best = [], -1.0
+    for x, y in sorted(zip(xs, ys)):
+        if y > best:
+            front.append((x, y))
+            best = y
+    ax.plot(*zip(*front), color="black", lw=1, label="Pareto front (fewer flips, higher top-1)")
+    ax.set_xlabel("mean NFR between consecutive members (%, test)")
+    ax.set_ylabel("mean top-1 of the members (%, test)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
     return _png(fig)
 
 
@@ -195,14 +264,8 @@ def _artifact_table(report: dict[str, Any]) -> str:
     arts = report.get("artifacts")
     if not arts:
         return "<p>No artifacts: the build ran with --no-export. Run regnas export on the build directory.</p>"
-    rows = [
-        [a["path"], a["runtime"], a["status"], (a["sha256"] or "–")[:12], _pct(a["top1"]), _pct(a["nfr_vs_fp32"]), _pct(a["nfr_vs_prev"])]
-        for a in arts
-    ]
-    check = report.get("check", {})
-    verdict = "passed" if check.get("passed") else "FAILED: " + "; ".join(check.get("failures", []))
-    head = ["artifact", "runtime", "status", "sha256", "test top-1", "NFR vs fp32", "NFR vs previous member"]
-    return _table(rows, head) + f"<p>Check on the test split: {html.escape(verdict)}</p>"
+    rows = [[*_artifact_cells(a), (a["sha256"] or "–")[:12]] for a in arts]
+    return _table(rows, [*ARTIFACT_COLUMNS, "sha256"]) + f"<p>Check on the test split: {html.escape(_check_verdict(report))}</p>"
 
 
 def _artifact_heatmap(report: dict[str, Any]) -> str | None:
@@ -277,6 +340,7 @@ def render_html(report: dict[str, Any]) -> str:
     figures = [
         ("Flips between members", _heatmaps(report)),
         ("Search", _pareto_plot(report)),
+        ("Flips against top-1, per reward", trade_off_plot(report.get("reward_sweep", []), "Family per reward, and the baseline")),
         ("Flips per class", _per_class_plot(report)),
         ("Flips between artifacts", _artifact_heatmap(report)),
     ]

@@ -78,7 +78,7 @@ def test_check_fails_naming_an_artifact_over_its_threshold(family_dir, capsys):
     try:
         assert main(["check", str(family_dir)]) == 1
         out = capsys.readouterr().out
-        assert "check FAILED: small/onnx-fp32.onnx: NFR vs its fp32 model" in out
+        assert "check FAILED: small/onnx-fp32.onnx: " in out and "test images vs its fp32 model" in out
         assert not json.loads((family_dir / "report.json").read_text())["check"]["passed"]
     finally:
         small.write_bytes(original)
@@ -99,3 +99,27 @@ def test_tampered_artifact_and_missing_report_exit_2(family_dir, tmp_path, capsy
     assert main(["check", str(tmp_path)]) == 2
     assert "build report not found" in capsys.readouterr().err
     assert main(["export", str(tmp_path)]) == 2
+
+
+def test_verdicts_carry_their_interval_and_strict_fails_what_269_images_cannot_decide(family_dir, capsys):
+    report = json.loads((family_dir / "report.json").read_text())
+    tight = json.loads(json.dumps(report))
+    for t in tight["targets"]:
+        t["max_nfr_vs_fp32"] = 0.002  # 0 flips of 269 cannot show 0.2%: the upper bound is 1.4%
+    (family_dir / "report.json").write_text(json.dumps(tight))
+    try:
+        code = main(["check", str(family_dir)])
+        out = capsys.readouterr().out
+        checked = json.loads((family_dir / "report.json").read_text())
+        for a in checked["artifacts"]:
+            low, high = a["nfr_interval"]
+            assert low <= a["nfr_vs_fp32"] <= high and a["flips"] == round(a["nfr_vs_fp32"] * 269)
+            if a["flips"] == 0:
+                assert a["verdict"] == "inconclusive: needs about 1,856 test images"
+            assert a["verdict"] == "failed" if low > 0.002 else a["verdict"].startswith("inconclusive")
+        assert code == (1 if checked["check"]["failures"] else 0)  # only a sure regression fails without --strict
+        assert checked["check"]["inconclusive"] and "check inconclusive for" in out
+        assert main(["check", "--strict", str(family_dir)]) == 1
+        assert "check FAILED (--strict)" in capsys.readouterr().out
+    finally:
+        (family_dir / "report.json").write_text(json.dumps(report))

@@ -9,13 +9,9 @@ is returned with `status = "skipped: <reason>"` and, where one exists, the comma
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import shutil
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +79,19 @@ class Exporter(ABC):
         """Quantization options flip-aware quantization may try, default first; [{}] when there is nothing to choose."""
         return [{}]
 
+    def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
+        """Units (graph nodes, modules) `precision` can keep in float, for per-node fallback; [] when it cannot.
+
+        An exporter that lists them accepts `keep_float` (these units stay float) and `quantize_only`
+        (only these units are quantized) among its options.
+        """
+        return []
+
+    def simulate(self, job: ExportJob, precision: str, options: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Class scores of the model as `precision` with `options` would quantize it, computed without writing the
+        artifact, for exporters whose artifacts are slow to build (ranking units tries one per unit); None: export it."""
+        return None
+
 
 def register_exporter(cls: type[Exporter]) -> type[Exporter]:
     """Class decorator: register `cls` under `cls.name`."""
@@ -99,21 +108,6 @@ def create_exporter(name: str) -> Exporter:
     if name not in _EXPORTERS:
         raise RegnasError(f"unknown exporter {name!r}; use one of {', '.join(exporter_names())}")
     return _EXPORTERS[name]()
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence the converters' progress prints, warnings and log lines; errors still propagate."""
-    levels = {n: logging.getLogger(n).level for n in ("torch", "torch.onnx", "coremltools", "onnxruntime", "root")}
-    for n in levels:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

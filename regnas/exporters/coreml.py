@@ -5,15 +5,32 @@ Converting works on Linux; predicting needs macOS, so the check reports these as
 
 from __future__ import annotations
 
+import json
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from regnas.errors import RegnasError, require
-from regnas.exporters import Exported, Exporter, ExportJob, quiet, register_exporter, replace_dir
+from regnas.exporters import Exported, Exporter, ExportJob, register_exporter, replace_dir
 from regnas.exporters.onnx import INPUT, OUTPUT
+from regnas.quiet import quiet
+
+
+def deterministic_manifest(package: Path) -> None:
+    """Replace the random item identifiers coremltools writes into `Manifest.json` with ones derived from the item paths.
+
+    The identifiers only link the manifest's entries to its root model, so any unique strings work;
+    derived ones make two exports of the same model byte-identical.
+    """
+    manifest = package / "Manifest.json"
+    meta = json.loads(manifest.read_text())
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "regnas:" + item["path"])) for old, item in meta["itemInfoEntries"].items()}
+    meta["itemInfoEntries"] = {ids[old]: item for old, item in sorted(meta["itemInfoEntries"].items(), key=lambda kv: kv[1]["path"])}
+    meta["rootModelIdentifier"] = ids[meta["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(meta, indent=4))
 
 
 @register_exporter
@@ -54,5 +71,6 @@ class CoreMLExporter(Exporter):
             with tempfile.TemporaryDirectory(dir=job.directory) as work:
                 tmp = Path(work) / path.name
                 model.save(str(tmp))
+                deterministic_manifest(tmp)
                 replace_dir(tmp, path)
         return [Exported(self.name, precision, path, "coreml")]

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from regnas.errors import RegnasError, require
-from regnas.exporters import Exported, Exporter, ExportJob, quiet, register_exporter
+from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
 from regnas.io import atomic_path
+from regnas.quiet import quiet
 
 DEFAULT_INT8 = {"per_channel": True, "calib_samples": 512}
 
@@ -26,12 +27,37 @@ def _export(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int | N
     return torch.export.export(model, (torch.rand(batch, *input_shape),))
 
 
+def compute_modules(model: torch.nn.Module) -> list[str]:
+    """The units int8 may keep in float: linear layers, and each module holding convolutions (a conv with its batch
+    norm and activation, which XNNPACK's quantizer annotates as one pattern)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if name and (isinstance(m, torch.nn.Linear) or any(isinstance(c, torch.nn.Conv2d) for c in m.children()))
+    ]
+
+
 def _quantize(model: torch.nn.Module, input_shape: tuple[int, ...], calib: np.ndarray, options: dict[str, Any]) -> torch.nn.Module:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
+    config = get_symmetric_quantization_config(is_per_channel=options["per_channel"])
     quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=options["per_channel"]))
+    units = compute_modules(model)
+    named = [*options.get("keep_float", ()), *options.get("quantize_only", ())]
+    if unknown := [n for n in named if n not in units]:
+        raise RegnasError(f"keep_float names {unknown[0]!r}, no convolution block or linear module of the model; use e.g. {units[:3]}")
+    quantizer.set_global(config)
+    # The quantizer's filter decides which nodes its global config annotates. Weights are get_attr nodes
+    # without a module stack, so only operator nodes are judged by the module they come from (this is
+    # also why XNNPACKQuantizer.set_module_name does not reach convolutions here).
+    if "quantize_only" in options:
+        inside = [get_module_name_filter(n) for n in options["quantize_only"]]
+        quantizer.set_filter_function(lambda node: node.op != "call_function" or any(f(node) for f in inside))
+    elif options.get("keep_float"):
+        kept = [get_module_name_filter(n) for n in options["keep_float"]]
+        quantizer.set_filter_function(lambda node: node.op != "call_function" or not any(f(node) for f in kept))
     prepared = prepare_pt2e(_export(model, input_shape, batch=None).module(), quantizer)
     for i in range(0, min(len(calib), options["calib_samples"]), 64):
         prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 64], dtype=np.float32)))
@@ -47,7 +73,8 @@ class ExecuTorchExporter(Exporter):
     extra = "executorch"
 
     def check_available(self) -> None:
-        require("executorch.exir", self.extra)
+        with quiet(native=True):  # importing it loads torchao, which reports missing CUDA kernels
+            require("executorch.exir", self.extra)
 
     def export(self, job: ExportJob, precision: str, options: dict[str, Any] | None = None) -> list[Exported]:
         self.check_available()
@@ -56,7 +83,7 @@ class ExecuTorchExporter(Exporter):
 
         opts = {**DEFAULT_INT8, **(options or {})} if precision == "int8" else {}
         path = job.directory / f"executorch-{precision}.pte"
-        with quiet(), torch.no_grad():
+        with quiet(native=True), torch.no_grad():
             try:
                 model = job.model.eval()
                 if precision == "int8":
@@ -67,6 +94,22 @@ class ExecuTorchExporter(Exporter):
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(program.buffer)
         return [Exported(self.name, precision, path, "executorch", options=opts)]
+
+    def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
+        return compute_modules(job.model) if precision == "int8" else []
+
+    def simulate(self, job: ExportJob, precision: str, options: dict[str, Any]):
+        """The PT2E-quantized model in PyTorch, without lowering: what XNNPACK computes, a few seconds faster to get."""
+        if precision != "int8":
+            return None
+        with quiet(native=True), torch.no_grad():
+            model = _quantize(job.model.eval(), job.input_shape, job.calib, {**DEFAULT_INT8, **options})
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+        return scores
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":

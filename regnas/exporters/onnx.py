@@ -18,16 +18,20 @@ import torch
 from torch import nn
 
 from regnas.errors import RegnasError, require
-from regnas.exporters import Exported, Exporter, ExportJob, quiet, register_exporter
+from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
 from regnas.io import atomic_path
+from regnas.quiet import quiet
 
 INPUT, OUTPUT = "input", "scores"
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
+CALIB_BATCH = 64
 DEFAULT_INT8 = {
     "calibrate_method": "MinMax",
     "per_channel": True,
     "reduce_range": False,
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
+    "calib_samples": 512,
 }
 
 
@@ -55,13 +59,35 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, outp
     return path
 
 
+def topological_sort(graph) -> None:
+    """Reorder `graph.node` so every node comes after the producers of its inputs (the ONNX rule).
+
+    ONNX Runtime's fp16 conversion appends the input Cast after its consumers; runtimes that
+    execute in file order (TensorRT's parser) and `onnx.checker` reject that.
+    """
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        progress = [n for n in pending if all(i in ready for i in n.input)]
+        if not progress:
+            raise RegnasError(f"ONNX graph {graph.name!r} has a cycle or an undefined input at node {pending[0].name!r}; report it")
+        for n in progress:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = [n for n in pending if all(n is not m for m in progress)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def to_fp16(src: Path, path: Path) -> Path:
-    """fp16 weights and arithmetic, float32 inputs and outputs."""
+    """fp16 weights and arithmetic, float32 inputs and outputs; checker-clean."""
     onnx = require("onnx", "onnx")
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    topological_sort(model.graph)
+    onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
     return path
@@ -70,7 +96,7 @@ def to_fp16(src: Path, path: Path) -> Path:
 class _Calibration:
     """ONNX Runtime's calibration reader over an array of images, in equal batches (histogram calibrators need them)."""
 
-    def __init__(self, images: np.ndarray, batch: int = 64):
+    def __init__(self, images: np.ndarray, batch: int = CALIB_BATCH):
         batch = min(batch, len(images))
         n = len(images) - len(images) % batch
         self._batches = iter([{INPUT: images[i : i + batch].astype(np.float32)} for i in range(0, n, batch)])
@@ -85,14 +111,19 @@ def quantize_int8(src: Path, path: Path, calib: np.ndarray, options: dict[str, A
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     opts = {**DEFAULT_INT8, **options}
+    if len(calib) < CALIB_BATCH:
+        raise RegnasError(
+            f"int8 calibration needs at least one batch of {CALIB_BATCH} images but the calib split has {len(calib)}; add data"
+        )
     with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp, quiet():
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         keep = _float_nodes(pre, opts.get("keep_float", ()))
+        only = _float_nodes(pre, opts["quantize_only"]) if "quantize_only" in opts else None
         q.quantize_static(
             str(pre),
             str(tmp),
-            _Calibration(calib),
+            _Calibration(calib[: opts["calib_samples"]]),
             quant_format=q.QuantFormat.QDQ,
             per_channel=opts["per_channel"],
             reduce_range=opts["reduce_range"],
@@ -100,17 +131,37 @@ def quantize_int8(src: Path, path: Path, calib: np.ndarray, options: dict[str, A
             weight_type=getattr(q.QuantType, opts["weight_type"]),
             calibrate_method=getattr(q.CalibrationMethod, opts["calibrate_method"]),
             nodes_to_exclude=keep,
+            nodes_to_quantize=only,
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )
     return path
 
 
-def _float_nodes(model_path: Path, where: tuple[str, ...] | list[str]) -> list[str]:
-    """Names of the first and/or last compute nodes (Conv/Gemm/MatMul), kept in float when asked."""
+def compute_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes with weights (Conv, Gemm, MatMul) in graph order: what int8 may keep in float."""
     onnx = require("onnx", "onnx")
-    compute = [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in COMPUTE_OPS]
+
+
+def _float_nodes(model_path: Path, names: tuple[str, ...] | list[str]) -> list[str]:
+    """Node names in the quantizer's graph; `first` and `last` name the first and last compute node."""
+    compute = compute_nodes(model_path)
     picks = {"first": compute[:1], "last": compute[-1:]}
-    return [name for w in where for name in picks[w]]
+    unknown = [n for n in names if n not in picks and n not in compute]
+    if unknown:
+        raise RegnasError(
+            f"keep_float names {unknown[0]!r}, which is no compute node of the graph; use first, last or one of {compute[:3]}..."
+        )
+    return [name for n in names for name in picks.get(n, [n])]
+
+
+def preprocessed_compute_nodes(src: Path) -> list[str]:
+    """The compute nodes of `src` as ONNX Runtime's quantizer names them (after its pre-processing)."""
+    q = require("onnxruntime.quantization.shape_inference", "onnx")
+    with tempfile.TemporaryDirectory() as work, quiet():
+        pre = Path(work) / "pre.onnx"
+        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        return compute_nodes(pre)
 
 
 @register_exporter
@@ -137,6 +188,9 @@ class OnnxExporter(Exporter):
         opts = {**DEFAULT_INT8, **(options or {})} if precision == "int8" else {}
         return [Exported(self.name, precision, path, "onnxruntime", options=opts)]
 
+    def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
+        return preprocessed_compute_nodes(job.onnx()) if precision == "int8" else []
+
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":
             return [{}]
@@ -149,4 +203,5 @@ class OnnxExporter(Exporter):
             {"reduce_range": True, "calibrate_method": "Entropy"},
             {"reduce_range": True, "keep_float": ["first", "last"]},
             {"activation_type": "QUInt8", "weight_type": "QUInt8", "keep_float": ["first", "last"]},
+            {"reduce_range": True, "calib_samples": 2000},
         ]

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from regnas.errors import RegnasError, require
-from regnas.exporters import Exported, Exporter, ExportJob, quiet, register_exporter
-from regnas.io import atomic_path, write_json
+from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
+from regnas.io import atomic_path, sha256_file, write_json
+from regnas.quiet import quiet
+from regnas.runtimes.tvm import sidecar
 
 AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 CROSS_CC = "aarch64-linux-gnu-gcc"
@@ -40,7 +42,7 @@ def compile_library(onnx_path: Path, input_shape: tuple[int, ...], path: Path, t
         so = Path(tmp).with_suffix(".so")
         executable.export_library(str(so), **({} if host else {"fcompile": cc.cross_compiler(CROSS_CC)}))
         so.replace(tmp)
-    write_json(path.with_name(path.name + ".json"), {"input_shape": list(input_shape), "target": target, "host": host})
+    write_json(sidecar(path), {"input_shape": list(input_shape), "target": target, "host": host})
     return path
 
 
@@ -58,7 +60,13 @@ class TvmExporter(Exporter):
 
     def export(self, job: ExportJob, precision: str, options: dict[str, Any] | None = None) -> list[Exported]:
         self.check_available()
+        from importlib.metadata import version
+
         out = []
+        # TVM's LLVM code generator lays functions out in a different order on every run, so two
+        # compiles of one graph are not byte-identical; what decides the library's behaviour is
+        # recorded instead: the graph it was compiled from, the compiler and the target.
+        origin = {"compiled_from_sha256": sha256_file(job.onnx()), "tvm": version("apache-tvm"), "byte_identical_rebuilds": False}
         builds = {platform.machine(): "llvm"}
         builds.setdefault("aarch64", AARCH64)
         for arch, target in builds.items():
@@ -70,5 +78,5 @@ class TvmExporter(Exporter):
                     raise
                 out.append(Exported(self.name, precision, path, "tvm", status=f"skipped: {exc}", options={"target": target}))
                 continue
-            out.append(Exported(self.name, precision, path, "tvm", options={"target": target}))
+            out.append(Exported(self.name, precision, path, "tvm", options={"target": target, **origin}))
         return out

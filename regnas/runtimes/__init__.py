@@ -45,6 +45,20 @@ class Runtime(ABC):
     name: str
     suffixes: tuple[str, ...]
     max_batch: int = 256
+    exporter: str
+    """The exporter whose artifacts this runtime runs (what `regnas profile` exports units with)."""
+    package: str
+    """The pip distribution that provides the runtime, for provenance."""
+
+    @classmethod
+    def package_version(cls) -> str:
+        """The installed version of the runtime's package, or `not installed`."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"{cls.package} {version(cls.package)}"
+        except PackageNotFoundError:
+            return "not installed"
 
     @abstractmethod
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
@@ -86,6 +100,26 @@ class Runtime(ABC):
     def version(self) -> str:
         """The runtime library's version, for provenance."""
         return "unknown"
+
+    @classmethod
+    def companions(cls, path: Path) -> list[Path]:
+        """Files beside the artifact that decide how it runs (hashed with it, so editing them is caught)."""
+        return []
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this runtime cannot run anything on this machine (not macOS, no GPU), or None when it can."""
+        return None
+
+    @classmethod
+    def runs_here(cls, path: Path) -> bool:
+        """Whether `path` can be run on this machine, so its predictions can be checked here."""
+        return cls.unavailable_reason() is None and not cls.needs_device(path)
+
+    @classmethod
+    def needs_device(cls, path: Path) -> bool:
+        """Whether the artifact runs only on another device (over RPC), not on this host."""
+        return False
 
 
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from regnas.errors import RegnasError, Unavailable, require
+from regnas.quiet import quiet
 from regnas.runtimes import Remote, Runtime, local_only, register_runtime
 
 
@@ -17,11 +18,11 @@ class CoreMLRuntime(Runtime):
 
     name = "coreml"
     suffixes = (".mlpackage",)
+    exporter = "coreml"
+    package = "coremltools"
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         local_only(self.name, remote)
-        from regnas.exporters import quiet
-
         with quiet():
             ct = require("coremltools", "coreml")
         if not path.is_dir():
@@ -31,19 +32,24 @@ class CoreMLRuntime(Runtime):
         except Exception as exc:  # coremltools raises several types for a corrupt package
             raise RegnasError(f"{path} is not a readable Core ML package ({str(exc).splitlines()[0]}); re-export it") from exc
         self.path = path
+        self._input, self._output = spec.description.input[0].name, spec.description.output[0].name
         shape = [r.lowerBound for r in spec.description.input[0].type.multiArrayType.shapeRange.sizeRanges]
         self._shape = tuple(shape[1:]) if len(shape) == 4 else (None, None, None)
-        if platform.system() != "Darwin":
-            raise Unavailable("Core ML predicts on macOS only")
+        if (reason := self.unavailable_reason()) is not None:
+            raise Unavailable(reason)
         self.model = ct.models.MLModel(str(path))
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return None if platform.system() == "Darwin" else "Core ML predicts on macOS only"
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self._shape
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.model.predict({"input": np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(out["scores"])
+        out = self.model.predict({self._input: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[self._output])
 
     def version(self) -> str:
         import coremltools

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from regnas.errors import RegnasError, require
+from regnas.quiet import quiet
 from regnas.runtimes import Remote, Runtime, local_only, register_runtime
 
 
@@ -19,25 +20,30 @@ class ExecuTorchRuntime(Runtime):
 
     name = "executorch"
     suffixes = (".pte",)
+    exporter = "executorch"
+    package = "executorch"
     max_batch = 1
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         local_only(self.name, remote)
-        runtime = require("executorch.runtime", "executorch")
-        import torch
-        from executorch.extension.pybindings import portable_lib
-
         if not path.is_file():
             raise RegnasError(f"ExecuTorch program not found: {path}; check the path")
+        import torch
+
         self._torch = torch
         self.path = path
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
         try:
-            program = runtime.Runtime.get().load_program(str(path))
-            self._method = program.load_method("forward")
-            meta = self._method.metadata
-            shape = tuple(meta.input_tensor_meta(0).sizes())
+            with quiet(native=True):  # its C++ runtime logs CPU probing and thread pool resets to stderr
+                runtime = require("executorch.runtime", "executorch")
+                from executorch.extension.pybindings import portable_lib
+
+                if portable_lib._threadpool_get_thread_count() != threads:
+                    portable_lib._unsafe_reset_threadpool(threads)
+                program = runtime.Runtime.get().load_program(str(path))
+                self._method = program.load_method("forward")
+                shape = tuple(self._method.metadata.input_tensor_meta(0).sizes())
+        except RegnasError:
+            raise
         except Exception as exc:  # the runtime raises RuntimeError/ValueError for unreadable programs
             raise RegnasError(f"{path} is not a loadable ExecuTorch program ({str(exc).splitlines()[0]}); re-export it") from exc
         if len(shape) != 4:

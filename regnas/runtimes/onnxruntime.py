@@ -16,6 +16,8 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    exporter = "onnx"
+    package = "onnxruntime"
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         local_only(self.name, remote)

@@ -29,6 +29,12 @@ class TensorRTRuntime(Runtime):
 
     name = "tensorrt"
     suffixes = (".engine", ".plan")
+    exporter = "tensorrt"
+    package = "tensorrt"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return tensorrt_or_reason()[1]
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         local_only(self.name, remote)

@@ -32,9 +32,34 @@ def connect(remote: Remote):
         ) from exc
 
 
+def check_shared_object(path: Path) -> None:
+    """Refuse a truncated or non-ELF library before the loader maps it (a truncated one kills the process with SIGBUS)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+        raise RegnasError(f"{path} is not a 64-bit ELF shared library; re-export the TVM library")
+    order = "little" if head[5] == 1 else "big"
+
+    def field(offset: int, width: int) -> int:
+        return int.from_bytes(head[offset : offset + width], order)
+
+    sections_end = field(0x28, 8) + field(0x3A, 2) * field(0x3C, 2)
+    segments_end = field(0x20, 8) + field(0x36, 2) * field(0x38, 2)
+    if max(sections_end, segments_end) > size:
+        raise RegnasError(
+            f"{path} is truncated ({size} bytes, its headers need {max(sections_end, segments_end)}); re-export the TVM library"
+        )
+
+
+def sidecar(path: Path) -> Path:
+    """Where the tvm exporter writes a library's input shape and compile target."""
+    return path.with_name(path.name + ".json")
+
+
 def library_meta(path: Path) -> dict:
     """The sidecar the tvm exporter writes beside a library: input shape and compile target."""
-    side = path.with_name(path.name + ".json")
+    side = sidecar(path)
     try:
         return json.loads(side.read_text()) if side.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -47,6 +72,8 @@ class TvmRuntime(Runtime):
 
     name = "tvm"
     suffixes = (".so",)
+    exporter = "tvm"
+    package = "apache-tvm"
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         tvm = require("tvm", "tvm")
@@ -54,6 +81,7 @@ class TvmRuntime(Runtime):
 
         if not path.is_file():
             raise RegnasError(f"TVM library not found: {path}; check the path")
+        check_shared_object(path)
         self.path, self.remote, self._tvm = path, remote, tvm
         self.meta = library_meta(path)
         host = self.meta.get("host", True)
@@ -78,6 +106,14 @@ class TvmRuntime(Runtime):
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self._shape
+
+    @classmethod
+    def companions(cls, path: Path) -> list[Path]:
+        return [sidecar(path)]
+
+    @classmethod
+    def needs_device(cls, path: Path) -> bool:
+        return not library_meta(path).get("host", True)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         arr = self._tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)

@@ -3,6 +3,7 @@
 import sys
 
 import numpy as np
+import onnx
 import pytest
 
 from regnas.errors import RegnasError, Unavailable
@@ -38,6 +39,10 @@ def test_exporter_writes_artifacts_that_run_or_say_why_not(member, tmp_path, nam
                 assert e.command.startswith("trtexec --onnx=") and f"--{precision}" in e.command
             continue
         assert e.path.exists() and len(sha256_file(e.path)) == 64
+        if name == "tvm":  # TVM lays functions out differently per compile: what decides behaviour is recorded instead
+            assert e.options["compiled_from_sha256"] == sha256_file(job.onnx()) and e.options["byte_identical_rebuilds"] is False
+        if e.path.suffix == ".onnx":
+            onnx.checker.check_model(str(e.path), full_check=True)  # strict consumers (TensorRT's parser) need a valid graph
         try:
             preds = load_runtime(e.runtime, e.path).predict(x)
         except Unavailable as exc:
@@ -65,23 +70,98 @@ def test_unknown_exporter_and_missing_backend_are_one_line_errors(monkeypatch):
         create_exporter("coreml").check_available()
 
 
-def test_flip_aware_quantization_searches_the_grid_and_keeps_the_best(member, tmp_path):
+def test_flip_aware_quantization_searches_the_grid_and_keeps_the_best(member, tmp_path, monkeypatch):
     from regnas.artifacts import flip_aware
+    from regnas.exporters.onnx import OnnxExporter
     from regnas.targets import Target
 
+    monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: [])  # global options only here
     net, data = member
     job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
     job.scratch.mkdir()
     strict = Target("strict", {"flops": 1.0}, max_nfr_vs_fp32=-1.0)  # below any NFR: always search
     val = data["val"]
     exporter = create_exporter("onnx")
-    exported, record = flip_aware(exporter, job, "int8", strict, (val.x.numpy(), predict(net, val.x), val.y.numpy()), lambda _m: None)
+    exported, record = flip_aware(exporter, job, "int8", strict, (val.x.numpy(), predict(net, val.x), val.y.numpy()))
     tried = record["tried"]
     assert len(tried) == len(exporter.option_grid("int8")) and record["selected_on"] == "val"
-    best = min(tried, key=lambda t: (t["nfr_val"], -t["top1_val"]))
+    best = min(tried, key=lambda t: (t["flips_val"], -t["top1_val"]))
     assert record["after"] == best and record["after"]["nfr_val"] <= record["before"]["nfr_val"]
     assert exported[0].options == best["options"]
     kept = load_runtime("onnxruntime", exported[0].path).predict(val.x.numpy())
     from regnas.flips import nfr
 
     assert nfr(predict(net, val.x), kept, val.y.numpy()) == pytest.approx(best["nfr_val"])
+
+
+def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_in_float(member, tmp_path, monkeypatch):
+    from regnas.artifacts import flip_aware
+    from regnas.exporters.onnx import OnnxExporter, preprocessed_compute_nodes
+    from regnas.flips import nfr
+    from regnas.targets import Target
+
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    units = preprocessed_compute_nodes(job.onnx())[:4]  # four units keep the test short
+    monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: units)
+    monkeypatch.setattr(OnnxExporter, "option_grid", lambda self, p: [{}, {"reduce_range": True}])
+    never = Target("never", {"flops": 1.0}, max_nfr_vs_fp32=-1.0)  # no configuration meets it: every step runs
+    val = data["val"]
+    fp32 = predict(net, val.x)
+    exported, record = flip_aware(create_exporter("onnx"), job, "int8", never, (val.x.numpy(), fp32, val.y.numpy()))
+    ranking = record["ranking"]
+    assert sorted(r["unit"] for r in ranking) == sorted(units)
+    assert [(-r["changed"], -r["drift"]) for r in ranking] == sorted((-r["changed"], -r["drift"]) for r in ranking)
+    assert all(r["drift"] > 0 for r in ranking)  # quantizing any one unit moves the scores
+    assert record["kept_float"] == exported[0].options["keep_float"] and set(record["kept_float"]) <= set(units)
+    assert record["latency_ms"]["chosen"] > 0 and record["latency_ms"]["fully_quantized"] > 0
+    kept = load_runtime("onnxruntime", exported[0].path).predict(val.x.numpy())
+    assert nfr(fp32, kept, val.y.numpy()) == pytest.approx(record["after"]["nfr_val"])
+    assert record["after"]["flips_val"] == min(t["flips_val"] for t in record["tried"])
+
+
+def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
+    from regnas.artifacts import _QuantSearch
+
+    class Fake(_QuantSearch):
+        def __init__(self):
+            self.calls = []
+
+        def score(self, options):
+            k = len(options.get("keep_float", []))
+            self.calls.append(k)
+            return {"options": options, "flips_val": max(0, 9 - k), "top1_val": 0.9}
+
+    fake = Fake()
+    chosen, tried = fake.fallback({}, [f"u{i}" for i in range(20)], allowed=2)
+    assert chosen["kept_float"] == [f"u{i}" for i in range(7)]  # 9 - 7 = 2 flips: the fewest units that meet the goal
+    assert len(set(fake.calls)) == len(fake.calls) <= 7  # doubling then bisection, each count tried once
+    never, _ = Fake().fallback({}, ["a", "b", "c"], allowed=-1)
+    assert never["kept_float"] == ["a", "b", "c"]  # nothing meets the goal: the fewest flips found
+
+
+def test_the_val_goal_is_the_checks_own_confidence_criterion():
+    from regnas.artifacts import _QuantSearch
+    from regnas.flips import lower_bound, upper_bound
+
+    class Val(_QuantSearch):
+        def __init__(self, n):
+            self.labels = [0] * n
+
+    allowed = Val(5000).allowed_flips(0.002)
+    assert upper_bound(allowed, 5000, 0.95) <= 0.002 < upper_bound(allowed + 1, 5000, 0.95) and allowed == 4
+    small = Val(269).allowed_flips(0.002)  # 0 flips of 269 cannot show 0.2%: flips count only once they show a regression
+    assert lower_bound(small, 269, 0.95) <= 0.002 < lower_bound(small + 1, 269, 0.95) and small == 2
+
+
+@pytest.mark.parametrize("name,precision", [("onnx", "int8"), ("coreml", "fp16")])
+def test_exporting_twice_gives_the_same_bytes(member, tmp_path, name, precision):
+    net, data = member
+    runs = []
+    for run in ("a", "b"):
+        job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path / run, tmp_path / run / "scratch")
+        job.scratch.mkdir(parents=True)
+        runs.append([e for e in create_exporter(name).export(job, precision) if e.status == "ok"])
+    for a, b in zip(*runs):
+        assert sha256_file(a.path) == sha256_file(b.path), a.path.name
