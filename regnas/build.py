@@ -7,34 +7,35 @@ settings, seed) and reused only when that hash matches. report.json is written l
 
 from __future__ import annotations
 
-import sys
+import logging
+import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from regnas.artifacts import export_family
 from regnas.check import check
-from regnas.data import load_dataset
+from regnas.data import Dataset, load_dataset, load_recorded_split
 from regnas.distributed import init_world, launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Member, assess, search_baseline, search_family
-from regnas.io import read_json, save_tensors, sha256_file, sha256_json, write_json
+from regnas.io import ensure_writable_dir, read_json, save_tensors, sha256_file, sha256_json, write_json
+from regnas.pct import PCTConfig, pct_family
 from regnas.report import write_reports
 from regnas.runtimes import Remote
-from regnas.search import Budget, SearchConfig, parse_reward
+from regnas.search import Budget, Reward, SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
-from regnas.targets.lut import LUT, find_lut
-from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, default_epochs, load_checkpoint, train_supernet
+from regnas.targets.lut import LUT, find_lut, lut_filename
+from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
 
-
-def log(msg: str) -> None:
-    """Progress goes to stderr so stdout stays for results."""
-    print(f"regnas: {msg}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +49,8 @@ class BuildOptions:
     seed: int = 0
     space: str | None = None
     epochs: int | None = None
-    reward: str = "R2"
+    rewards: tuple[str, ...] = ("R2",)
+    """The family's reward, then any further rewards whose families are searched for the trade-off plot."""
     search: SearchConfig = field(default_factory=SearchConfig)
     export: bool = True
     targets_dir: Path | None = None
@@ -56,9 +58,19 @@ class BuildOptions:
     lut_dir: Path | None = None
     workers: int = 1
     ray_address: str | None = None
+    time_budget: float | None = None
+    strict: bool = False
+    flips_against: str = "previous"
+    finetune: PCTConfig | None = None
+    """Nesting-preserving focal distillation after the search (`--finetune`), with these settings."""
 
 
 Luts = dict[str, tuple[Path, LUT]]
+
+DEFAULT_TIME_BUDGET_MIN = 40.0
+"""The whole build's budget when neither --epochs nor --time-budget is given."""
+EXPORT_RESERVE_S = 60.0
+"""Seconds kept per target for export and check when planning (measured: 98 s for three digits members on 2 cores)."""
 
 
 def _budgets(space: SearchSpace, targets: list[Target], lut_dir: Path | None) -> tuple[list[tuple[str, Budget]], Luts]:
@@ -74,9 +86,10 @@ def _budgets(space: SearchSpace, targets: list[Target], lut_dir: Path | None) ->
     for t in targets:
         if t.latency_ms is not None:
             if t.name not in luts:
+                file = lut_filename(t.name, space.name, space.input_shape)
                 raise RegnasError(
                     f"target {t.name} has a latency budget but no LUT for {space.name} at input {space.input_shape}; "
-                    f"run regnas profile --target {t.name} --data <your data> and pass --lut-dir"
+                    f"run regnas profile --target {t.name} --data <your data> (it writes luts/{file}), then pass --lut-dir luts"
                 )
             budget = Budget(t.latency_ms, "ms", partial(luts[t.name][1].predict_ms, space))
         else:
@@ -99,55 +112,68 @@ def _latency(records: list[dict], members: list[Member], space: SearchSpace, lut
             rec["budget_latency_ms"] = m.budget_latency_ms
 
 
-def build(opts: BuildOptions) -> dict[str, Any]:
-    """Run the whole build and return the report (also written to `out/report.json`)."""
-    t0 = time.time()
-    if launched_by_torchrun():
+def _data_for(opts: BuildOptions) -> Dataset:
+    """The data split the build uses: a given supernet's own split (its recorded seed), else split by --seed."""
+    if opts.supernet is None:
+        return load_dataset(opts.data, opts.seed)
+    header = checkpoint_header(opts.supernet)
+    record = header.get("split")
+    if record is None:  # a checkpoint from before splits were recorded: only --seed's split can be checked
+        data = load_dataset(opts.data, opts.seed)
+        if header.get("data", {}).get("digest") != data.digest:
+            raise RegnasError(
+                f"{opts.supernet} was trained on other data or another split than {opts.data} with --seed {opts.seed}; "
+                "pass the data and --seed it was trained with, or retrain"
+            )
+        return data
+    return load_recorded_split(opts.data, record, str(opts.supernet))
+
+
+def search_reserve_s(evaluator: Evaluator, n_targets: int, cfg: SearchConfig) -> float:
+    """Seconds the family and baseline searches may take: the most candidates they can evaluate, each timed like a
+    median-sized subnet evaluated here (BN recalibration and val predictions)."""
+    per_search = cfg.population + (cfg.generations - 1) * (cfg.population - max(2, round(cfg.parent_ratio * cfg.population)))
+    space, rng = evaluator.space, random.Random(0)
+    sample = sorted({space.sample(rng) for _ in range(21)}, key=space.flops)
+    t0 = time.perf_counter()
+    evaluator.predictions(sample[len(sample) // 2], "val")
+    return 2 * n_targets * per_search * (time.perf_counter() - t0)
+
+
+def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, n_targets: int, t0: float) -> TrainConfig:
+    """The supernet's training settings, its epochs given or planned so the whole build fits --time-budget."""
+    n = len(data["train"])
+    cfg = TrainConfig(epochs=opts.epochs or 1, batch_size=default_batch_size(n), seed=opts.seed)
+    if opts.epochs:
+        return cfg
+    budget_min = opts.time_budget or DEFAULT_TIME_BUDGET_MIN
+    from regnas.train import Supernet
+
+    probe = Evaluator(Supernet(space, space.build_supernet(), {}), data)
+    reserve = search_reserve_s(probe, n_targets, opts.search) + (EXPORT_RESERVE_S * n_targets if opts.export else 0.0)
+    left = budget_min * 60 - reserve - (time.time() - t0)
+    logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for search and export")
+    if left <= 0:
         raise RegnasError(
-            "regnas build runs in one process; train under torchrun with `regnas train --out DIR`, then run regnas build --supernet DIR/"
-            + CHECKPOINT
+            f"a time budget of {budget_min:g} min leaves no time to train after search and export (about {reserve / 60:.1f} min here); "
+            f"raise --time-budget above {reserve / 60:.0f}, or pass --epochs"
         )
-    reward = parse_reward(opts.reward)
-    targets = resolve_targets(opts.targets, opts.targets_dir)
-    if opts.ray_address is not None:
-        from regnas.parallel import check_ray_address
+    return planned(out, data, space, replace(cfg, time_budget_min=budget_min), left)
 
-        check_ray_address(opts.ray_address)
-    if opts.space is not None:
-        space_class(opts.space)
-    data = load_dataset(opts.data, opts.seed)
-    if opts.export:  # after the cheap checks: this imports every backend the targets ask for
-        for t in targets:
-            for name in t.exporters:
-                create_exporter(name).check_available()
-    log(f"data: {data.name} {data.input_shape} {data.num_classes} classes, " + ", ".join(f"{s} {len(data[s])}" for s in data.splits))
 
-    out = Path(opts.out)
-    if opts.supernet is not None:
-        net = load_checkpoint(opts.supernet, opts.space, data)
-        ckpt = Path(opts.supernet)
-        if net.meta["data"]["digest"] != data.digest:
-            log(f"warning: {ckpt} was trained on other data ({net.meta['data']['name']}); its subnets may be poor here")
-        budgets, luts = _budgets(net.space, targets, opts.lut_dir)
-    else:
-        name = opts.space or "mbv3"
-        fresh = create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
-        budgets, luts = _budgets(fresh, targets, opts.lut_dir)
-        n = len(data["train"])
-        cfg = TrainConfig(epochs=opts.epochs or default_epochs(n), batch_size=default_batch_size(n), seed=opts.seed)
-        net = train_supernet(data, out, cfg, name, log=log, world=init_world())
-        ckpt = out / CHECKPOINT
-    space = net.space
-    t_train = time.time()
-
-    evaluator = Evaluator(net, data)
+def _search(
+    opts: BuildOptions, evaluator: Evaluator, budgets: list[tuple[str, Budget]], rewards: list[Reward], luts: Luts, ckpt: Path, out: Path
+) -> dict[str, Any]:
+    """The family (first reward), the independent baseline and one family per further reward, cached in out/search.json."""
+    space = evaluator.space
     key = sha256_json(
         {
             "supernet": sha256_file(ckpt),
-            "data": data.digest,
+            "data": evaluator.data.digest,
             "budgets": [(name, b.limit, b.unit) for name, b in budgets],
             "luts": {name: lut.digest for name, (_, lut) in luts.items()},
-            "reward": asdict(reward),
+            "reward": asdict(rewards[0]),
+            "sweep": [asdict(r) for r in rewards[1:]],
             "search": asdict(opts.search),
             "seed": opts.seed,
         }
@@ -156,39 +182,156 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     try:
         cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
     except RegnasError as exc:
-        log(f"search: ignoring unreadable cache ({exc})")
+        logger.info(f"search: ignoring unreadable cache ({exc})")
         cached = None
     if isinstance(cached, dict) and cached.get("key") == key:
-        log(f"search: reusing {cache_path}")
-        family = [Member.from_json(space, m) for m in cached["family"]]
-        baseline = [Member.from_json(space, m) for m in cached["baseline"]]
-    else:
-        if opts.workers > 1 or opts.ray_address is not None:
-            from regnas.parallel import RayPool
+        logger.info(f"search: reusing {cache_path}")
 
-            evaluator.pool = RayPool(evaluator, opts.workers, opts.ray_address)
-            log(f"search: evaluating candidates on {evaluator.pool.workers} Ray workers")
-        try:
-            family = search_family(evaluator, budgets, reward, opts.search, opts.seed, log=log)
-            baseline = search_baseline(evaluator, budgets, opts.search, opts.seed, log=log)
-        finally:
-            if evaluator.pool is not None:
-                evaluator.pool.close()
-                evaluator.pool = None
-        members = {"family": family, "baseline": baseline}
-        write_json(cache_path, {"key": key, **{k: [m.to_json(space) for m in ms] for k, ms in members.items()}})
+        def load(ms: list) -> list[Member]:
+            return [Member.from_json(space, m) for m in ms]
+
+        return {
+            "family": load(cached["family"]),
+            "baseline": load(cached["baseline"]),
+            "sweep": {k: load(v) for k, v in cached["sweep"].items()},
+        }
+    if opts.workers > 1 or opts.ray_address is not None:
+        from regnas.parallel import RayPool
+
+        pool = RayPool(evaluator.supernet, evaluator.data, len(evaluator.calib_x), opts.workers, opts.ray_address)
+        evaluator = Evaluator(evaluator.supernet, evaluator.data, len(evaluator.calib_x), pool)
+        logger.info(f"search: evaluating candidates on {pool.workers} Ray workers")
+    try:
+        family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed)
+        baseline = search_baseline(evaluator, budgets, opts.search, opts.seed)
+        sweep = {r.describe(): search_family(evaluator, budgets, r, opts.search, opts.seed) for r in rewards[1:]}
+    finally:
+        evaluator.close()
+
+    def dump(ms: list[Member]) -> list:
+        return [m.to_json(space) for m in ms]
+
+    write_json(
+        cache_path, {"key": key, "family": dump(family), "baseline": dump(baseline), "sweep": {k: dump(v) for k, v in sweep.items()}}
+    )
+    return {"family": family, "baseline": baseline, "sweep": sweep}
+
+
+def _finetune_section(before: dict[str, Any], cfg: PCTConfig) -> dict[str, Any]:
+    """What `--finetune` changes: the family's test numbers before it, and its settings."""
+    return {
+        "method": "nesting-preserving focal distillation: each member trains only the weights it does not share with the one before",
+        "config": asdict(cfg),
+        "before": [{"target": m["target"], "top1": m["top1"], "nfr_vs_prev": m["nfr_vs_prev"]} for m in before["family"]],
+    }
+
+
+def _val_test_agreement(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well the val split the search saw predicted each chosen member's test numbers."""
+    rows = [
+        {
+            "target": m["target"],
+            "val_top1": m["val_top1"],
+            "test_top1": m["top1"],
+            "val_nfr_vs_prev": m["val_nfr_vs_prev"],
+            "test_nfr_vs_prev": m["nfr_vs_prev"],
+        }
+        for m in members
+    ]
+    top1 = [abs(r["val_top1"] - r["test_top1"]) for r in rows]
+    nfrs = [abs(r["val_nfr_vs_prev"] - r["test_nfr_vs_prev"]) for r in rows if r["test_nfr_vs_prev"] is not None]
+    return {"members": rows, "max_abs_top1_gap": max(top1), "max_abs_nfr_gap": max(nfrs) if nfrs else None}
+
+
+def _sweep_point(name: str, section: dict[str, Any]) -> dict[str, Any]:
+    """One reward's family as a point of the NFR / top-1 trade-off."""
+    members = section["family"]
+    flips = [m["nfr_vs_prev"] for m in members[1:]]
+    return {
+        "reward": name,
+        "mean_top1": float(np.mean([m["top1"] for m in members])),
+        "mean_nfr": float(np.mean(flips)) if flips else 0.0,
+        "members": [{k: m[k] for k in ("target", "top1", "nfr_vs_prev", "flops")} for m in members],
+    }
+
+
+def flag_repeats(members: list[dict[str, Any]]) -> None:
+    """Mark a member whose arch is its predecessor's: it spends none of its larger budget (zero flips by not upgrading)."""
+    for prev, m in zip(members, members[1:]):
+        m["same_as_previous"] = m["arch"] == prev["arch"]
+        if m["same_as_previous"]:
+            logger.warning(f"family member {m['target']} is {prev['target']}'s arch: its larger budget buys nothing")
+
+
+def build(opts: BuildOptions) -> dict[str, Any]:
+    """Run the whole build and return the report (also written to `out/report.json`)."""
+    t0 = time.time()
+    if launched_by_torchrun():
+        raise RegnasError(
+            "regnas build runs in one process; train under torchrun with `regnas train --out DIR`, then run regnas build --supernet DIR/"
+            + CHECKPOINT
+        )
+    if opts.strict and not opts.export:
+        raise RegnasError("--strict judges the artifact check, which --no-export skips; drop one of them")
+    rewards = [parse_reward(r, opts.flips_against) for r in dict.fromkeys(opts.rewards)]
+    targets = resolve_targets(opts.targets, opts.targets_dir)
+    if opts.finetune is not None and len(targets) < 2:
+        raise RegnasError("--finetune fine-tunes each member towards the one before it, so it needs a family of 2 or more targets")
+    if opts.ray_address is not None:
+        from regnas.parallel import check_ray_address
+
+        check_ray_address(opts.ray_address)
+    if opts.space is not None:
+        space_class(opts.space)
+    out = ensure_writable_dir(opts.out, "--out")
+    data = _data_for(opts)
+    if opts.export:  # after the cheap checks: this imports every backend the targets ask for
+        for t in targets:
+            for name in t.exporters:
+                create_exporter(name).check_available()
+    net = load_checkpoint(opts.supernet, opts.space, data) if opts.supernet is not None else None
+    name = opts.space or "mbv3"
+    fresh = net.space if net is not None else create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
+    budgets, luts = _budgets(fresh, targets, opts.lut_dir)
+    sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)
+    logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")
+
+    if net is not None:
+        ckpt = Path(opts.supernet)
+    else:
+        cfg = _train_config(opts, data, fresh, out, len(budgets), t0)
+        net = train_supernet(data, out, cfg, name, world=init_world())
+        ckpt = out / CHECKPOINT
+    space = net.space
+    t_train = time.time()
+
+    evaluator = Evaluator(net, data)
+    found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
+    family, baseline = found["family"], found["baseline"]
     t_search = time.time()
 
     report: dict[str, Any] = {"format": "regnas-report/1"}
     fam = assess(evaluator, family)
+    if opts.finetune is not None:
+        report["finetune"] = _finetune_section(fam.section, opts.finetune)
+        fam = assess(evaluator, family, nets=pct_family(fam.nets, data, opts.finetune, nested=True))
     report.update(fam.section)
     report["baseline"] = assess(evaluator, baseline).section
+    report["val_test"] = _val_test_agreement(report["family"])
+    if found["sweep"]:
+        report["reward_sweep"] = [
+            _sweep_point(rewards[0].describe(), report),
+            *(_sweep_point(name, assess(evaluator, ms).section) for name, ms in found["sweep"].items()),
+            _sweep_point("baseline (R0, each target alone)", report["baseline"]),
+        ]
     _latency(report["family"], family, space, luts)
     _latency(report["baseline"]["family"], baseline, space, luts)
+    flag_repeats(report["family"])
     report["luts"] = {name: {"path": str(p), "provenance": lut.provenance, "validation": lut.validation} for name, (p, lut) in luts.items()}
-    for m, n in zip(family, fam.nets):
+    for m, n, rec in zip(family, fam.nets, report["family"]):
         write_json(out / m.target / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(m.arch)})
         save_tensors(out / m.target / "model.safetensors", n.state_dict(), {"space": space.name, "target": m.target})
+        rec["weights_sha256"] = sha256_file(out / m.target / "model.safetensors")
     order = [name for name, _ in budgets]
     ordered = sorted(targets, key=lambda t: order.index(t.name))
     report["targets"] = [t.to_json() for t in ordered]
@@ -200,11 +343,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
             "input_shape": list(data.input_shape),
             "class_names": data.class_names,
             "splits": {s: len(data[s]) for s in data.splits},
+            "split": data.split_record(),
         },
         "space": space.name,
         "supernet": str(ckpt),
         "seed": opts.seed,
-        "reward": asdict(reward),
+        "reward": asdict(rewards[0]),
         "search": asdict(opts.search),
         "train": net.meta.get("train"),
     }
@@ -213,9 +357,9 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     }
     t_export = time.time()
     if opts.export:
-        artifacts = export_family(out, ordered, data, log=log)
+        artifacts = export_family(out, ordered, data)
         t_export = time.time()
-        result = check(out, artifacts, ordered, data, opts.remote, log=log)
+        result = check(out, artifacts, ordered, data, opts.remote)
         report["artifacts"] = [a.to_json() for a in result.artifacts]
         report["check"] = result.section()
     report["timing_s"] = {

@@ -8,6 +8,7 @@ of each pair is literally shared.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from regnas.io import load_tensors, read_json
 from regnas.nn import crop_slices
 from regnas.search import PRESETS, Budget, Reward, SearchConfig, evolve
 from regnas.spaces import Arch, SearchSpace, create_space
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,7 +57,6 @@ def search_family(
     cfg: SearchConfig,
     seed: int,
     nested: bool = True,
-    log=print,
 ) -> list[Member]:
     """Search one arch per (target, budget) in the given order (an int budget is FLOPs); nested: each ⊇ the previous."""
     space = evaluator.space
@@ -62,8 +64,9 @@ def search_family(
     prev: Arch | None = None
     for i, (name, budget) in enumerate(budgets):
         budget = budget if isinstance(budget, Budget) else Budget.flops(space, budget)
-        log(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget.describe()})")
-        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, log)
+        logger.info(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget.describe()})")
+        earlier = [m.arch for m in members] if nested and reward.against == "all" else None
+        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, earlier)
         best = result.best
         seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
         flops, ms = (int(budget.limit), None) if budget.unit == "FLOPs" else (None, budget.limit)
@@ -72,9 +75,9 @@ def search_family(
     return members
 
 
-def search_baseline(evaluator: Evaluator, budgets: list[tuple[str, Budget | int]], cfg: SearchConfig, seed: int, log=print) -> list[Member]:
+def search_baseline(evaluator: Evaluator, budgets: list[tuple[str, Budget | int]], cfg: SearchConfig, seed: int) -> list[Member]:
     """Each target searched alone for accuracy (R0), the independent baseline."""
-    return search_family(evaluator, budgets, PRESETS["R0"], cfg, seed, nested=False, log=log)
+    return search_family(evaluator, budgets, PRESETS["R0"], cfg, seed, nested=False)
 
 
 @dataclass
@@ -158,11 +161,14 @@ def _per_class(old: np.ndarray, new: np.ndarray, labels: np.ndarray, classes: in
     return np.bincount(labels[negative_flips(old, new, labels)], minlength=classes).tolist()
 
 
-def assess(evaluator: Evaluator, members: list[Member], split: str = "test") -> Assessment:
-    """Top-1, NFR against the previous member, nesting per pair and the flip matrix on `split`."""
+def assess(evaluator: Evaluator, members: list[Member], split: str = "test", nets: list[nn.Module] | None = None) -> Assessment:
+    """Top-1, NFR against the previous member, nesting per pair and the flip matrix on `split`.
+
+    `nets` are the members' networks when they are not the supernet's own subnets (after a fine-tune).
+    """
     space = evaluator.space
     labels = evaluator.labels(split)
-    nets = [evaluator.subnet(m.arch) for m in members]
+    nets = nets or [evaluator.subnet(m.arch) for m in members]
     preds = [predict(n, evaluator.data[split].x) for n in nets]
     records = [
         {

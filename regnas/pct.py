@@ -10,6 +10,7 @@ each member is fine-tuned against the (already fine-tuned) member before it.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from torch import nn
 from regnas.data import Dataset
 from regnas.errors import RegnasError
 from regnas.evaluate import recalibrate_bn
+from regnas.nn import crop_slices
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,32 @@ def focal_distillation(new: torch.Tensor, old: torch.Tensor, labels: torch.Tenso
     return ce + cfg.weight * (focus * d).mean()
 
 
-def pct_finetune(new: nn.Module, old: nn.Module, data: Dataset, cfg: PCTConfig = PCTConfig(), log=print) -> nn.Module:
-    """A copy of `new` fine-tuned on train with focal distillation from `old` (left untouched)."""
+def shared_slices(small: nn.Module, large: nn.Module) -> dict[str, tuple[slice, ...]]:
+    """Per parameter of `large`, the slice that is literally `small`'s parameter of the same name (the nesting rule)."""
+    large_params = dict(large.named_parameters())
+    out = {}
+    for name, p in small.named_parameters():
+        if name in large_params:
+            out[name] = crop_slices(tuple(large_params[name].shape), tuple(p.shape))
+    return out
+
+
+def pct_finetune(
+    new: nn.Module, old: nn.Module, data: Dataset, cfg: PCTConfig = PCTConfig(), frozen: dict[str, tuple[slice, ...]] | None = None
+) -> nn.Module:
+    """A copy of `new` fine-tuned on train with focal distillation from `old` (left untouched).
+
+    `frozen` names parameter slices that must not change (the weights `new` shares with `old`):
+    they get no gradient and are restored bit for bit after every step, so weight decay cannot
+    move them either and nesting stays literal.
+    """
     model = copy.deepcopy(new).train()
+    params = dict(model.named_parameters())
+    keep = {name: (idx, params[name].detach()[idx].clone()) for name, idx in (frozen or {}).items()}
+    for name, (idx, _) in keep.items():
+        mask = torch.ones_like(params[name])
+        mask[idx] = 0
+        params[name].register_hook(lambda g, m=mask: g * m)
     old = old.eval()
     x_all, y_all = data["train"].x, data["train"].y
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -84,17 +111,33 @@ def pct_finetune(new: nn.Module, old: nn.Module, data: Dataset, cfg: PCTConfig =
             loss.backward()
             optimizer.step()
             schedule.step()
+            with torch.no_grad():
+                for name, (idx, value) in keep.items():
+                    params[name][idx] = value
             total += loss.item()
-        log(f"pct: epoch {epoch + 1}/{epochs} loss {total / steps:.4f}")
+        logger.info(f"pct: epoch {epoch + 1}/{epochs} loss {total / steps:.4f}")
     return recalibrate_bn(model, data["calib"].x[:1000])
 
 
-def pct_family(nets: list[nn.Module], data: Dataset, cfg: PCTConfig = PCTConfig(), log=print) -> list[nn.Module]:
-    """The first model as is, then each next one fine-tuned against the (fine-tuned) one before it."""
+def pct_family(nets: list[nn.Module], data: Dataset, cfg: PCTConfig = PCTConfig(), nested: bool = False) -> list[nn.Module]:
+    """The first model as is, then each next one fine-tuned against the (fine-tuned) one before it.
+
+    `nested` (regnas build --finetune): each model first takes the fine-tuned weights of the one
+    before into the slice it shares with it, then trains only the weights it does not share, so a
+    nested family stays literally nested.
+    """
     if not nets:
         raise RegnasError("PCT needs at least one model")
     out = [nets[0]]
     for i, net in enumerate(nets[1:], 1):
-        log(f"pct: member {i + 1}/{len(nets)} against member {i}")
-        out.append(pct_finetune(net, out[-1], data, cfg, log))
+        logger.info(f"pct: member {i + 1}/{len(nets)} against member {i}" + (", its own weights only" if nested else ""))
+        frozen = None
+        if nested:
+            frozen = shared_slices(out[-1], net)
+            net = copy.deepcopy(net)
+            params, prev = dict(net.named_parameters()), dict(out[-1].named_parameters())
+            with torch.no_grad():
+                for name, idx in frozen.items():
+                    params[name][idx] = prev[name]
+        out.append(pct_finetune(net, out[-1], data, cfg, frozen))
     return out

@@ -7,40 +7,57 @@ and the budget repair (shrinking one choice at a time) never go below it.
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
-from regnas.flips import nfr, top1
+from regnas.flips import nfr_any, top1
 from regnas.spaces import Arch, SearchSpace
+
+logger = logging.getLogger(__name__)
+
+
+FLIPS_AGAINST = ("previous", "all")
 
 
 @dataclass(frozen=True)
 class Reward:
-    """`λ1·Top1 − λ2·NFR`."""
+    """`λ1·Top1 − λ2·NFR`, the NFR against the previous member or against every earlier one (`against`)."""
 
     top1: float
     nfr: float
     name: str = "custom"
+    against: str = "previous"
 
     def __call__(self, acc: float, flip_rate: float | None) -> float:
         return self.top1 * acc - self.nfr * (flip_rate or 0.0)
+
+    def describe(self) -> str:
+        """A short name: the preset, or the two weights; `+all` when flips count against every earlier member."""
+        weights = self.name if self.name != "custom" else f"{self.top1:g},{self.nfr:g}"
+        return weights + ("+all" if self.against == "all" else "")
 
 
 PRESETS = {"R0": Reward(1.0, 0.0, "R0"), "R1": Reward(0.0, 1.0, "R1"), "R2": Reward(1.0, 1.0, "R2")}
 
 
-def parse_reward(spec: str) -> Reward:
-    """A preset name (R0 accuracy only, R1 flips only, R2 both) or custom `λ1,λ2`."""
+def parse_reward(spec: str, against: str = "previous") -> Reward:
+    """A preset name (R0 accuracy only, R1 flips only, R2 both) or custom `λ1,λ2`; flips counted `against` previous or all."""
+    if against not in FLIPS_AGAINST:
+        raise RegnasError(f"unknown --flips-against {against!r}; use previous (the member before) or all (every earlier member)")
     if spec.upper() in PRESETS:
-        return PRESETS[spec.upper()]
+        return replace(PRESETS[spec.upper()], against=against)
     try:
         l1, l2 = (float(v) for v in spec.split(","))
     except ValueError:
         raise RegnasError(f"unknown reward {spec!r}; use R0, R1, R2 or two weights 'λ1,λ2' such as 1,0.5") from None
-    return Reward(l1, l2)
+    if not (math.isfinite(l1) and math.isfinite(l2) and l1 >= 0 and l2 >= 0 and l1 + l2 > 0):
+        raise RegnasError(f"reward weights {spec!r} must be finite, 0 or more, not both 0 (a negative λ1 minimises accuracy); e.g. 1,0.5")
+    return Reward(l1, l2, against=against)
 
 
 @dataclass(frozen=True)
@@ -108,9 +125,12 @@ def evolve(
     prev: Arch | None = None,
     cfg: SearchConfig = SearchConfig(),
     seed: int = 0,
-    log=print,
+    earlier: list[Arch] | None = None,
 ) -> SearchResult:
-    """Search the supersets of `prev` (all archs when None) within `budget` (an int is FLOPs) for the best reward."""
+    """Search the supersets of `prev` (all archs when None) within `budget` (an int is FLOPs) for the best reward.
+
+    Flips count against `prev`, or, with `earlier` (every member before this one), against any of them.
+    """
     space = evaluator.space
     if not isinstance(budget, Budget):
         budget = Budget.flops(space, budget)
@@ -121,14 +141,14 @@ def evolve(
         raise RegnasError(f"budget {budget.describe()} is below {what} ({budget.describe(floor)}); raise the budget")
     rng = random.Random(seed)
     labels = evaluator.labels("val")
-    prev_pred = evaluator.predictions(prev, "val") if prev is not None else None
+    refs = [evaluator.predictions(a, "val") for a in (earlier or ([prev] if prev is not None else []))]
     seen: dict[Arch, Candidate] = {}
 
     def score(arch: Arch) -> Candidate:
         if arch not in seen:
             pred = evaluator.predictions(arch, "val")
             acc = top1(pred, labels)
-            flip = nfr(prev_pred, pred, labels) if prev_pred is not None else None
+            flip = nfr_any(refs, pred, labels) if refs else None
             seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
         return seen[arch]
 
@@ -151,7 +171,9 @@ def evolve(
         evaluator.prefetch(population, "val")
         ranked = sorted((score(a) for a in population), key=rank)
         best = min(seen.values(), key=rank)
-        log(f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)")
+        logger.info(
+            f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)"
+        )
         if gen == cfg.generations - 1:
             break
         parents = [c.arch for c in ranked[:n_parents]]

@@ -1,7 +1,7 @@
 import pytest
 
 from regnas.errors import RegnasError
-from regnas.evaluate import Evaluator, recalibrate_bn
+from regnas.evaluate import Evaluator
 from regnas.family import nesting, search_family
 from regnas.search import PRESETS, Reward, SearchConfig, evolve, parse_reward
 
@@ -26,12 +26,12 @@ def test_search_respects_budget_and_superset_constraint(evaluator):
     space = evaluator.space
     small, large = space.flops(space.smallest()), space.flops(space.largest())
     budget = small + (large - small) // 3
-    first = evolve(evaluator, budget, PRESETS["R2"], None, CFG, seed=0, log=lambda _m: None)
+    first = evolve(evaluator, budget, PRESETS["R2"], None, CFG, seed=0)
     assert space.flops(first.best.arch) <= budget and first.best.nfr is None
-    second = evolve(evaluator, large, PRESETS["R2"], first.best.arch, CFG, seed=0, log=lambda _m: None)
+    second = evolve(evaluator, large, PRESETS["R2"], first.best.arch, CFG, seed=0)
     assert space.contains(second.best.arch, first.best.arch)
     assert second.best.nfr is not None and 0 <= second.best.nfr <= 1
-    again = evolve(evaluator, budget, PRESETS["R2"], None, CFG, seed=0, log=lambda _m: None)
+    again = evolve(evaluator, budget, PRESETS["R2"], None, CFG, seed=0)
     assert again.best.arch == first.best.arch
 
 
@@ -39,19 +39,19 @@ def test_search_respects_budget_and_superset_constraint(evaluator):
 def test_tiny_populations_still_search_within_the_budget(evaluator, population):
     space = evaluator.space
     budget = space.flops(space.largest()) // 2
-    result = evolve(evaluator, budget, PRESETS["R2"], None, SearchConfig(population=population, generations=3), log=lambda _m: None)
+    result = evolve(evaluator, budget, PRESETS["R2"], None, SearchConfig(population=population, generations=3))
     assert space.flops(result.best.arch) <= budget and result.evaluated >= 1
 
 
 def test_impossible_budget_is_a_regnas_error(evaluator):
     with pytest.raises(RegnasError, match="raise the budget"):
-        evolve(evaluator, 10, PRESETS["R0"], None, CFG, log=lambda _m: None)
+        evolve(evaluator, 10, PRESETS["R0"], None, CFG)
 
 
 def test_family_is_nested_with_literal_weight_sharing(evaluator):
     space = evaluator.space
     large = space.flops(space.largest())
-    members = search_family(evaluator, [("a", int(0.3 * large)), ("b", int(0.6 * large))], PRESETS["R2"], CFG, seed=1, log=lambda _m: None)
+    members = search_family(evaluator, [("a", int(0.3 * large)), ("b", int(0.6 * large))], PRESETS["R2"], CFG, seed=1)
     assert [m.target for m in members] == ["a", "b"]
     a, b = members
     pair = nesting(space, "a", a.arch, evaluator.subnet(a.arch), "b", b.arch, evaluator.subnet(b.arch))
@@ -59,14 +59,17 @@ def test_family_is_nested_with_literal_weight_sharing(evaluator):
     assert 0 < pair.shared_weight_fraction < 1
 
 
-def test_bn_recalibration_uses_exact_batch_statistics(evaluator, digits):
-    import torch
+def test_flips_against_every_earlier_member_count_what_any_of_them_got_right(evaluator):
+    import numpy as np
 
-    net = evaluator.space.extract(evaluator.supernet.model, evaluator.space.smallest())
-    x = digits["calib"].x[:100]
-    recalibrate_bn(net, x, batch_size=100)
-    stem_in = x
-    conv_out = net.stem.conv(stem_in.contiguous())
-    torch.testing.assert_close(net.stem.bn.running_mean, conv_out.mean((0, 2, 3)).detach(), rtol=1e-4, atol=1e-5)
-    assert evaluator.predictions(space_arch := evaluator.space.smallest()).shape == (len(digits["val"]),)
-    assert evaluator.predictions(space_arch) is evaluator.predictions(space_arch)
+    from regnas.flips import nfr, nfr_any
+
+    labels = np.array([0, 1, 2, 3])
+    a, b, new = np.array([0, 9, 2, 9]), np.array([9, 1, 2, 9]), np.array([9, 9, 2, 3])
+    assert nfr_any([a, b], new, labels) == 0.5 and nfr(b, new, labels) == 0.25  # sample 0 is a's, sample 1 is b's
+    space = evaluator.space
+    large = space.flops(space.largest())
+    budgets = [("a", int(0.3 * large)), ("b", int(0.6 * large)), ("c", large)]
+    members = search_family(evaluator, budgets, parse_reward("R2", against="all"), CFG, seed=2)
+    first, second, third = (evaluator.predictions(m.arch) for m in members)
+    assert members[2].val_nfr_vs_prev == pytest.approx(nfr_any([first, second], third, evaluator.labels()))

@@ -1,0 +1,82 @@
+"""`regnas.build` stages on the shared digits supernet: the split it owns, rewards, fine-tuning, the time plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from regnas.build import BuildOptions, build, flag_repeats
+from regnas.data import load_dataset
+from regnas.errors import RegnasError
+from regnas.family import load_member
+from regnas.pct import PCTConfig
+from regnas.search import SearchConfig
+
+FAST = SearchConfig(population=4, generations=2)
+
+
+def options(ckpt, out, **kw) -> BuildOptions:
+    return BuildOptions(out=out, supernet=ckpt / "supernet.safetensors", search=FAST, export=False, **kw)
+
+
+def test_a_given_supernet_brings_its_own_split_and_seed_only_seeds_the_search(digits_supernet, tmp_path):
+    _, ckpt = digits_supernet
+    report = build(options(ckpt, tmp_path / "s1", seed=1))
+    split = json.loads((ckpt / "supernet.json").read_text())["split"]
+    assert report["config"]["data"]["split"] == split and split["seed"] == 0
+    assert report["config"]["seed"] == 1  # the search's seed
+    assert report["config"]["data"]["digest"] == load_dataset("digits", 0).digest != load_dataset("digits", 1).digest
+
+
+def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, tmp_path):
+    _, ckpt = digits_supernet
+    report = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5")))
+    assert report["config"]["reward"]["against"] == "all"
+    sweep = report["reward_sweep"]
+    assert [p["reward"] for p in sweep] == ["R2+all", "R0+all", "1,5+all", "baseline (R0, each target alone)"]
+    for point in sweep:
+        assert 0 <= point["mean_nfr"] <= 1 and 0 < point["mean_top1"] <= 1 and len(point["members"]) == 3
+    assert sweep[0]["mean_top1"] == pytest.approx(sum(m["top1"] for m in report["family"]) / 3)
+    html = (tmp_path / "all" / "report.html").read_text()
+    assert "Flips against top-1, per reward" in html
+    agreement = report["val_test"]
+    assert [r["target"] for r in agreement["members"]] == ["phone", "edge", "server"] and agreement["max_abs_top1_gap"] < 0.2
+    cached = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5")))
+    assert [p["members"] for p in cached["reward_sweep"]] == [p["members"] for p in sweep]  # from search.json
+
+
+def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path):
+    _, ckpt = digits_supernet
+    report = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1)))
+    before = {m["target"]: m for m in report["finetune"]["before"]}
+    assert all(n["contains"] and n["literal"] and n["shared_of_smaller"] == 1.0 for n in report["nesting"])
+    assert report["nesting"][0]["shared_weight_fraction"] < 1
+    members = [load_member(tmp_path / "ft" / t)[1] for t in ("phone", "edge", "server")]
+    for small, large in zip(members, members[1:]):  # the saved weights still nest, bit for bit
+        big = dict(large.named_parameters())
+        for name, p in small.named_parameters():
+            idx = tuple(slice(0, s) for s in p.shape[:2]) + tuple(
+                slice((b - s) // 2, (b - s) // 2 + s) for b, s in zip(big[name].shape[2:], p.shape[2:])
+            )
+            assert torch.equal(big[name][idx], p), name
+    changed = [report["family"][i]["top1"] != before[t]["top1"] for i, t in enumerate(("phone", "edge", "server"))]
+    assert not changed[0]  # the first member is not fine-tuned
+
+
+def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
+    _, ckpt = digits_supernet
+    with pytest.raises(RegnasError, match="unknown --flips-against 'some'"):
+        build(options(ckpt, tmp_path / "x", flips_against="some"))
+    with pytest.raises(RegnasError, match="needs a family of 2 or more targets"):
+        build(options(ckpt, tmp_path / "x", targets="phone", finetune=PCTConfig()))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_member_that_repeats_its_predecessor_is_flagged(caplog):
+    members = [{"target": "a", "arch": {"d": [2]}}, {"target": "b", "arch": {"d": [2]}}, {"target": "c", "arch": {"d": [3]}}]
+    with caplog.at_level("WARNING", logger="regnas"):
+        flag_repeats(members)
+    assert [m.get("same_as_previous") for m in members] == [None, True, False]
+    assert "family member b is a's arch" in caplog.text
