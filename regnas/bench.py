@@ -42,12 +42,11 @@ class BenchResult:
 
 def _build_prediction(path: Path) -> tuple[float | None, str | None]:
     """The LUT prediction recorded for the member this artifact came from, if any."""
-    report_path = path.parent.parent / "report.json"
-    if not report_path.is_file():
+    if not (path.parent.parent / "report.json").is_file():
         return None, None
-    from regnas.io import read_json
+    from regnas.report import load_report
 
-    report = read_json(report_path, "build report")
+    report = load_report(path.parent.parent)
     member = next((m for m in report.get("family", []) if m.get("target") == path.parent.name), None)
     target = next((t for t in report.get("targets", []) if t.get("name") == path.parent.name), None)
     if member is None or member.get("predicted_latency_ms") is None or target is None:
@@ -66,7 +65,10 @@ def bench(
     repeats: int = 200,
 ) -> BenchResult:
     """Time `model` at `batch` after `warmup` runs; percentiles over `repeats` runs."""
+    predicted, predicted_for = _build_prediction(Path(model).resolve())
     rt = load_runtime(runtime, model, threads, remote) if runtime else runtime_for(model, threads, remote)
+    if batch > rt.max_batch:
+        raise RegnasError(f"{model} runs at most batch {rt.max_batch} in {rt.name}; pass --batch {rt.max_batch}")
     shape = tuple(input_shape) if input_shape else rt.input_shape
     if any(d is None for d in shape):
         raise RegnasError(f"{model} has a dynamic input shape {shape}; pass --input-shape C,H,W")
@@ -74,7 +76,6 @@ def bench(
         raise RegnasError(f"--input-shape {input_shape} does not match the model's {rt.input_shape}; fix --input-shape")
     x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
     ms = rt.time_ms(x, warmup, repeats)
-    predicted, predicted_for = _build_prediction(Path(model).resolve())
     return BenchResult(
         model=str(model),
         runtime=rt.name,

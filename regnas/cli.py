@@ -6,11 +6,17 @@ Exit codes: 0 success, 1 a gate or check failed, 2 bad input or environment (one
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 from regnas.errors import RegnasError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_MINUTES = 30.0
 
 _COMMANDS: dict[str, type[Command]] = {}
 
@@ -37,10 +43,24 @@ class Command:
         raise NotImplementedError
 
 
+def _count(value: str) -> int:
+    v = int(value)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
 def _positive(value: str) -> int:
     v = int(value)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _minutes(value: str) -> float:
+    v = float(value)
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {value}")
     return v
 
 
@@ -59,9 +79,9 @@ def _remote(args: argparse.Namespace):
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
-    p.add_argument("--seed", type=int, default=0, help="seed for splits, training and search (default: 0)")
+    p.add_argument("--seed", type=_count, default=0, help="seed for splits, training and search (default: 0)")
     p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
-    p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: scaled to the dataset size)")
+    p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
 
 
 @register_command
@@ -74,10 +94,26 @@ class Build(Command):
         p.add_argument("--targets", default="phone,edge,server", help="comma-separated built-in targets or target .toml paths")
         p.add_argument("--out", type=Path, default=Path("build"), help="build directory (a cache: re-runs resume)")
         p.add_argument("--supernet", type=Path, default=None, help="trained supernet checkpoint (.safetensors); trained when absent")
-        p.add_argument("--reward", default="R2", help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: R2)")
+        p.add_argument(
+            "--reward",
+            action="append",
+            default=None,
+            help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: R2); repeat it to also search and plot other rewards",
+        )
+        p.add_argument(
+            "--flips-against",
+            default="previous",
+            help="the reward's flips: against the previous member (previous, default) or any earlier member (all)",
+        )
+        p.add_argument(
+            "--finetune",
+            action="store_true",
+            help="fine-tune each member towards the one before with focal distillation, on the weights it does not share",
+        )
         p.add_argument("--population", type=_positive, default=None, help="evolution population size")
         p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
         p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
+        p.add_argument("--lut-dir", type=Path, default=None, help="a directory of LUTs from regnas profile (latency budgets)")
         p.add_argument("--no-export", dest="export", action="store_false", help="stop after the family: no artifacts, no check")
         p.add_argument(
             "--workers", type=_positive, default=1, help="evaluate search candidates on N local Ray workers (default: 1, in process)"
@@ -85,6 +121,14 @@ class Build(Command):
         p.add_argument(
             "--ray-address", default=None, help="evaluate on an existing Ray cluster (host:port of its head, or auto); needs regnas[ray]"
         )
+        p.add_argument(
+            "--time-budget",
+            type=_minutes,
+            default=None,
+            metavar="MIN",
+            help="minutes for the whole build; the supernet trains for the epochs that fit (default: 40)",
+        )
+        p.add_argument("--strict", action="store_true", help="exit 1 when an artifact's flip check is inconclusive, not only when it fails")
         _add_rpc_options(p)
         _add_data_options(p)
 
@@ -93,6 +137,7 @@ class Build(Command):
         from dataclasses import replace
 
         from regnas.build import BuildOptions, build
+        from regnas.pct import PCTConfig
         from regnas.report import markdown_summary
         from regnas.search import SearchConfig
 
@@ -109,78 +154,78 @@ class Build(Command):
             args.seed,
             args.space,
             args.epochs,
-            args.reward,
+            tuple(args.reward or ["R2"]),
             search,
             export=args.export,
             targets_dir=args.targets_dir,
             remote=_remote(args),
             workers=args.workers,
             ray_address=args.ray_address,
+            time_budget=args.time_budget,
+            strict=args.strict,
+            lut_dir=args.lut_dir,
+            flips_against=args.flips_against,
+            finetune=PCTConfig(seed=args.seed) if args.finetune else None,
         )
         report = build(opts)
         print(markdown_summary(report), end="")
         print(f"wrote {args.out / 'report.json'}")
-        return _check_exit(report)
+        return _check_exit(report, args.strict)
 
 
-def _check_exit(report: dict) -> int:
-    """Exit 1 naming each artifact over its flip threshold."""
-    failures = report.get("check", {}).get("failures", [])
-    for f in failures:
+def _check_exit(report: dict, strict: bool) -> int:
+    """Exit 1 naming each artifact whose flips are a real regression (and, with --strict, each undecided one)."""
+    check = report.get("check", {})
+    for f in check.get("failures", []):
         print(f"check FAILED: {f}")
-    return 1 if failures else 0
+    undecided = check.get("inconclusive", [])
+    if strict:
+        for f in undecided:
+            print(f"check FAILED (--strict): {f}")
+    elif undecided:
+        print(
+            f"check inconclusive for {len(undecided)} artifact(s): too few test images to tell their flips from the limit ({undecided[0]})"
+        )
+    return 1 if check.get("failures") or (strict and undecided) else 0
+
+
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
+    p.add_argument("--strict", action="store_true", help="exit 1 also when an artifact's flip check is inconclusive")
+    _add_rpc_options(p)
+
+
+def _export_then_check(args: argparse.Namespace, export: bool) -> int:
+    from regnas.check import check_build
+
+    result = check_build(args.build_dir, _remote(args), export)
+    for a in result.artifacts:
+        got = f"top-1 {a.top1:.2%}  {a.flips} flips vs fp32 ({a.verdict})" if a.status == "ok" else a.status
+        print(f"{a.label:40} {a.runtime:12} {got}")
+    print(f"updated {args.build_dir / 'report.json'}")
+    return _check_exit({"check": result.section()}, args.strict)
 
 
 @register_command
 class Export(Command):
     name = "export"
     help = "export a built family to its targets' formats (flip-aware quantization), then check the artifacts"
-
-    @staticmethod
-    def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
-        _add_rpc_options(p)
+    add_arguments = staticmethod(_add_check_options)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.artifacts import export_family
-        from regnas.build import log
-        from regnas.check import check, load_build, save_check
-
-        report, targets, data = load_build(args.build_dir)
-        remote = _remote(args)
-        artifacts = export_family(args.build_dir, targets, data, log=log)
-        report = save_check(args.build_dir, report, check(args.build_dir, artifacts, targets, data, remote, log=log))
-        print(f"wrote {len(artifacts)} artifacts; updated {args.build_dir / 'report.json'}")
-        return _check_exit(report)
+        return _export_then_check(args, export=True)
 
 
 @register_command
 class Check(Command):
     name = "check"
-    help = "run every artifact of a build on the test split: top-1, flips vs fp32 and vs the previous member (exit 1 over threshold)"
-
-    @staticmethod
-    def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("build_dir", type=Path, help="a directory written by regnas build")
-        _add_rpc_options(p)
+    help = "run every artifact of a build on the test split: flips vs fp32 with their interval, and vs the previous member"
+    add_arguments = staticmethod(_add_check_options)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.artifacts import Artifact
-        from regnas.build import log
-        from regnas.check import check, load_build, save_check
-
-        report, targets, data = load_build(args.build_dir)
-        if not report.get("artifacts"):
-            raise RegnasError(f"{args.build_dir} has no artifacts; run regnas export {args.build_dir} first")
-        artifacts = [Artifact.from_json(a) for a in report["artifacts"]]
-        result = check(args.build_dir, artifacts, targets, data, _remote(args), log=log)
-        report = save_check(args.build_dir, report, result)
-        for a in result.artifacts:
-            got = f"top-1 {a.top1:.2%}  NFR vs fp32 {a.nfr_vs_fp32:.2%}" if a.status == "ok" else a.status
-            print(f"{a.label:40} {a.runtime:12} {got}")
-        return _check_exit(report)
+        return _export_then_check(args, export=False)
 
 
 @register_command
@@ -192,26 +237,36 @@ class Train(Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
         p.add_argument("--batch-size", type=_positive, default=None, help="default: 32 below 4096 training images, else 128")
-        p.add_argument("--lr", type=float, default=3e-3)
+        p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: 0.003)")
         p.add_argument(
-            "--sort-channels", action="store_true", help="train the largest subnet for one epoch, then order channels by importance"
+            "--time-budget",
+            type=_minutes,
+            default=None,
+            metavar="MIN",
+            help=f"minutes of training; epochs are planned from timed steps here (default: {DEFAULT_TRAIN_MINUTES:g} unless --epochs)",
+        )
+        p.add_argument(
+            "--sort-channels", action="store_true", help="after the warm start (the largest subnet alone), order channels by importance"
         )
         _add_data_options(p)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.build import log
+        from dataclasses import replace
+
         from regnas.data import load_dataset
         from regnas.distributed import init_world
-        from regnas.spaces import space_class
-        from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, default_epochs, train_supernet
+        from regnas.io import ensure_writable_dir
+        from regnas.spaces import create_space, space_class
+        from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, planned, train_supernet
 
         space = args.space or "mbv3"
         space_class(space)
+        ensure_writable_dir(args.out, "--out")
         data = load_dataset(args.data, args.seed)
         n = len(data["train"])
         cfg = TrainConfig(
-            epochs=args.epochs or default_epochs(n),
+            epochs=args.epochs or 1,
             batch_size=args.batch_size or default_batch_size(n),
             lr=args.lr,
             sort_channels=args.sort_channels,
@@ -219,7 +274,11 @@ class Train(Command):
         )
         world = init_world()
         try:
-            train_supernet(data, args.out, cfg, space, log=log, world=world)
+            if not args.epochs:
+                budget = args.time_budget or DEFAULT_TRAIN_MINUTES
+                fresh = create_space(space, space_class(space).default_config(data.input_shape, data.num_classes))
+                cfg = planned(args.out, data, fresh, replace(cfg, time_budget_min=budget), budget * 60, world)
+            train_supernet(data, args.out, cfg, space, world=world)
         finally:
             world.close()
         if world.main:
@@ -275,7 +334,7 @@ class Targets(Command):
         p.add_argument("--lut", type=Path, default=None, help="validate: the LUT file (default: the target's, --lut-dir's or the built-in)")
         p.add_argument("--lut-dir", type=Path, default=None, help="validate: a directory of LUTs written by regnas profile")
         p.add_argument("--json", type=Path, default=None, help="validate: also write the numbers as JSON")
-        p.add_argument("--seed", type=int, default=0, help="validate: seed of the random subnets (default: 0)")
+        p.add_argument("--seed", type=_count, default=0, help="validate: seed of the random subnets (default: 0)")
         _add_space_options(p)
         _add_rpc_options(p)
 
@@ -307,27 +366,12 @@ class Targets(Command):
 def _validate(target, args: argparse.Namespace) -> int:
     import json
 
-    from regnas.build import log
-    from regnas.io import write_json
-    from regnas.targets.lut import find_lut, load_lut, save_lut
-    from regnas.targets.profile import validate
+    from regnas.io import ensure_writable_file, write_json
+    from regnas.targets.profile import validate_lut
 
+    ensure_writable_file(args.json, "--json")
     space = _space_for(args.data, 0, args.space)
-    if args.lut:
-        path, lut = args.lut, load_lut(args.lut)
-        if not lut.matches(target, space):
-            raise RegnasError(f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not this target and space; pick its LUT")
-    else:
-        found = find_lut(target, space, args.lut_dir)
-        if found is None:
-            shape = space.input_shape
-            raise RegnasError(f"no LUT for {target.name} and {space.name} at {shape}; run regnas profile --target {target.name} first")
-        path, lut = found
-    from dataclasses import replace
-
-    target = replace(target, threads=lut.threads)  # measure subnets as the units were measured
-    result = validate(target, space, lut, args.n, args.n_fit, args.seed, _remote(args), log=log, progress=sys.stderr.isatty())
-    save_lut(path, lut)
+    path, result = validate_lut(target, space, args.lut, args.lut_dir, args.n, args.n_fit, args.seed, _remote(args), sys.stderr.isatty())
     if args.json:
         write_json(args.json, {"target": target.name, "lut": str(path), **result})
     keys = ("n", "within_5pct", "within_10pct", "rmspe", "spearman")
@@ -355,7 +399,6 @@ class Profile(Command):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
-        from regnas.build import log
         from regnas.targets import resolve_targets
         from regnas.targets.lut import lut_filename
         from regnas.targets.profile import profile
@@ -367,11 +410,11 @@ class Profile(Command):
         out = args.out or Path("luts") / lut_filename(target.name, space.name, space.input_shape)
         cores = os.cpu_count() or 1
         if args.rpc is None and target.threads >= cores:
-            log(
-                f"warning: timing with {target.threads} threads on {cores} cores leaves none for the rest of the system; "
+            logger.warning(
+                f"timing with {target.threads} threads on {cores} cores leaves none for the rest of the system; "
                 f"timings may not repeat (consider --threads {max(1, cores - 1)})"
             )
-        profile(target, space, out, _remote(args), args.warmup, args.repeats, log=log, progress=sys.stderr.isatty())
+        profile(target, space, out, _remote(args), args.warmup, args.repeats, progress=sys.stderr.isatty())
         print(f"wrote {out}")
         return 0
 
@@ -398,7 +441,7 @@ class Bench(Command):
         import json
 
         from regnas.bench import bench
-        from regnas.io import write_json
+        from regnas.io import ensure_writable_file, write_json
 
         shape = None
         if args.input_shape:
@@ -408,6 +451,7 @@ class Bench(Command):
                 raise RegnasError(f"--input-shape {args.input_shape!r} is not C,H,W integers; pass e.g. 1,28,28") from None
             if len(shape) != 3 or min(shape) < 1:
                 raise RegnasError(f"--input-shape {args.input_shape!r} needs three positive integers C,H,W")
+        ensure_writable_file(args.json, "--json")
         result = bench(args.model, args.runtime, args.threads, _remote(args), args.batch, shape, args.warmup, args.repeats)
         if args.json:
             write_json(args.json, result.to_json())
@@ -419,6 +463,27 @@ def _fraction(value: str) -> float:
     v = float(value)
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {v}")
+    return v
+
+
+def _confidence(value: str) -> float:
+    v = float(value)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (such as 0.95), got {v}")
+    return v
+
+
+def _finite(value: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return v
+
+
+def _positive_float(value: str) -> float:
+    v = _finite(value)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return v
 
 
@@ -434,13 +499,13 @@ class Gate(Command):
         p.add_argument("--candidate", required=True, help=f"the new model: {what}")
         p.add_argument("--data", required=True, help="dataset name or path, as for regnas build")
         p.add_argument("--split", default=None, help="train, calib, val or test (default: the whole set, in source order)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the dataset's splits (default: 0, as regnas build)")
+        p.add_argument("--seed", type=_count, default=0, help="seed of the dataset's splits (default: 0, as regnas build)")
         p.add_argument("--max-nfr", type=_fraction, default=0.01, help="largest acceptable NFR upper bound (default: 0.01)")
         p.add_argument("--max-top1-drop", type=_fraction, default=0.01, help="largest acceptable top-1 drop (default: 0.01)")
-        p.add_argument("--confidence", type=_fraction, default=0.95, help="confidence of the NFR upper bound (default: 0.95)")
-        p.add_argument("--list", type=int, default=20, help="how many flipped samples to list (default: 20)")
-        p.add_argument("--mean", type=float, nargs="+", default=[0.0], help="ONNX inputs: per-channel mean subtracted from [0, 1] images")
-        p.add_argument("--std", type=float, nargs="+", default=[1.0], help="ONNX inputs: per-channel std to divide by")
+        p.add_argument("--confidence", type=_confidence, default=0.95, help="confidence of the NFR upper bound (default: 0.95)")
+        p.add_argument("--list", type=_count, default=20, help="how many flipped samples to list (default: 20)")
+        p.add_argument("--mean", type=_finite, nargs="+", default=[0.0], help="ONNX inputs: per-channel mean subtracted from [0, 1] images")
+        p.add_argument("--std", type=_positive_float, nargs="+", default=[1.0], help="ONNX inputs: per-channel std to divide by")
         p.add_argument("--threads", type=_positive, default=1, help="ONNX Runtime threads")
         p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
         p.add_argument("--junit", type=Path, default=None, help="write JUnit XML")
@@ -450,9 +515,10 @@ class Gate(Command):
     def run(args: argparse.Namespace) -> int:
         from regnas.data import load_dataset
         from regnas.gate import Preprocess, decide, predictions, write_outputs
+        from regnas.io import ensure_writable_file
 
-        if any(s <= 0 for s in args.std):
-            raise RegnasError("--std values must be positive")
+        for option in ("json", "junit", "markdown"):
+            ensure_writable_file(getattr(args, option), f"--{option}")
         data = load_dataset(args.data, args.seed)
         split = data.split(args.split)
         prep = Preprocess(tuple(args.mean), tuple(args.std))
@@ -471,12 +537,24 @@ class Gate(Command):
         return 0 if result.passed else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: one line naming the option, exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
     from regnas import __version__
 
-    parser = argparse.ArgumentParser(prog="regnas", description="Hardware-aware model families that agree with each other.")
+    parser = _Parser(prog="regnas", description="Hardware-aware model families that agree with each other.")
     parser.add_argument("--version", action="version", version=f"regnas {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q", "--quiet", action="store_const", dest="verbosity", const=-1, default=0, help="only warnings and errors on stderr"
+    )
+    talk.add_argument("-v", "--verbose", action="store_const", dest="verbosity", const=1, help="debug messages on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, cls in _COMMANDS.items():
         p = sub.add_parser(name, help=cls.help, description=cls.help)
         cls.add_arguments(p)
@@ -486,7 +564,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `regnas` console script."""
+    from regnas.logs import configure
+
     args = make_parser().parse_args(argv)
+    configure(args.verbosity)
     try:
         return args._command.run(args)
     except RegnasError as exc:

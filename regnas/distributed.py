@@ -8,6 +8,7 @@ samples the same subnets from the same seed; only rank 0 logs and writes files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,8 @@ def init_world() -> World:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+    if rank != 0:  # one voice: only rank 0 reports progress
+        logging.getLogger("regnas").setLevel(logging.WARNING)
     return World(rank, size, torch.device(f"cuda:{local}" if cuda else "cpu"))
 
 

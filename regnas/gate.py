@@ -16,11 +16,10 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 import numpy as np
-from scipy.stats import beta
 
 from regnas.data import Split
 from regnas.errors import RegnasError
-from regnas.flips import negative_flips, top1
+from regnas.flips import negative_flips, top1, upper_bound
 from regnas.io import atomic_path, read_json, write_json
 
 
@@ -37,15 +36,6 @@ class Preprocess:
         if len(mean) not in (1, c) or len(std) not in (1, c):
             raise RegnasError(f"--mean/--std give {len(mean)}/{len(std)} values but the images have {c} channels; give 1 or {c}")
         return (x - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
-
-
-def upper_bound(flips: int, n: int, confidence: float) -> float:
-    """One-sided exact binomial upper bound of the flip rate."""
-    if n == 0:
-        return 1.0
-    if flips >= n:
-        return 1.0
-    return float(beta.ppf(confidence, flips + 1, n - flips))
 
 
 def _check_predictions(pred: np.ndarray, n: int, classes: int, source: str) -> np.ndarray:
@@ -86,7 +76,10 @@ def predictions(source: str | Path, split: Split, classes: int, preprocess: Prep
             raise RegnasError(f"{path} is not a readable .npy file ({exc}); save it with numpy.save") from exc
     elif path.suffix == ".json":
         obj = read_json(path, "predictions file")
-        pred = np.asarray(obj.get("predictions") if isinstance(obj, dict) else obj)
+        try:
+            pred = np.asarray(obj.get("predictions") if isinstance(obj, dict) else obj)
+        except ValueError:  # ragged nested lists
+            pred = np.asarray(None)
         if pred.dtype == object or pred.ndim == 0:
             raise RegnasError(f'{path}: give a JSON list of class indices or {{"predictions": [...]}}')
     elif path.suffix == ".onnx":

@@ -17,20 +17,68 @@ from safetensors.torch import load_file, save_file
 from regnas.errors import RegnasError
 
 
+def _unwritable(path: Path, exc: OSError) -> RegnasError:
+    return RegnasError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    A location that cannot be written (read-only, a file where a folder should be, a folder where the
+    file should be) is a one-line RegnasError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise RegnasError(f"cannot write {path}: it is a directory; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _unwritable(path, exc) from exc
     os.close(fd)
     os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Prove, before any long work starts, that `path` is (or can become) a directory files can be written to.
+
+    Nothing is left behind: a probe file is created and removed in `path`, or in its nearest existing
+    parent when `path` does not exist yet.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RegnasError(f"{what} {path} is a file; pass a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RegnasError(f"{what} {path} cannot be created: {probe} is a file; pass another directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".regnas-probe-"):
+            pass
+    except OSError as exc:
+        raise RegnasError(f"cannot write to {what} {path} ({exc.strerror or exc}); choose a writable location") from exc
+    return path
+
+
+def ensure_writable_file(path: str | os.PathLike | None, what: str = "output file") -> None:
+    """Fail now, not after the work, when `path` (if given) cannot be written."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise RegnasError(f"{what} {path} is a directory; name a file")
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), f"the folder of {what} {path}")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

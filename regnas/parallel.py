@@ -57,7 +57,7 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
 class RayPool:
     """`workers` Ray actors that compute subnet predictions for an Evaluator; a local Ray unless `address` is given."""
 
-    def __init__(self, evaluator: Evaluator, workers: int, address: str | None = None):
+    def __init__(self, supernet: Supernet, data: Dataset, calib_size: int, workers: int, address: str | None = None):
         ray = require("ray", "ray")
         if address is not None:
             check_ray_address(address)
@@ -74,15 +74,13 @@ class RayPool:
                 raise RegnasError(f"could not join Ray at {address or 'a local instance'}: {str(exc).splitlines()[0]}") from None
         if address is not None and workers <= 1:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        net = evaluator.supernet
-        data = evaluator.data
         bundle = ray.put(
             {
-                "space": net.space.name,
-                "config": net.space.config,
-                "state": {k: v.detach().cpu() for k, v in net.model.state_dict().items()},
+                "space": supernet.space.name,
+                "config": supernet.space.config,
+                "state": {k: v.detach().cpu() for k, v in supernet.model.state_dict().items()},
                 "data": Dataset(data.name, {s: data[s] for s in SEARCH_SPLITS}, data.class_names, data.digest),
-                "calib_size": len(evaluator.calib_x),
+                "calib_size": calib_size,
             }
         )
         actor = ray.remote(num_cpus=1)(_Worker)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from regnas.cli import main
 from regnas.spaces import create_space
+from regnas.targets import BUILTIN_DIR
 
 FAST = ["--epochs", "1", "--population", "6", "--generations", "2"]
 
@@ -27,8 +28,15 @@ def run(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """The built-in targets, with a lax flip limit: a 1-epoch supernet's int8 models flip often, and searching
+    quantization options for each is tested in tests/exporters, not here."""
     out = tmp_path_factory.mktemp("build")
-    code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), *FAST)
+    lax = out.parent / "lax-targets"
+    lax.mkdir(exist_ok=True)
+    for toml in BUILTIN_DIR.glob("*.toml"):
+        (lax / toml.name).write_text(toml.read_text().replace("max_nfr_vs_fp32 = 0.002", "max_nfr_vs_fp32 = 0.5"))
+    code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), *FAST)
+    assert (out / "report.json").is_file(), stderr
     report = json.loads((out / "report.json").read_text())
     assert code == (0 if report["check"]["passed"] else 1), stderr
     return out, stdout, stderr
@@ -158,7 +166,7 @@ def test_mismatching_and_corrupt_checkpoints_exit_2(digits_supernet, tmp_path, c
     three = _npz(tmp_path / "three.npz", 3)
     out = tmp_path / "out"
     assert main(["build", "--data", str(three), "--supernet", str(ckpt_dir / "supernet.safetensors"), "--out", str(out)]) == 2
-    assert "10 classes" in capsys.readouterr().err
+    assert "was trained on other data or another split" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
     assert main(["build", "--supernet", str(corrupt), "--out", str(out)]) == 2
@@ -232,3 +240,40 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 def test_report_of_a_directory_without_a_build_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "has no report.json" in capsys.readouterr().err
+
+
+EVERY_FORMAT = """name = "all"
+max_nfr_vs_fp32 = 0.5
+[exporters]
+onnx = ["fp32", "int8"]
+executorch = ["int8"]
+tvm = ["fp32"]
+coreml = ["fp16"]
+tensorrt = ["int8"]
+[budget]
+flops_fraction = 0.3
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", ["resnet", "vit"])
+def test_every_space_builds_with_every_exporter(space, tmp_path):
+    """mbv3 is the `built` fixture; the other spaces go through every exporter too (resnet once broke ExecuTorch lowering)."""
+    target = tmp_path / "all.toml"
+    target.write_text(EVERY_FORMAT)
+    out = tmp_path / "build"
+    code, _, stderr = run("build", "--targets", str(target), "--space", space, "--out", str(out), *FAST)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    formats = {(a["format"], a["precision"]) for a in report["artifacts"]}
+    assert formats == {
+        ("onnx", "fp32"),
+        ("onnx", "int8"),
+        ("executorch", "int8"),
+        ("tvm", "fp32"),
+        ("coreml", "fp16"),
+        ("tensorrt", "int8"),
+    }
+    ran = [a for a in report["artifacts"] if a["status"] == "ok" and a["top1"] is not None]
+    assert {a["format"] for a in ran} == {"onnx", "executorch", "tvm", "tensorrt"}  # Core ML predicts on macOS only
+    assert all(a["status"] == "ok" or a["status"].startswith("skipped: ") for a in report["artifacts"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,8 +41,20 @@ def interrupted(tmp_path_factory):
             time.sleep(0.2)
     finally:
         os.killpg(p.pid, signal.SIGKILL)
+        kill_workers(str(out))
         p.wait()
     return out, log.read_text()
+
+
+def kill_workers(marker: str) -> None:
+    """SIGKILL every process whose command line names `marker`: torchrun may start its workers in sessions of their own."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
 
 
 def test_two_cpu_processes_train_and_only_rank_0_writes(interrupted):

@@ -9,7 +9,8 @@ import torch
 
 from regnas.cli import main
 from regnas.evaluate import predict, recalibrate_bn
-from regnas.gate import decide, upper_bound
+from regnas.flips import upper_bound
+from regnas.gate import decide
 from regnas.io import save_tensors, write_json
 
 

@@ -18,7 +18,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, capsys):
+def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, caplog):
     _, ckpt = digits_supernet
     common = {
         "targets": "phone,edge,server",
@@ -27,8 +27,9 @@ def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, capsys):
         "export": False,
     }
     serial = build(BuildOptions(out=tmp_path / "serial", **common))
-    parallel = build(BuildOptions(out=tmp_path / "ray", workers=2, **common))
-    assert "search: evaluating candidates on 2 Ray workers" in capsys.readouterr().err
+    with caplog.at_level("INFO", logger="regnas"):
+        parallel = build(BuildOptions(out=tmp_path / "ray", workers=2, **common))
+    assert "search: evaluating candidates on 2 Ray workers" in caplog.text
     for kind in (lambda r: r["family"], lambda r: r["baseline"]["family"]):
         assert [m["arch"] for m in kind(parallel)] == [m["arch"] for m in kind(serial)]
         assert [m["top1"] for m in kind(parallel)] == [m["top1"] for m in kind(serial)]

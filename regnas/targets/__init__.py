@@ -9,6 +9,8 @@ Built-ins live in `builtin/`; users add a TOML file path, or a directory of them
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "max_nfr_vs_fp32": (int, float),
     "lut": str,
     "tvm_target": (str, dict),
+    "keep_float": dict,
 }
 _BUDGETS = ("flops", "flops_fraction", "latency_ms")
 DEFAULT_MAX_NFR = 0.002
@@ -47,6 +50,8 @@ class Target:
     max_nfr_vs_fp32: float = DEFAULT_MAX_NFR
     lut: str | None = None
     tvm_target: str | dict[str, Any] = "llvm"
+    keep_float: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per exporter, units its int8 artifacts always keep in float (graph node or module names, or first / last)."""
 
     @property
     def latency_ms(self) -> float | None:
@@ -81,6 +86,8 @@ class Target:
             "max_nfr_vs_fp32": self.max_nfr_vs_fp32,
             "tvm_target": self.tvm_target,
         }
+        if self.keep_float:
+            out["keep_float"] = {k: list(v) for k, v in self.keep_float.items()}
         return {**out, "lut": self.lut} if self.lut else out
 
 
@@ -88,6 +95,8 @@ def _exporters(value: list | dict, source: str) -> dict[str, tuple[str, ...]]:
     """`["onnx", ...]` (every precision each writes) or `{onnx = ["fp32", "int8"], ...}`, validated against the registry."""
     from regnas.exporters import create_exporter, exporter_names
 
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise RegnasError(f'{source}: exporters must be a list of names such as ["onnx", "tvm"] or a table, got {value!r}')
     table = {name: None for name in value} if isinstance(value, list) else value
     out = {}
     for name, precisions in table.items():
@@ -115,12 +124,16 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
             raise RegnasError(f"{source}: {key} must be a {names}, got {value!r}")
     if "name" not in obj or "budget" not in obj:
         raise RegnasError(f"{source}: a target needs 'name' and a [budget] table")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", obj["name"]):
+        raise RegnasError(
+            f"{source}: target name {obj['name']!r} must be a plain identifier (letters, digits, '-' or '_'): it names a build folder"
+        )
     budget = obj["budget"]
     kinds = [k for k in budget if k in _BUDGETS]
     if len(kinds) != 1 or len(budget) != 1:
         raise RegnasError(f"{source}: [budget] needs exactly one of {', '.join(_BUDGETS)}, got {sorted(budget)}")
     value = budget[kinds[0]]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise RegnasError(f"{source}: budget {kinds[0]} must be a positive number, got {value!r}")
     if kinds[0] == "flops_fraction" and value > 1:
         raise RegnasError(f"{source}: budget flops_fraction must be in (0, 1], got {value}")
@@ -133,11 +146,17 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
     if precision not in ("fp32", "fp16", "int8"):
         raise RegnasError(f"{source}: precision must be fp32, fp16 or int8, got {precision!r}")
     max_nfr = float(obj.get("max_nfr_vs_fp32", DEFAULT_MAX_NFR))
-    if not 0 <= max_nfr <= 1:
+    if not 0 <= max_nfr <= 1:  # also false for nan
         raise RegnasError(f"{source}: max_nfr_vs_fp32 is a fraction in [0, 1], got {max_nfr}")
     lut = obj.get("lut")
     if lut is not None and base is not None and not Path(lut).is_absolute():
         lut = str(base / lut)
+    if lut is not None and not Path(lut).is_file():
+        raise RegnasError(f"{source}: its lut file {lut} does not exist; run regnas profile --target {obj['name']} --out {lut}")
+    keep_float = obj.get("keep_float", {})
+    for name, units in keep_float.items():
+        if name not in obj.get("exporters", []) or not isinstance(units, list) or not all(isinstance(u, str) for u in units):
+            raise RegnasError(f"{source}: keep_float.{name} must be a list of unit names for an exporter this target uses")
     return Target(
         name=obj["name"],
         budget={kinds[0]: float(value)},
@@ -149,6 +168,7 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
         max_nfr_vs_fp32=max_nfr,
         lut=lut,
         tvm_target=obj.get("tvm_target", "llvm"),
+        keep_float={k: tuple(v) for k, v in keep_float.items()},
     )
 
 

@@ -9,12 +9,13 @@ device when an RPC address is given; otherwise for this host.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import logging
 import os
 import platform
 import random
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,13 @@ from torch import nn
 
 from regnas.errors import RegnasError
 from regnas.exporters import ExportJob, create_exporter
-from regnas.runtimes import Remote, Runtime, load_runtime
+from regnas.runtimes import Remote, Runtime, load_runtime, runtime_class
 from regnas.spaces import Arch, SearchSpace
 from regnas.targets import Target
 from regnas.targets.lut import LUT, load_lut, save_lut, unit_key
 
-FORMATS = {"onnxruntime": "onnx", "executorch": "executorch", "tvm": "tvm", "coreml": "coreml", "tensorrt": "tensorrt"}
+logger = logging.getLogger(__name__)
+
 CALIB = 32
 
 
@@ -55,7 +57,7 @@ def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Targ
 
         path = compile_library(job.onnx(), tuple(input_shape), work / "unit.so", target.tvm_target if remote else "llvm")
         return load_runtime("tvm", path, target.threads, remote)
-    exporter = create_exporter(FORMATS[target.runtime])
+    exporter = create_exporter(runtime_class(target.runtime).exporter)
     if target.precision not in exporter.precisions:
         raise RegnasError(f"target {target.name}: the {target.runtime} runtime has no {target.precision} build; use {exporter.precisions}")
     runs = [e for e in exporter.export(job, target.precision) if e.runtime == target.runtime and e.status == "ok"]
@@ -83,7 +85,7 @@ def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int)
         "machine": platform.machine(),
         "cores": os.cpu_count(),
         "runtime": target.runtime,
-        "runtime_version": _runtime_version(target.runtime),
+        "runtime_version": runtime_class(target.runtime).package_version(),
         "threads": target.threads,
         "precision": target.precision,
         "tvm_target": target.tvm_target if target.runtime == "tvm" and remote else ("llvm" if target.runtime == "tvm" else None),
@@ -95,17 +97,6 @@ def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int)
     }
 
 
-def _runtime_version(runtime: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    package = {"onnxruntime": "onnxruntime", "executorch": "executorch", "tvm": "apache-tvm", "coreml": "coremltools"}
-    package["tensorrt"] = "tensorrt"
-    try:
-        return f"{package[runtime]} {version(package[runtime])}"
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def profile(
     target: Target,
     space: SearchSpace,
@@ -113,7 +104,6 @@ def profile(
     remote: Remote | None = None,
     warmup: int = 10,
     repeats: int = 50,
-    log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> LUT:
     """Measure every unit of `space` on `target` into the LUT at `out`, resuming an unfinished one there."""
@@ -131,7 +121,7 @@ def profile(
         if same and old.provenance.get("host") == lut.provenance["host"]:
             lut.entries = old.entries
             if lut.entries:
-                log(f"profile: resuming {out} ({len(lut.entries)} units measured)")
+                logger.info(f"profile: resuming {out} ({len(lut.entries)} units measured)")
     units = space.all_units()
     todo = [u for u in units if unit_key(u) not in lut.entries]
     from tqdm import tqdm
@@ -143,7 +133,7 @@ def profile(
         save_lut(out, lut)
     lut.complete = True
     save_lut(out, lut)
-    log(f"profile: {len(units)} units of {space.name} on {target.name} → {out}")
+    logger.info(f"profile: {len(units)} units of {space.name} on {target.name} → {out}")
     return lut
 
 
@@ -198,7 +188,6 @@ def validate(
     n_fit: int = 30,
     seed: int = 0,
     remote: Remote | None = None,
-    log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
     """Fit the calibration on `n_fit` random subnets, then score predictions on `n` others (before and after)."""
@@ -231,8 +220,38 @@ def validate(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     lut.validation = result
-    log(
+    logger.info(
         f"validate {target.name}: within 10% {result['within_10pct']:.0%} (plain sum {result['before_calibration']['within_10pct']:.0%}), "
         f"Spearman {result['spearman']:.3f}, RMSPE {result['rmspe']:.1%} (plain {result['before_calibration']['rmspe']:.1%})"
     )
     return result
+
+
+def validate_lut(
+    target: Target,
+    space: SearchSpace,
+    lut_path: Path | None,
+    lut_dir: Path | None,
+    n: int = 50,
+    n_fit: int = 30,
+    seed: int = 0,
+    remote: Remote | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """Validate (and calibrate) the target's LUT, given or found as `find_lut` finds it, and save it back."""
+    from regnas.targets.lut import find_lut
+
+    if lut_path:
+        path, lut = Path(lut_path), load_lut(lut_path)
+        if not lut.matches(target, space):
+            raise RegnasError(f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not this target and space; pick its LUT")
+    else:
+        found = find_lut(target, space, lut_dir)
+        if found is None:
+            shape = space.input_shape
+            raise RegnasError(f"no LUT for {target.name} and {space.name} at {shape}; run regnas profile --target {target.name} first")
+        path, lut = found
+    target = dataclasses.replace(target, threads=lut.threads)  # measure subnets as the units were measured
+    result = validate(target, space, lut, n, n_fit, seed, remote, progress=progress)
+    save_lut(path, lut)
+    return path, result
