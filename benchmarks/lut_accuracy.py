@@ -20,9 +20,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from regnas.build import log
 from regnas.data import load_dataset
 from regnas.io import read_json, write_json
+from regnas.logs import configure
 from regnas.spaces import create_space, space_class
 from regnas.targets import resolve_targets
 from regnas.targets.lut import BUILTIN_LUTS, load_lut, lut_filename, save_lut
@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--retest", type=int, default=15, help="subnets timed twice to measure the device's own repeatability (0: skip)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lut_accuracy.json"))
     args = ap.parse_args()
+    configure()
     data = load_dataset(args.data, 0)
     space = create_space(args.space, space_class(args.space).default_config(data.input_shape, data.num_classes))
     kept = read_json(args.out, "results")["runtimes"] if args.out.is_file() else []
@@ -55,12 +56,12 @@ def main() -> int:
         lut = load_lut(path) if path.is_file() else None
         profiled = lut is None or not lut.complete or lut.threads != target.threads
         if profiled:
-            lut = profile(target, space, path, log=log, progress=False)
+            lut = profile(target, space, path, progress=False)
         t1 = time.time()
         result = lut.validation or {}
         validated = (result.get("n"), result.get("n_fit")) != (args.n, args.n_fit)
         if validated:  # else validated before with these settings: its numbers stand
-            result = validate(target, space, lut, args.n, args.n_fit, log=log, progress=False)
+            result = validate(target, space, lut, args.n, args.n_fit, progress=False)
             save_lut(path, lut)
         keys = ("n", "within_5pct", "within_10pct", "rmspe", "spearman")
         retest = repeatability(target, space, args.retest) if args.retest else None

@@ -1,20 +1,27 @@
 """REG-NAS family vs the independent baseline and PCT, per search space: flips between members, top-1, sharing.
 
-For each space, seed 0 is a full, timed `regnas build` (supernet training included); further seeds
-repeat the family (R2, nested) and baseline (R0, each target alone) searches with their own search
-seed on the same supernet, splits and budgets. Two rows start from the baseline's models: `pct`
-fine-tunes each larger member against the one before it with focal distillation (Yan et al., CVPR
-2021), and `finetune` is the same fine-tune without the distillation term, the control that shows
-what PCT's loss adds. Test-split numbers only. Writes JSON and prints a table.
+For each space, seed 0 is a `regnas build` (supernet training included, or reused from `--work`);
+every seed then searches, on that supernet, split and budgets, with its own search seed:
+- one family per reward of the sweep (R0, R2, λ2 ∈ {2, 5, 10}, R1; nested, flips against the
+  previous member), the `--reward` one being the `family` row;
+- the independent baseline (R0, each target alone);
+- `pct`: the baseline's models, each fine-tuned towards the one before with focal distillation
+  (Yan et al., CVPR 2021), and `finetune`: the same without the distillation term (the control);
+- `family_finetune`: the family after nesting-preserving focal distillation (`regnas build
+  --finetune`: each member trains only the weights it does not share with the one before).
+Test-split numbers only. Writes JSON, a Pareto plot (mean NFR vs mean top-1, every row) and a table.
 
-    python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet vit] [--seeds 0 1 2] [--work DIR] [--out FILE]
+    python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet] [--seeds 0 1 2] [--reward R2]
+        [--time-budget 45] [--work build/bench] [--out FILE]
 
-Target: family NFR <= 0.5 x baseline NFR, with each member's top-1 within 0.3 points.
+Targets: family mean NFR <= 0.5 x baseline and <= 0.6 x PCT, each member's top-1 within 0.3 points of the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import platform
 import sys
 import time
@@ -25,17 +32,20 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from regnas.build import BuildOptions, build
-from regnas.data import load_dataset
+from regnas.data import load_recorded_split
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
 from regnas.flips import nfr
-from regnas.io import read_json, write_json
+from regnas.io import atomic_path, read_json, write_json
+from regnas.logs import configure
 from regnas.pct import PCTConfig, pct_family
-from regnas.search import PRESETS, SearchConfig
-from regnas.spaces import space_names
+from regnas.report import trade_off_plot
+from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))
+SWEEP = ("R0", "R2", "1,2", "1,5", "1,10", "R1")
+TARGET_BASELINE, TARGET_PCT, TARGET_TOP1_POINTS = 0.5, 0.6, 0.3
 
 
 def pair_nfrs(preds: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
@@ -44,75 +54,81 @@ def pair_nfrs(preds: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
     return {f"NFR({new},{old})": nfr(preds[idx[old]], preds[idx[new]], labels) for new, old in PAIRS}
 
 
-def run_seed(section: dict, preds: list[np.ndarray], labels: np.ndarray) -> dict:
-    return {
-        "top1": {m["target"]: m["top1"] for m in section["family"]},
-        "flops": {m["target"]: m["flops"] for m in section["family"]},
-        "nfr": pair_nfrs(preds, labels),
-        "nesting": section["nesting"],
-        "archs": {m["target"]: m["arch"] for m in section["family"]},
-    }
+def row(names: list[str], preds: list[np.ndarray], labels: np.ndarray, section: dict | None = None) -> dict:
+    out = {"top1": {n: float((p == labels).mean()) for n, p in zip(names, preds)}, "nfr": pair_nfrs(preds, labels)}
+    if section is not None:
+        out |= {"flops": {m["target"]: m["flops"] for m in section["family"]}, "nesting": section["nesting"]}
+        out["archs"] = {m["target"]: m["arch"] for m in section["family"]}
+    return out
 
 
-def finetuned(base, data, cfg: PCTConfig, labels: np.ndarray) -> dict:
-    """Top-1 and pair NFRs of the baseline's models after (focal-distillation) fine-tuning."""
-    nets = pct_family(base.nets, data, cfg, log=lambda m: print(m, file=sys.stderr))
-    preds = [predict(n, data["test"].x) for n in nets]
-    names = [m["target"] for m in base.section["family"]]
-    return {"top1": {n: float((p == labels).mean()) for n, p in zip(names, preds)}, "nfr": pair_nfrs(preds, labels)}
-
-
-KINDS = ("family", "baseline", "pct", "finetune")
+def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str], nested: bool = False) -> dict:
+    """Top-1 and pair NFRs after (focal-distillation) fine-tuning each model towards the one before it."""
+    out = pct_family(nets, data, cfg, nested=nested)
+    return row(names, [predict(n, data["test"].x) for n in out], labels)
 
 
 def bench_space(args: argparse.Namespace, space: str) -> dict:
-    """Every seed's family, baseline, PCT and fine-tune rows for one search space, and their means."""
+    """Every seed's rows for one search space, and their means."""
     first = args.seeds[0]
-    work = args.work / space
-    t0 = time.time()
-    report = build(BuildOptions(targets=args.targets, data=args.data, out=work, seed=first, space=space, export=False))
-    build_seconds = time.time() - t0
-    data = load_dataset(args.data, first)
+    work = args.work / f"{space}-{args.data}"
+    if (work / "report.json").is_file():  # a build made by build_speed.py / supernet_quality.py, or an earlier run
+        report = read_json(work / "report.json")
+        if report["config"]["reward"]["name"] != parse_reward(args.reward).name or report["config"]["seed"] != first:
+            sys.exit(f"{work} was built with another reward or seed; pass another --work")
+    else:
+        opts = BuildOptions(targets=args.targets, data=args.data, out=work, seed=first, space=space, export=False)
+        report = build(replace(opts, rewards=(args.reward,), time_budget=args.time_budget))
+    build_seconds = report["timing_s"]["total"]
+    header = read_json(work / "supernet.json")
+    data = load_recorded_split(args.data, header["split"], str(work / "supernet.json"))
     net = load_checkpoint(work / "supernet.safetensors", space, data)
     evaluator = Evaluator(net, data)
     labels = evaluator.labels("test")
     budgets = [(m["target"], m["budget_flops"]) for m in report["family"]]
+    names = [m["target"] for m in report["family"]]
     cfg = SearchConfig(**report["config"]["search"])
     pct = PCTConfig(epochs=args.pct_epochs)
+    rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *SWEEP))}
 
     runs = []
     for seed in args.seeds:
         t = time.time()
-        if seed == first:
-            cached = read_json(work / "search.json")
-            fam = assess(evaluator, [Member.from_json(net.space, m) for m in cached["family"]])
-            base = assess(evaluator, [Member.from_json(net.space, m) for m in cached["baseline"]])
-        else:
-            fam = assess(evaluator, search_family(evaluator, budgets, PRESETS["R2"], cfg, seed, log=lambda m: print(m, file=sys.stderr)))
-            base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed, log=lambda m: print(m, file=sys.stderr)))
-        runs.append(
-            {
-                "seed": seed,
-                "family": run_seed(fam.section, fam.preds, labels),
-                "baseline": run_seed(base.section, base.preds, labels),
-                "pct": finetuned(base, data, replace(pct, seed=seed), labels),
-                "finetune": finetuned(base, data, replace(pct, seed=seed, weight=0.0), labels),
-                "seconds": time.time() - t,
-            }
-        )
-        print(f"{space}: seed {seed} done in {time.time() - t:.0f}s", file=sys.stderr)
+        run: dict = {"seed": seed}
+        for name, reward in rewards.items():
+            if seed == first and name == args.reward:
+                members = [Member.from_json(net.space, m) for m in read_json(work / "search.json")["family"]]
+            else:
+                members = search_family(evaluator, budgets, reward, cfg, seed)
+            fam = assess(evaluator, members)
+            run["family" if name == args.reward else f"family_{name}"] = row(names, fam.preds, labels, fam.section)
+            if name == args.reward:
+                run["family_finetune"] = tuned(fam.nets, data, replace(pct, seed=seed), labels, names, nested=True)
+        base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed))
+        run["baseline"] = row(names, base.preds, labels, base.section)
+        run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
+        run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
+        run["seconds"] = time.time() - t
+        runs.append(run)
+        print(f"{space}: seed {seed} done in {run['seconds']:.0f}s", file=sys.stderr)
 
-    def mean(kind: str, key: str, name: str) -> float:
-        return float(np.mean([r[kind][key][name] for r in runs]))
-
-    names = [m["target"] for m in report["family"]]
+    kinds = [k for k in runs[0] if k not in ("seed", "seconds")]
     summary = {}
-    for kind in KINDS:
-        nfrs = {k: mean(kind, "nfr", k) for k in runs[0][kind]["nfr"]}
-        summary[kind] = {"top1": {n: mean(kind, "top1", n) for n in names}, "nfr": nfrs, "mean_nfr": float(np.mean(list(nfrs.values())))}
-    base_nfr = summary["baseline"]["mean_nfr"]
-    ratio = {k: summary[k]["mean_nfr"] / base_nfr if base_nfr else float("nan") for k in ("family", "pct", "finetune")}
-    top1_delta = {n: 100 * (summary["family"]["top1"][n] - summary["baseline"]["top1"][n]) for n in names}
+    for kind in kinds:
+        nfrs = {k: float(np.mean([r[kind]["nfr"][k] for r in runs])) for k in runs[0][kind]["nfr"]}
+        top1 = {n: float(np.mean([r[kind]["top1"][n] for r in runs])) for n in names}
+        summary[kind] = {
+            "top1": top1,
+            "nfr": nfrs,
+            "mean_nfr": float(np.mean(list(nfrs.values()))),
+            "mean_top1": float(np.mean(list(top1.values()))),
+        }
+    base_nfr, pct_nfr = summary["baseline"]["mean_nfr"], summary["pct"]["mean_nfr"]
+    ratio = {k: summary[k]["mean_nfr"] / base_nfr if base_nfr else float("nan") for k in kinds if k != "baseline"}
+    over_pct = {k: summary[k]["mean_nfr"] / pct_nfr if pct_nfr else float("nan") for k in ("family", "family_finetune")}
+    top1_delta = {
+        k: {n: 100 * (summary[k]["top1"][n] - summary["baseline"]["top1"][n]) for n in names} for k in ("family", "family_finetune")
+    }
 
     # How NFR tracks sharing: every consecutive pair of every run, family and baseline alike.
     points = [
@@ -127,72 +143,108 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
         "spearman": float(spearmanr(shares, flips).statistic) if len(set(shares)) > 1 else None,
         "pearson": float(pearsonr(shares, flips).statistic) if len(set(shares)) > 1 else None,
     }
+
+    def meets(kind: str) -> bool:
+        return (
+            ratio[kind] <= TARGET_BASELINE
+            and over_pct[kind] <= TARGET_PCT
+            and all(d >= -TARGET_TOP1_POINTS for d in top1_delta[kind].values())
+        )
+
     return {
         "space": space,
         "targets": names,
+        "reward": args.reward,
         "build_seconds": build_seconds,
         "supernet_train": report["config"]["train"],
         "pct": asdict(pct),
         "runs": runs,
         "summary": summary,
         "nfr_over_baseline": ratio,
-        "family_over_baseline_nfr": ratio["family"],
+        "nfr_over_pct": over_pct,
         "relative_nfr_reduction": 1 - ratio["family"],
-        "top1_delta_points": top1_delta,
+        "top1_delta_points": top1_delta["family"],
+        "finetune_top1_delta_points": top1_delta["family_finetune"],
         "nfr_vs_shared_weight": correlation,
-        "met": bool(ratio["family"] <= 0.5 and all(d >= -0.3 for d in top1_delta.values())),
+        "met": {"family": meets("family"), "family_finetune": meets("family_finetune")},
     }
 
 
 def print_space(res: dict) -> None:
     names, summary = res["targets"], res["summary"]
-    print(f"== {res['space']} ==")
-    print(f"{'':9} " + " ".join(f"{'top1 ' + n:>12}" for n in names) + " " + " ".join(f"{k:>10}" for k in summary["family"]["nfr"]))
-    for kind in KINDS:
-        s = summary[kind]
-        print(
-            f"{kind:9} "
-            + " ".join(f"{100 * s['top1'][n]:11.2f}%" for n in names)
-            + " "
-            + " ".join(f"{100 * v:9.2f}%" for v in s["nfr"].values())
-        )
-    r = res["nfr_over_baseline"]
+    print(f"== {res['space']} (default reward {res['reward']}) ==")
     print(
-        f"mean NFR / baseline: family {r['family']:.3f}, pct {r['pct']:.3f}, finetune {r['finetune']:.3f}; family top-1 delta (points): "
-        + ", ".join(f"{n} {d:+.2f}" for n, d in res["top1_delta_points"].items())
+        f"{'':18} "
+        + " ".join(f"{'top1 ' + n:>12}" for n in names)
+        + " "
+        + " ".join(f"{k:>10}" for k in summary["family"]["nfr"])
+        + "  mean NFR"
     )
+    for kind, s in summary.items():
+        cells = " ".join(f"{100 * s['top1'][n]:11.2f}%" for n in names) + " " + " ".join(f"{100 * v:9.2f}%" for v in s["nfr"].values())
+        print(f"{kind:18} {cells} {100 * s['mean_nfr']:8.2f}%")
+    r, p = res["nfr_over_baseline"], res["nfr_over_pct"]
+    print(
+        f"mean NFR / baseline: family {r['family']:.3f}, family_finetune {r['family_finetune']:.3f}, pct {r['pct']:.3f}; "
+        f"/ PCT: family {p['family']:.3f}, family_finetune {p['family_finetune']:.3f}"
+    )
+    print("family top-1 delta vs baseline (points): " + ", ".join(f"{n} {d:+.2f}" for n, d in res["top1_delta_points"].items()))
     c = res["nfr_vs_shared_weight"]
     print(f"NFR vs shared-weight fraction over {len(c['pairs'])} pairs: spearman {c['spearman']}, pearson {c['pearson']}")
-    met = "met" if res["met"] else "NOT met"
-    print(f"target (ratio <= 0.5, top-1 within 0.3 points): {met}; build took {res['build_seconds'] / 60:.1f} min")
+    print(f"targets (<= {TARGET_BASELINE} x baseline, <= {TARGET_PCT} x PCT, top-1 within {TARGET_TOP1_POINTS}): {res['met']}")
+
+
+def save_plot(spaces: dict, path: Path) -> None:
+    """Every row of every space as a point of the trade-off, one PNG per space stacked in one file."""
+    from PIL import Image
+
+    images = []
+    for space, res in spaces.items():
+        points = [{"reward": kind, **res["summary"][kind]} for kind in res["summary"]]
+        uri = trade_off_plot(points, f"{space}: mean NFR vs mean top-1 ({len(res['runs'])} seeds, test)")
+        images.append(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
+    y = 0
+    for img in images:
+        canvas.paste(img, (0, y))
+        y += img.height
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--spaces", nargs="+", default=space_names())
+    ap.add_argument("--spaces", nargs="+", default=["mbv3", "resnet"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--reward", default="R2", help="the default reward: the `family` row")
     ap.add_argument("--targets", default="phone,edge,server")
+    ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the seed-0 build (default: 45)")
     ap.add_argument("--pct-epochs", type=int, default=PCTConfig.epochs)
-    ap.add_argument("--work", type=Path, default=Path("build/bench-nfr"))
+    ap.add_argument("--work", type=Path, default=Path("build/bench"), help="build directories (WORK/<space>-<data>), reused when present")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/nfr_family.json"))
     args = ap.parse_args()
+    configure()
 
-    spaces = {}
+    old = read_json(args.out) if args.out.is_file() else {}
+    spaces = {k: v for k, v in old.get("spaces", {}).items() if old.get("data") == args.data and k not in args.spaces}
     for space in args.spaces:
         spaces[space] = bench_space(args, space)
         print_space(spaces[space])
+    plot = args.out.with_name(args.out.stem + "_pareto.png")
+    save_plot(spaces, plot)
     result = {
         "benchmark": "nfr_family",
         "data": args.data,
         "seeds": args.seeds,
         "host": {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()},
-        "target": {"nfr_ratio_max": 0.5, "top1_drop_max_points": 0.3},
+        "target": {"nfr_over_baseline_max": TARGET_BASELINE, "nfr_over_pct_max": TARGET_PCT, "top1_drop_max_points": TARGET_TOP1_POINTS},
         "spaces": spaces,
-        "met": all(r["met"] for r in spaces.values()),
+        "plot": plot.name,
+        "met": all(r["met"]["family"] for r in spaces.values()),
     }
     write_json(args.out, result)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {plot}")
     return 0
 
 

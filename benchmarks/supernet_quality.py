@@ -1,0 +1,210 @@
+"""Supernet quality: subnets taken from the supernet against the same archs trained alone.
+
+For each space and dataset, a timed `regnas build` (train, search, export, check) trains the
+supernet within `--time-budget` (a build already in `WORK/<space>-<data>`, such as the ones
+`build_speed.py` leaves, is reused with its recorded timing); then the largest, a median and the smallest subnet (BN
+recalibrated on calib) are scored on the test split beside the same three archs trained standalone
+with the same recipe (`TrainConfig` from the checkpoint: epochs, batch, schedule, label smoothing)
+and the same number of epochs. The median subnet is the middle, by FLOPs, of 101 archs sampled
+with seed 12345. Writes JSON and prints a table.
+
+    python benchmarks/supernet_quality.py [--data fashion-mnist digits] [--spaces mbv3 resnet vit]
+        [--time-budget 45] [--no-export] [--work build/bench] [--out FILE]
+
+Targets (2 CPU cores): on Fashion-MNIST the largest mbv3 subnet >= 92.0% test top-1 from a whole
+build of at most 45 minutes, and every subnet within 1.0 point of its standalone twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from regnas.data import load_recorded_split
+from regnas.evaluate import predict, recalibrate_bn
+from regnas.io import read_json, write_json
+from regnas.logs import configure
+from regnas.spaces import SearchSpace
+from regnas.train import TrainConfig, load_checkpoint, train_standalone
+
+TARGET_LARGEST = 0.92
+TARGET_GAP = 0.01
+BUILD_LIMIT_MIN = 45
+
+
+def named_subnets(space: SearchSpace) -> dict[str, object]:
+    """The largest, the median by FLOPs of 101 archs sampled with a fixed seed, and the smallest."""
+    rng = random.Random(12345)
+    sample = sorted({space.sample(rng) for _ in range(101)}, key=lambda a: (space.flops(a), space.encode(a)))
+    return {"largest": space.largest(), "median": sample[len(sample) // 2], "smallest": space.smallest()}
+
+
+def test_top1(net, data) -> float:
+    net = recalibrate_bn(net, data["calib"].x[:1000])
+    return float((predict(net, data["test"].x) == data["test"].y.numpy()).mean())
+
+
+def bench(data_spec: str, space_name: str, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """One timed build, then every named subnet against its standalone twin."""
+    work = args.work / f"{space_name}-{data_spec}"
+    code = None
+    if not (work / "report.json").is_file():
+        cmd = [sys.executable, "-m", "regnas", "build", "--data", data_spec, "--space", space_name, "--out", str(work)]
+        cmd += ["--time-budget", str(args.time_budget), *([] if args.export else ["--no-export"])]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            sys.exit(f"build failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        code = proc.returncode
+    report = read_json(work / "report.json")
+    seconds = report["timing_s"]["total"]
+    ckpt = work / "supernet.safetensors"
+    header = json.loads((work / "supernet.json").read_text())
+    data = load_recorded_split(data_spec, header["split"], str(ckpt))
+    net = load_checkpoint(ckpt, space_name, data)
+    cfg = TrainConfig(**net.meta["train"])
+    build = {
+        "space": space_name,
+        "data": data_spec,
+        "seconds": seconds,
+        "limit_s": args.time_budget * 60,
+        "exit": code,
+        "export": "artifacts" in report,
+        "timing_s": report["timing_s"],
+        "train": net.meta["train"],
+        "family_top1": {m["target"]: m["top1"] for m in report["family"]},
+    }
+    rows = []
+    for which, arch in named_subnets(net.space).items():
+        supernet_top1 = test_top1(net.space.extract(net.model, arch), data)
+        t1 = time.time()
+        standalone_top1 = test_top1(train_standalone(data, net.space, arch, cfg), data)
+        rows.append(
+            {
+                "space": space_name,
+                "data": data_spec,
+                "subnet": which,
+                "arch": net.space.to_json(arch),
+                "flops": net.space.flops(arch),
+                "supernet_top1": supernet_top1,
+                "standalone_top1": standalone_top1,
+                "gap_points": 100 * (standalone_top1 - supernet_top1),
+                "standalone_train_s": time.time() - t1,
+                "epochs": cfg.epochs,
+            }
+        )
+        print(f"{space_name:7} {data_spec:14} {which:9} supernet {supernet_top1:.2%}  standalone {standalone_top1:.2%}", flush=True)
+    return build, rows
+
+
+def gpu_steps(batches: tuple[int, ...] = (128, 256), steps: int = 20) -> dict:
+    """Sandwich step time and GPU busy share (CUDA kernel time / wall time) on 3×32×32 inputs, per batch size.
+
+    The training loop's GPU path: bf16 autocast, channels-last, data on the device, no host sync
+    per step. Skipped, with the reason, where CUDA is absent.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA GPU on this machine"}
+    device = torch.device("cuda")
+    return {"device": torch.cuda.get_device_name(device), **{f"batch_{b}": _gpu_batch(b, steps, device) for b in batches}}
+
+
+def _gpu_batch(batch: int, steps: int, device) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from regnas.data import Dataset, Split
+    from regnas.distributed import World
+    from regnas.spaces import create_space, space_class
+    from regnas.train import TrainConfig, _Loop, sandwich
+
+    n = batch * (steps + 3)
+    x, y = torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    splits = {s: Split(x, y, torch.arange(n).numpy()) for s in ("train", "calib", "val", "test")}
+    data = Dataset("synthetic-32px", splits, [str(i) for i in range(10)])
+    space = create_space("mbv3", space_class("mbv3").default_config((3, 32, 32), 10))
+    cfg = TrainConfig(epochs=1, batch_size=batch)
+    loop = _Loop(space, space.build_supernet(), data, cfg, World(device=device))
+    pick, rng, gen = sandwich(cfg, space), random.Random(0), torch.Generator().manual_seed(0)
+
+    def step(i: int) -> None:
+        loop.step(*loop.batch(torch.arange(i * batch, (i + 1) * batch), gen), pick(0, rng))
+
+    for i in range(3):
+        step(i)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(3, 3 + steps):
+            step(i)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kernel_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
+    return {"step_ms": 1e3 * wall / steps, "gpu_busy_share": kernel_us / 1e6 / wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", default=["fashion-mnist", "digits"])
+    ap.add_argument("--spaces", nargs="+", default=["mbv3", "resnet", "vit"])
+    ap.add_argument("--time-budget", type=float, default=BUILD_LIMIT_MIN, help="minutes per build (default: 45)")
+    ap.add_argument("--no-export", dest="export", action="store_false", help="builds stop before export and check")
+    ap.add_argument("--work", type=Path, default=Path("build/bench"), help="build directories, reused when present")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/supernet_quality.json"))
+    ap.add_argument("--gpu-only", action="store_true", help="only measure the GPU step time and busy share (needs CUDA)")
+    args = ap.parse_args()
+    if args.gpu_only:
+        old = read_json(args.out) if args.out.is_file() else {}
+        write_json(args.out, {**old, "gpu": gpu_steps()})
+        print(json.dumps(read_json(args.out)["gpu"], indent=2))
+        return 0
+    configure(-1)
+    old = read_json(args.out) if args.out.is_file() else {}
+    done = {(r["space"], r["data"]) for r in old.get("builds", [])}
+    builds = [b for b in old.get("builds", []) if (b["space"], b["data"]) not in {(s, d) for s in args.spaces for d in args.data}]
+    rows = [r for r in old.get("rows", []) if (r["space"], r["data"]) not in {(s, d) for s in args.spaces for d in args.data}]
+    for data_spec in args.data:
+        for space_name in args.spaces:
+            b, r = bench(data_spec, space_name, args)
+            builds.append(b)
+            rows += r
+            done.add((space_name, data_spec))
+            fashion_rows = [x for x in rows if x["space"] == "mbv3" and x["data"] == "fashion-mnist"]
+            largest = next((x["supernet_top1"] for x in fashion_rows if x["subnet"] == "largest"), None)
+            fashion = next((x for x in builds if x["space"] == "mbv3" and x["data"] == "fashion-mnist"), None)
+            result = {
+                "benchmark": "supernet_quality",
+                "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                "largest_top1_fashion": largest,
+                "fashion_build_seconds": fashion["seconds"] if fashion else None,
+                "targets": {"largest_top1_fashion": TARGET_LARGEST, "max_gap_points": 100 * TARGET_GAP, "build_minutes": BUILD_LIMIT_MIN},
+                "met": {
+                    "largest_top1_fashion": None if largest is None else largest >= TARGET_LARGEST,
+                    "fashion_build_minutes": None if fashion is None else fashion["seconds"] <= BUILD_LIMIT_MIN * 60,
+                    "every_subnet_within_gap": all(x["gap_points"] <= 100 * TARGET_GAP for x in rows),
+                },
+                "builds": builds,
+                "rows": rows,
+                "gpu": old.get("gpu") or gpu_steps(),
+            }
+            write_json(args.out, result)
+    print(f"\n{'space':7} {'data':14} {'subnet':9} {'MFLOPs':>7} {'supernet':>9} {'standalone':>10} {'gap':>6}")
+    for x in rows:
+        print(
+            f"{x['space']:7} {x['data']:14} {x['subnet']:9} {x['flops'] / 1e6:7.2f} {x['supernet_top1']:9.2%} "
+            f"{x['standalone_top1']:10.2%} {x['gap_points']:+6.2f}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
