@@ -63,6 +63,8 @@ class BuildOptions:
     flips_against: str = "previous"
     finetune: PCTConfig | None = None
     """Nesting-preserving focal distillation after the search (`--finetune`), with these settings."""
+    val_size: int | None = None
+    """Images in the val split the search compares candidates on (default: the split's cap); only when training."""
 
 
 Luts = dict[str, tuple[Path, LUT]]
@@ -115,7 +117,9 @@ def _latency(records: list[dict], members: list[Member], space: SearchSpace, lut
 def _data_for(opts: BuildOptions) -> Dataset:
     """The data split the build uses: a given supernet's own split (its recorded seed), else split by --seed."""
     if opts.supernet is None:
-        return load_dataset(opts.data, opts.seed)
+        return load_dataset(opts.data, opts.seed, val_size=opts.val_size)
+    if opts.val_size is not None:
+        raise RegnasError(f"--val-size applies when the supernet is trained; {opts.supernet} records its own split, so drop --val-size")
     header = checkpoint_header(opts.supernet)
     record = header.get("split")
     if record is None:  # a checkpoint from before splits were recorded: only --seed's split can be checked
@@ -235,6 +239,7 @@ def _val_test_agreement(members: list[dict[str, Any]]) -> dict[str, Any]:
             "test_top1": m["top1"],
             "val_nfr_vs_prev": m["val_nfr_vs_prev"],
             "test_nfr_vs_prev": m["nfr_vs_prev"],
+            "val_margin": m.get("val_margin"),
         }
         for m in members
     ]

@@ -82,6 +82,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_count, default=0, help="seed for splits, training and search (default: 0)")
     p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
     p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
+    p.add_argument(
+        "--val-size",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="images in the val split the search compares candidates on (default: 15%% of the data, at most 5000)",
+    )
 
 
 @register_command
@@ -166,6 +173,7 @@ class Build(Command):
             lut_dir=args.lut_dir,
             flips_against=args.flips_against,
             finetune=PCTConfig(seed=args.seed) if args.finetune else None,
+            val_size=args.val_size,
         )
         report = build(opts)
         print(markdown_summary(report), end="")
@@ -263,7 +271,7 @@ class Train(Command):
         space = args.space or "mbv3"
         space_class(space)
         ensure_writable_dir(args.out, "--out")
-        data = load_dataset(args.data, args.seed)
+        data = load_dataset(args.data, args.seed, val_size=args.val_size)
         n = len(data["train"])
         cfg = TrainConfig(
             epochs=args.epochs or 1,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -259,8 +259,16 @@ def load_recorded_split(spec: str, record: dict, source: str) -> Dataset:
     return data
 
 
-def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFractions()) -> Dataset:
-    """Load a dataset by name or path and split it, deterministically for a given seed."""
+MAX_VAL_SHARE = 0.3
+"""The most of a dataset `val_size` may take: the rest trains the supernet (and calibrates, and tests)."""
+
+
+def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFractions(), val_size: int | None = None) -> Dataset:
+    """Load a dataset by name or path and split it, deterministically for a given seed.
+
+    `val_size` asks for a larger (or smaller) val split than the default cap, so the search compares
+    candidates on more samples; it becomes part of the recorded fractions.
+    """
     path = Path(spec)
     if spec in _LOADERS:
         x, y, classes, official_test = _LOADERS[spec]()
@@ -287,6 +295,13 @@ def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFrac
     if len(classes) != len(labels):
         classes = [str(c) for c in labels]
 
+    if val_size is not None:
+        if val_size > MAX_VAL_SHARE * len(x):
+            raise RegnasError(
+                f"--val-size {val_size} takes more than {MAX_VAL_SHARE:.0%} of {name}'s {len(x)} images; "
+                f"use at most {int(MAX_VAL_SHARE * len(x))}"
+            )
+        fractions = replace(fractions, val=max(fractions.val, val_size / len(x)), val_cap=val_size)
     rng = np.random.default_rng(seed)
     fr = {"calib": fractions.calib, "val": fractions.val}
     caps = {"calib": fractions.calib_cap, "val": fractions.val_cap}

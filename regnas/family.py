@@ -41,6 +41,8 @@ class Member:
     candidates: list[tuple[int, float, float | None]] = field(default_factory=list)
     """(FLOPs, val top-1, val NFR vs the previous member) of every arch the search evaluated."""
     budget_latency_ms: float | None = None
+    val_margin: dict[str, Any] | None = None
+    """The chosen arch's paired reward lead on val over the runner-up, and how many candidates tie with it (`Margin`)."""
 
     def to_json(self, space: SearchSpace) -> dict[str, Any]:
         return {**self.__dict__, "arch": space.to_json(self.arch)}
@@ -70,7 +72,14 @@ def search_family(
         best = result.best
         seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
         flops, ms = (int(budget.limit), None) if budget.unit == "FLOPs" else (None, budget.limit)
-        members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms))
+        margin = result.margin.to_json() if result.margin is not None else None
+        if margin is not None:
+            low, high = margin["interval"]
+            logger.info(
+                f"search: {name} leads the runner-up by {margin['runner_up_gap']:+.4f} reward on val "
+                f"(paired 95% [{low:+.4f}, {high:+.4f}]); {margin['tied']} of {result.evaluated - 1} others are within noise"
+            )
+        members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms, margin))
         prev = best.arch
     return members
 
@@ -182,6 +191,7 @@ def assess(evaluator: Evaluator, members: list[Member], split: str = "test", net
             "val_top1": m.val_top1,
             "val_nfr_vs_prev": m.val_nfr_vs_prev,
             "evaluated": m.evaluated,
+            "val_margin": m.val_margin,
             "flips_per_class": _per_class(preds[i - 1], p, labels, evaluator.data.num_classes) if i else None,
         }
         for i, (m, p) in enumerate(zip(members, preds))

@@ -3,6 +3,10 @@
 reward(a) = λ1·Top1(a) − λ2·NFR(a, a_prev), both on the val split. With a previous family member,
 every candidate is a superset of it: sampling draws from its supersets, and mutation, crossover
 and the budget repair (shrinking one choice at a time) never go below it.
+
+All candidates are scored on the same val samples, so the search also says how sure its choice
+is: the winner's reward minus each other candidate's is a mean of per-sample differences, whose
+paired interval tells a real lead from val noise (`Margin`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
@@ -35,6 +41,11 @@ class Reward:
 
     def __call__(self, acc: float, flip_rate: float | None) -> float:
         return self.top1 * acc - self.nfr * (flip_rate or 0.0)
+
+    def per_sample(self, correct: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+        """Each sample's share of the reward: the reward is their mean."""
+        score = self.top1 * correct.astype(np.float64)
+        return score if flipped is None else score - self.nfr * flipped
 
     def describe(self) -> str:
         """A short name: the preset, or the two weights; `+all` when flips count against every earlier member."""
@@ -99,12 +110,43 @@ class Candidate:
     reward: float
 
 
+Z95 = 1.959964
+"""Two-sided 95% normal quantile for the paired intervals."""
+
+
+@dataclass
+class Margin:
+    """How far the chosen candidate leads the runner-up on val, paired over the same samples.
+
+    `interval` is the 95% interval of the reward difference (best − runner-up); `tied` counts the
+    other candidates whose difference from the best is not significant at 95%: the choice among
+    them is decided by val noise.
+    """
+
+    runner_up_gap: float
+    interval: tuple[float, float]
+    tied: int
+
+    def to_json(self) -> dict:
+        return {"runner_up_gap": self.runner_up_gap, "interval": list(self.interval), "tied": self.tied}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Mean of `a − b` over the same samples and its 95% normal interval."""
+    d = a - b
+    mean = float(d.mean())
+    half = Z95 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+    return mean, mean - half, mean + half
+
+
 @dataclass
 class SearchResult:
     """The best candidate and how the search got there."""
 
     best: Candidate
     candidates: list[Candidate] = field(default_factory=list)
+    margin: Margin | None = None
+    """None when the search saw a single candidate."""
 
     @property
     def evaluated(self) -> int:
@@ -142,7 +184,9 @@ def evolve(
     rng = random.Random(seed)
     labels = evaluator.labels("val")
     refs = [evaluator.predictions(a, "val") for a in (earlier or ([prev] if prev is not None else []))]
+    right_before = np.any([r == labels for r in refs], axis=0) if refs else None
     seen: dict[Arch, Candidate] = {}
+    samples: dict[Arch, np.ndarray] = {}
 
     def score(arch: Arch) -> Candidate:
         if arch not in seen:
@@ -150,6 +194,8 @@ def evolve(
             acc = top1(pred, labels)
             flip = nfr_any(refs, pred, labels) if refs else None
             seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
+            correct = pred == labels
+            samples[arch] = reward.per_sample(correct, None if right_before is None else right_before & ~correct)
         return seen[arch]
 
     def rank(c: Candidate):
@@ -182,4 +228,15 @@ def evolve(
             population.append(unique(lambda ps=parents: space.mutate(rng.choice(ps), rng, cfg.mutate_prob, prev), population))
         while len(population) < cfg.population:
             population.append(unique(lambda ps=parents: space.crossover(*rng.sample(ps, 2), rng), population))
-    return SearchResult(min(seen.values(), key=rank), list(seen.values()))
+    ranked = sorted(seen.values(), key=rank)
+    return SearchResult(ranked[0], list(seen.values()), margin(ranked, samples))
+
+
+def margin(ranked: list[Candidate], samples: dict[Arch, np.ndarray]) -> Margin | None:
+    """The best candidate's paired lead over the runner-up, and how many candidates val cannot tell from it."""
+    if len(ranked) < 2:
+        return None
+    best = samples[ranked[0].arch]
+    gap, low, high = paired_difference(best, samples[ranked[1].arch])
+    tied = sum(paired_difference(best, samples[c.arch])[1] <= 0 for c in ranked[1:])
+    return Margin(gap, (low, high), tied)

@@ -65,6 +65,9 @@ def test_bad_target_files(tmp_path, capsys, toml, message):
         (["gate", "--reference", "a.npy", "--candidate", "b.npy", "--data", "digits", "--std", "nan"], "argument --std"),
         (["gate", "--reference", "a.npy", "--candidate", "b.npy", "--data", "digits", "--list", "-5"], "argument --list"),
         (["train", "--out", "x", "--lr", "0"], "argument --lr: must be positive"),
+        (["build", "--val-size", "0"], "argument --val-size: must be at least 1"),
+        (["build", "--val-size", "1000"], "use at most 539"),
+        (["build", "--val-size", "300", "--supernet", "missing.safetensors"], "drop --val-size"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, capsys, monkeypatch, argv, message):

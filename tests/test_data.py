@@ -113,3 +113,17 @@ def test_fashion_mnist_uses_the_official_test_set():
     assert d.input_shape == (1, 28, 28) and d.num_classes == 10
     assert len(d["test"]) == 10000
     assert len(d["train"]) + len(d["calib"]) + len(d["val"]) == 60000
+
+
+def test_val_size_enlarges_val_from_train_and_is_recorded():
+    from regnas.data import SplitFractions, load_recorded_split
+
+    default = load_dataset("digits", 0)
+    bigger = load_dataset("digits", 0, val_size=400)
+    assert abs(len(bigger["val"]) - 400) <= 10 and len(bigger["val"]) > len(default["val"])
+    assert len(bigger["train"]) == len(default["train"]) - (len(bigger["val"]) - len(default["val"]))
+    assert set(bigger["val"].index).isdisjoint(bigger["test"].index) and set(bigger["val"].index).isdisjoint(bigger["train"].index)
+    again = load_recorded_split("digits", bigger.split_record(), "ckpt")
+    assert again.digest == bigger.digest and again.fractions == SplitFractions(**bigger.split_record()["fractions"])
+    with pytest.raises(RegnasError, match="at most 539"):
+        load_dataset("digits", 0, val_size=1000)

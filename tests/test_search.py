@@ -73,3 +73,42 @@ def test_flips_against_every_earlier_member_count_what_any_of_them_got_right(eva
     members = search_family(evaluator, budgets, parse_reward("R2", against="all"), CFG, seed=2)
     first, second, third = (evaluator.predictions(m.arch) for m in members)
     assert members[2].val_nfr_vs_prev == pytest.approx(nfr_any([first, second], third, evaluator.labels()))
+
+
+def test_per_sample_rewards_average_to_the_reward():
+    import numpy as np
+
+    correct = np.array([True, True, False, True, False])
+    flipped = np.array([False, False, True, False, False])
+    reward = Reward(1.0, 2.0)
+    assert reward.per_sample(correct, flipped).mean() == pytest.approx(reward(correct.mean(), flipped.mean()))
+    assert reward.per_sample(correct, None).mean() == pytest.approx(reward(correct.mean(), None))
+
+
+def test_paired_margin_tells_a_real_lead_from_val_noise():
+    import numpy as np
+
+    from regnas.search import Candidate, margin, paired_difference
+
+    base = (np.random.default_rng(0).random(4000) < 0.9).astype(float)
+    noisy = base.copy()  # 20 samples lost, 20 others gained: the same mean, no real difference
+    noisy[np.flatnonzero(base == 1)[:20]], noisy[np.flatnonzero(base == 0)[:20]] = 0.0, 1.0
+    worse = base.copy()
+    worse[np.flatnonzero(base == 1)[:200]] = 0.0  # 5 points worse on the same samples
+    mean, low, high = paired_difference(base, worse)
+    assert mean == pytest.approx(0.05) and 0 < low < mean < high
+    archs = ("best", "noise", "worse")
+    samples = dict(zip(archs, (base, noisy, worse)))
+    ranked = [Candidate(a, 0, float(samples[a].mean()), None, float(samples[a].mean())) for a in archs]
+    m = margin(ranked, samples)
+    assert m.tied == 1 and m.interval[0] <= 0 <= m.interval[1]
+    assert margin(ranked[:1], samples) is None
+
+
+def test_family_members_record_their_val_margin(evaluator):
+    space = evaluator.space
+    members = search_family(evaluator, [("a", int(0.5 * space.flops(space.largest())))], PRESETS["R2"], CFG, seed=3)
+    m = members[0].val_margin
+    low, high = m["interval"]
+    assert low <= m["runner_up_gap"] <= high and m["runner_up_gap"] >= 0
+    assert 0 <= m["tied"] < members[0].evaluated
