@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "supernet.safetensors"
 OPTIMIZER = "supernet.optim.safetensors"
-MAX_EPOCHS = 15
+MAX_EPOCHS = 10
 """The most epochs a time budget buys: a ceiling for small data, where the whole digits build must stay within 3 minutes."""
 
 
@@ -377,10 +377,11 @@ def train_standalone(data: Dataset, space: SearchSpace, arch: Arch, cfg: TrainCo
     return space.extract(model, arch)
 
 
-def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World()) -> int:
+def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> int:
     """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most MAX_EPOCHS).
 
-    A budget too small for one epoch is bad input: the message names the minimum.
+    A budget too small for one epoch is bad input: the message names the minimum. With `min_epochs`
+    (a default budget, not the user's), fewer never happen: the build then overruns the default, and says so.
     """
     probe = _Loop(space, space.build_supernet(), data, replace(cfg, epochs=MAX_EPOCHS), world)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
@@ -404,6 +405,13 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
         warm = warm_epochs(cfg, epochs)
         return warm * warm_epoch + (epochs - warm) * sandwich_epoch
 
+    if min_epochs and cost(min_epochs) > budget_s:
+        over = (cost(min_epochs) - budget_s) / 60
+        logger.warning(
+            f"train: the default time budget leaves less than {min_epochs} epochs here; training {min_epochs} "
+            f"(the build will take about {over:.0f} min longer; --time-budget or --epochs sets it)"
+        )
+        return min_epochs
     if budget_s < cost(1):
         need = math.ceil(cost(1) / 60)
         raise RegnasError(
@@ -418,7 +426,13 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
 
 
 def planned(
-    out_dir: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World()
+    out_dir: str | Path,
+    data: Dataset,
+    space: SearchSpace,
+    cfg: TrainConfig,
+    budget_s: float,
+    world: World = World(),
+    min_epochs: int = 0,
 ) -> TrainConfig:
     """`cfg` with the epochs that fit `budget_s` of training (its `time_budget_min` names the user's whole budget).
 
@@ -435,7 +449,7 @@ def planned(
         if old is not None and meta.get("data", {}).get("digest") == data.digest and replace(old, epochs=cfg.epochs) == cfg:
             logger.info(f"train: keeping the plan of {ckpt} for this budget ({old.epochs} epochs)")
             return old
-    return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world))
+    return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world, min_epochs))
 
 
 def _sync(device: torch.device) -> None:

@@ -123,6 +123,7 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     assert train_mod.plan_epochs(data, space, cfg, 1e6) == train_mod.MAX_EPOCHS  # a huge budget stops at the recipe's ceiling
     with pytest.raises(RegnasError, match="too small for one training epoch"):
         train_mod.plan_epochs(data, space, cfg, 1e-4)
+    assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
     first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.05), 3.0)
     assert 1 <= first.epochs <= train_mod.MAX_EPOCHS and first.time_budget_min == 0.05
     train_supernet(data, tmp_path, first)

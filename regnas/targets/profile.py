@@ -1,21 +1,29 @@
 """`regnas profile` and `regnas targets validate`: measure on the device what the LUT predicts.
 
-Every unit is exported alone, in the target's runtime and precision, and timed at batch 1 after
-a warm-up: median and spread over the repeats. Validation measures random whole subnets the same
-way, fits the LUT's calibration on a first set, and scores the plain and calibrated predictions
-on a second, disjoint set. TVM units are compiled for the target's `tvm_target` and timed on the
-device when an RPC address is given; otherwise for this host.
+Every unit is exported alone, in the target's runtime and precision, and timed at batch 1.
+Timing is **interleaved**: after a warm-up of each, every round times every item once (a short
+burst) in a new shuffled order, and an item's latency is the median over all its rounds. A slow
+phase of the host (another process, frequency scaling) then spreads over every item instead of
+landing on the few timed during it, which is what made back-to-back timing disagree with itself.
+Validation measures random whole subnets the same way, fits the LUT's calibration on a first set,
+and scores the plain and calibrated predictions on a second, disjoint set. TVM units are compiled
+for the target's `tvm_target` and timed on the device when an RPC address is given; otherwise for
+this host.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import logging
+import math
 import os
 import platform
 import random
+import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +41,10 @@ from regnas.targets.lut import LUT, load_lut, save_lut, unit_key
 logger = logging.getLogger(__name__)
 
 CALIB = 32
+BURST = 5
+"""Timed runs per item per round; `repeats` runs make `ceil(repeats / BURST)` rounds."""
+ROUND_WARMUP = 2
+"""Untimed runs before each burst: the item before it has just evicted this one's caches."""
 
 
 def cpu_model() -> str:
@@ -46,8 +58,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Runtime:
-    """Export `module` in the target's runtime and precision into `work`, and load it there."""
+def export_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Path:
+    """Export `module` in the target's runtime and precision into `work`; the file its runtime loads."""
     module = module.eval()
     rng = torch.Generator().manual_seed(0)
     calib = torch.rand((CALIB, *input_shape), generator=rng).numpy()
@@ -55,25 +67,69 @@ def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Targ
     if target.runtime == "tvm":
         from regnas.exporters.tvm import compile_library
 
-        path = compile_library(job.onnx(), tuple(input_shape), work / "unit.so", target.tvm_target if remote else "llvm")
-        return load_runtime("tvm", path, target.threads, remote)
+        return compile_library(job.onnx(), tuple(input_shape), work / "unit.so", target.tvm_target if remote else "llvm")
     exporter = create_exporter(runtime_class(target.runtime).exporter)
     if target.precision not in exporter.precisions:
         raise RegnasError(f"target {target.name}: the {target.runtime} runtime has no {target.precision} build; use {exporter.precisions}")
     runs = [e for e in exporter.export(job, target.precision) if e.runtime == target.runtime and e.status == "ok"]
     if not runs:
         raise RegnasError(f"target {target.name}: cannot build a {target.runtime} {target.precision} model on this machine")
-    return load_runtime(target.runtime, runs[0].path, target.threads, remote)
+    return Path(runs[0].path)
 
 
-def time_module(
-    module: nn.Module, input_shape: tuple[int, ...], target: Target, remote: Remote | None, warmup: int, repeats: int
-) -> dict[str, float]:
-    """Median, 10th and 90th percentile latency (ms) of `module` at batch 1 on the target."""
-    with tempfile.TemporaryDirectory() as work:
-        rt = open_on_target(module, input_shape, target, Path(work), remote)
-        ms = rt.time_ms(np.random.default_rng(0).random((1, *input_shape), dtype=np.float32), warmup, repeats)
+def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Runtime:
+    """Export `module` in the target's runtime and precision into `work`, and load it there."""
+    return load_runtime(target.runtime, export_on_target(module, input_shape, target, work, remote), target.threads, remote)
+
+
+def _summary(ms: np.ndarray) -> dict[str, float]:
     return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)), "p90_ms": float(np.percentile(ms, 90))}
+
+
+def time_interleaved(
+    items: Sequence[tuple[str, nn.Module, tuple[int, ...]]],
+    target: Target,
+    remote: Remote | None,
+    warmup: int,
+    repeats: int,
+    seed: int = 0,
+    cache: Path | None = None,
+    desc: str = "time",
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Median, 10th and 90th percentile latency (ms) at batch 1 of every `(key, module, input_shape)`, timed interleaved.
+
+    With a `cache` directory, each item's export is kept there under its key, so a killed run
+    re-exports only what it had not exported (the slow part).
+    """
+    from tqdm import tqdm
+
+    rounds = max(1, math.ceil(repeats / BURST))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = cache if cache is not None else Path(tmp)
+        opened = []
+        for key, module, shape in tqdm(items, desc=f"{desc} export {target.name}", unit="item", disable=not progress):
+            work = root / hashlib.sha256(key.encode()).hexdigest()[:16]
+            done = work / "artifact"
+            if done.is_file():
+                path = work / done.read_text()
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+                path = export_on_target(module, shape, target, work, remote)
+                done.write_text(str(path.relative_to(work)))
+            rt = load_runtime(target.runtime, path, target.threads, remote)
+            x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+            rt.time_ms(x, warmup, 1)
+            opened.append((rt, x))
+        samples: list[list[np.ndarray]] = [[] for _ in opened]
+        order, rng = list(range(len(opened))), random.Random(seed)
+        for _ in tqdm(range(rounds), desc=f"{desc} {target.name}", unit="round", disable=not progress):
+            rng.shuffle(order)
+            for i in order:
+                rt, x = opened[i]
+                samples[i].append(rt.time_ms(x, ROUND_WARMUP, BURST))
+    return [_summary(np.concatenate(s)) for s in samples]
 
 
 def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int) -> dict:
@@ -92,6 +148,7 @@ def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int)
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "warmup": warmup,
         "repeats": repeats,
+        "timing": f"interleaved: {math.ceil(repeats / BURST)} shuffled rounds of {BURST} runs after {ROUND_WARMUP} untimed",
         "batch": 1,
         "regnas": __version__,
     }
@@ -106,7 +163,11 @@ def profile(
     repeats: int = 50,
     progress: bool = True,
 ) -> LUT:
-    """Measure every unit of `space` on `target` into the LUT at `out`, resuming an unfinished one there."""
+    """Measure every unit of `space` on `target` into the LUT at `out`, interleaved.
+
+    Exports are kept beside `out` (`<out>.units/`) until the LUT is written, so a killed profile
+    resumes without exporting again; units of an unfinished LUT from an older regnas are kept.
+    """
     origin = provenance(target, remote, warmup, repeats)
     lut = LUT(target.name, target.runtime, target.precision, target.threads, space.name, space.config, origin)
     if out.is_file():
@@ -118,21 +179,21 @@ def profile(
             lut.space,
             lut.space_config,
         )
-        if same and old.provenance.get("host") == lut.provenance["host"]:
+        measured_alike = all(old.provenance.get(k) == lut.provenance[k] for k in ("host", "timing"))
+        if same and measured_alike:
             lut.entries = old.entries
             if lut.entries:
                 logger.info(f"profile: resuming {out} ({len(lut.entries)} units measured)")
     units = space.all_units()
     todo = [u for u in units if unit_key(u) not in lut.entries]
-    from tqdm import tqdm
-
-    bar = tqdm(todo, desc=f"profile {target.name}", unit="unit", disable=not progress)
-    for unit in bar:
-        module, shape = space.build_unit(unit)
-        lut.entries[unit_key(unit)] = time_module(module, shape, target, remote, warmup, repeats)
-        save_lut(out, lut)
+    cache = out.with_name(out.name + ".units")
+    if todo:
+        items = [(unit_key(u), *space.build_unit(u)) for u in todo]
+        timed = time_interleaved(items, target, remote, warmup, repeats, cache=cache, desc="profile", progress=progress)
+        lut.entries.update({unit_key(u): t for u, t in zip(todo, timed)})
     lut.complete = True
     save_lut(out, lut)
+    shutil.rmtree(cache, ignore_errors=True)
     logger.info(f"profile: {len(units)} units of {space.name} on {target.name} → {out}")
     return lut
 
@@ -152,16 +213,18 @@ def _metrics(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
 def repeatability(
     target: Target, space: SearchSpace, n: int, seed: int = 1, remote: Remote | None = None, warmup: int = 10, repeats: int = 50
 ) -> dict:
-    """Time `n` random subnets in two separate passes and score the second against the first.
+    """Time `n` random subnets in two separate interleaved passes (over the same exports) and score the second against the first.
 
     This is the ceiling for any predictor on this device: a LUT cannot agree with a measurement
     better than the measurement agrees with itself.
     """
     archs = random_archs(space, n, random.Random(seed), set())
-    passes = [
-        np.array([time_module(space.build_subnet(a), space.input_shape, target, remote, warmup, repeats)["median_ms"] for a in archs])
-        for _ in range(2)
-    ]
+    items = [(str(i), space.build_subnet(a), space.input_shape) for i, a in enumerate(archs)]
+    with tempfile.TemporaryDirectory() as cache:  # both passes load the same exports: only the timing repeats
+        passes = [
+            np.array([t["median_ms"] for t in time_interleaved(items, target, remote, warmup, repeats, seed=i, cache=Path(cache))])
+            for i in range(2)
+        ]
     return {**_metrics(passes[1], passes[0]), "first_ms": passes[0].tolist(), "second_ms": passes[1].tolist()}
 
 
@@ -190,20 +253,19 @@ def validate(
     remote: Remote | None = None,
     progress: bool = True,
 ) -> dict:
-    """Fit the calibration on `n_fit` random subnets, then score predictions on `n` others (before and after)."""
-    from tqdm import tqdm
+    """Fit the calibration on `n_fit` random subnets, then score predictions on `n` others (before and after).
 
+    Fit and held-out subnets are timed in one interleaved pass, so both sets see the same host.
+    """
     warmup, repeats = lut.provenance.get("warmup", 10), lut.provenance.get("repeats", 50)
     rng = random.Random(seed)
     fit = random_archs(space, n_fit, rng, set())
     held = random_archs(space, n, rng, set(fit))
 
-    def measure(archs: list[Arch], what: str) -> np.ndarray:
-        bar = tqdm(archs, desc=f"{what} {target.name}", unit="subnet", disable=not progress)
-        return np.array([time_module(space.build_subnet(a), space.input_shape, target, remote, warmup, repeats)["median_ms"] for a in bar])
-
-    fit_ms = measure(fit, "fit")
-    held_ms = measure(held, "validate")
+    items = [(str(i), space.build_subnet(a), space.input_shape) for i, a in enumerate(fit + held)]
+    timed = time_interleaved(items, target, remote, warmup, repeats, seed=seed, desc="validate", progress=progress)
+    measured = np.array([t["median_ms"] for t in timed])
+    fit_ms, held_ms = measured[: len(fit)], measured[len(fit) :]
     lut.calibration = None
     plain = np.array([lut.plain_ms(space, a) for a in held])
     lut.fit(space, fit, fit_ms.tolist())

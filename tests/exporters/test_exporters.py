@@ -121,6 +121,26 @@ def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_
     assert record["after"]["flips_val"] == min(t["flips_val"] for t in record["tried"])
 
 
+def test_onnx_units_cover_the_graph_so_keeping_all_in_float_is_exact(member, tmp_path):
+    """A unit kept in float takes its activation, residual add and gates with it: with every unit float, int8 is fp32."""
+    import onnx
+
+    from regnas.exporters.onnx import preprocessed_compute_nodes, quantize_int8, unit_groups
+
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    groups = unit_groups(job.onnx())
+    nodes = [n.name for n in onnx.load(str(job.onnx())).graph.node]
+    assert sorted(n for g in groups.values() for n in g) == sorted(nodes)  # each node in exactly one unit
+    assert all(g[0] == unit or unit in g for unit, g in groups.items())
+    x = data["val"].x.numpy()
+    fp32 = load_runtime("onnxruntime", job.onnx()).predict(x)
+    every_unit = preprocessed_compute_nodes(job.onnx())  # as the quantizer names them
+    path = quantize_int8(job.onnx(), tmp_path / "all-float.onnx", job.calib, {"keep_float": every_unit})
+    assert np.array_equal(load_runtime("onnxruntime", path).predict(x), fp32)
+
+
 def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
     from regnas.artifacts import _QuantSearch
 

@@ -1,5 +1,6 @@
 """LUT files, the predictor and its calibration, profiling with resume, validation, on real ONNX Runtime timings."""
 
+import hashlib
 import json
 import random
 
@@ -38,9 +39,9 @@ def test_profile_measures_every_unit_with_provenance(tiny_space, tiny_lut):
     assert load_lut(out).entries == lut.entries
 
 
-def test_killed_profile_resumes_where_it_stopped(tiny_space, tmp_path, monkeypatch):
+def test_killed_profile_resumes_without_exporting_again(tiny_space, tmp_path, monkeypatch):
     out = tmp_path / "lut.json"
-    real, calls = profile_mod.time_module, []
+    real, calls = profile_mod.export_on_target, []
 
     def dies_after_three(*args, **kwargs):
         if len(calls) == 3:
@@ -48,17 +49,50 @@ def test_killed_profile_resumes_where_it_stopped(tiny_space, tmp_path, monkeypat
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(profile_mod, "time_module", dies_after_three)
+    monkeypatch.setattr(profile_mod, "export_on_target", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         profile(TARGET, tiny_space, out, warmup=1, repeats=3, progress=False)
-    partial = load_lut(out)
-    assert len(partial.entries) == 3 and not partial.complete
-    with pytest.raises(RegnasError, match="unfinished profile"):
-        find_lut(parse_target({**TARGET.to_json(), "lut": str(out)}, "t"), tiny_space)
-    measured = []
-    monkeypatch.setattr(profile_mod, "time_module", lambda *a, **k: measured.append(1) or real(*a, **k))
+    assert not out.exists() and len(list((tmp_path / "lut.json.units").glob("*/artifact"))) == 3
+    exported = []
+    monkeypatch.setattr(profile_mod, "export_on_target", lambda *a, **k: exported.append(1) or real(*a, **k))
     lut = profile(TARGET, tiny_space, out, warmup=1, repeats=3, progress=False)
-    assert lut.complete and len(measured) == len(tiny_space.all_units()) - 3
+    assert lut.complete and len(lut.entries) == len(tiny_space.all_units())
+    assert len(exported) == len(tiny_space.all_units()) - 3 and not (tmp_path / "lut.json.units").exists()
+
+
+class _DriftingHost:
+    """Items whose true latency is 1 + index ms, on a host that runs everything 3× slower for a stretch of calls."""
+
+    def __init__(self, slow: range):
+        self.calls, self.slow, self.order = 0, slow, []
+
+    def runtime(self, index: int):
+        host = self
+
+        class Runtime:
+            def time_ms(self, x, warmup, repeats):
+                host.calls += 1
+                if repeats > 1:
+                    host.order.append(index)
+                return np.full(repeats, (1.0 + index) * (3.0 if host.calls in host.slow else 1.0))
+
+        return Runtime()
+
+
+def test_interleaved_timing_spreads_a_slow_phase_over_every_item(monkeypatch, tmp_path):
+    from torch import nn
+
+    n, repeats = 8, 40
+    rounds = -(-repeats // profile_mod.BURST)
+    host = _DriftingHost(range(n + 10, n + 10 + 2 * n))  # after the warm-ups: two rounds' worth of calls run 3× slower
+    monkeypatch.setattr(profile_mod, "export_on_target", lambda m, s, t, work, r: work / "unit.onnx")
+    items = [(str(i), nn.Identity(), (1, 2, 2)) for i in range(n)]
+    index_of = {hashlib.sha256(k.encode()).hexdigest()[:16]: i for i, (k, _, _) in enumerate(items)}
+    monkeypatch.setattr(profile_mod, "load_runtime", lambda name, path, threads, remote: host.runtime(index_of[path.parent.name]))
+    timed = profile_mod.time_interleaved(items, TARGET, None, warmup=1, repeats=repeats, seed=0, cache=tmp_path)
+    assert [t["median_ms"] for t in timed] == [1.0 + i for i in range(n)]  # every item saw the slow stretch in a minority of rounds
+    per_round = [host.order[r * n : (r + 1) * n] for r in range(rounds)]
+    assert all(sorted(r) == list(range(n)) for r in per_round) and len({tuple(r) for r in per_round}) > 1
 
 
 def _fit_on(lut, space, truth, n=12):
