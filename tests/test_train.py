@@ -124,15 +124,15 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     with pytest.raises(RegnasError, match="too small for one training epoch"):
         train_mod.plan_epochs(data, space, cfg, 1e-4)
     assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
-    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.05), 3.0)
-    assert 1 <= first.epochs <= train_mod.MAX_EPOCHS and first.time_budget_min == 0.05
+    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0)
+    assert 1 <= first.epochs <= train_mod.MAX_EPOCHS and first.time_budget_min == 0.5
     train_supernet(data, tmp_path, first)
 
     def no_timing(*_args, **_kw):
         raise AssertionError("a finished run's plan must be reused, not re-timed")
 
     monkeypatch.setattr(train_mod, "plan_epochs", no_timing)
-    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.05), 3.0) == first
+    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0) == first
 
 
 def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs(digits):
