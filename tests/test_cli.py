@@ -1,10 +1,7 @@
 """`regnas build` / `regnas train` end to end through the command line, on real digits data."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,33 +10,7 @@ from safetensors.torch import load_file
 
 from regnas.cli import main
 from regnas.spaces import create_space
-from regnas.targets import BUILTIN_DIR
-
-FAST = ["--epochs", "1", "--population", "6", "--generations", "2"]
-
-
-def run(*args, cwd=None):
-    """Run the installed entry point the way a user does; returns (code, stdout, stderr)."""
-    p = subprocess.run(
-        [sys.executable, "-m", "regnas", *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONHASHSEED": "0"}
-    )
-    return p.returncode, p.stdout, p.stderr
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The built-in targets, with a lax flip limit: a 1-epoch supernet's int8 models flip often, and searching
-    quantization options for each is tested in tests/exporters, not here."""
-    out = tmp_path_factory.mktemp("build")
-    lax = out.parent / "lax-targets"
-    lax.mkdir(exist_ok=True)
-    for toml in BUILTIN_DIR.glob("*.toml"):
-        (lax / toml.name).write_text(toml.read_text().replace("max_nfr_vs_fp32 = 0.002", "max_nfr_vs_fp32 = 0.5"))
-    code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), *FAST)
-    assert (out / "report.json").is_file(), stderr
-    report = json.loads((out / "report.json").read_text())
-    assert code == (0 if report["check"]["passed"] else 1), stderr
-    return out, stdout, stderr
+from tests.conftest import FAST, run
 
 
 @pytest.mark.slow
@@ -199,47 +170,6 @@ def test_python_m_and_help():
     assert code == 2 and "at least 1" in stderr
     code, _, stderr = run("train", "--out", "unused", "--epochs", "0")
     assert code == 2 and "at least 1" in stderr
-
-
-@pytest.mark.slow
-def test_build_writes_a_self_contained_html_report_and_summary(built):
-    out, _, _ = built
-    page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3  # heatmaps, search Pareto plot, flips per class
-    assert "http://" not in page and "https://" not in page
-    assert page.count("<td>phone ⊂ edge</td>") == 2  # nesting rows for the family and the baseline
-    summary = (out / "summary.md").read_text()
-    assert "| family | phone |" in summary and "| baseline | server |" in summary
-    (out / "report.html").unlink()
-    assert main(["report", str(out)]) == 0
-    assert (out / "report.html").read_text() == page
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian package chromium is not installed (.ci/run installs it)")
-def test_report_renders_in_headless_chromium(built, tmp_path):
-    out, _, _ = built
-    shot = tmp_path / "report.png"
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-    ]
-    cmd = ["chromium", *flags, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,2400", f"--screenshot={shot}"]
-    subprocess.run([*cmd, (out / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
-    from PIL import Image
-
-    pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.shape == (2400, 1100)
-    assert (pixels < 128).mean() > 0.01  # tables and plots drew ink, not a blank page
-
-
-def test_report_of_a_directory_without_a_build_exits_2(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 2
-    assert "has no report.json" in capsys.readouterr().err
 
 
 EVERY_FORMAT = """name = "all"
