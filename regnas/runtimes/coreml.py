@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,11 @@ class CoreMLRuntime(Runtime):
             ct = require("coremltools", "coreml")
         if not path.is_dir():
             raise RegnasError(f"Core ML package not found: {path}; check the path")
+        # coremltools rewrites a package's Manifest.json when it opens one: read a copy, so the artifact keeps its hash
+        self._copy = tempfile.TemporaryDirectory()
+        package = Path(shutil.copytree(path, Path(self._copy.name) / path.name))
         try:
-            spec = ct.utils.load_spec(str(path))
+            spec = ct.utils.load_spec(str(package))
         except Exception as exc:  # coremltools raises several types for a corrupt package
             raise RegnasError(f"{path} is not a readable Core ML package ({str(exc).splitlines()[0]}); re-export it") from exc
         self.path = path
@@ -37,7 +42,7 @@ class CoreMLRuntime(Runtime):
         self._shape = tuple(shape[1:]) if len(shape) == 4 else (None, None, None)
         if (reason := self.unavailable_reason()) is not None:
             raise Unavailable(reason)
-        self.model = ct.models.MLModel(str(path))
+        self.model = ct.models.MLModel(str(package))
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -185,3 +185,20 @@ def test_exporting_twice_gives_the_same_bytes(member, tmp_path, name, precision)
         runs.append([e for e in create_exporter(name).export(job, precision) if e.status == "ok"])
     for a, b in zip(*runs):
         assert sha256_file(a.path) == sha256_file(b.path), a.path.name
+
+
+def test_opening_a_core_ml_package_leaves_its_bytes_alone(member, tmp_path):
+    """coremltools rewrites Manifest.json on open; the runtime must not, or the check calls the artifact changed."""
+    pytest.importorskip("coremltools")
+    from regnas.runtimes.coreml import CoreMLRuntime
+
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    package = create_exporter("coreml").export(job, "fp16")[0].path
+    before = sha256_file(package)
+    try:
+        CoreMLRuntime(package)
+    except Unavailable:
+        pass  # off macOS: the package was still opened to read its spec
+    assert sha256_file(package) == before
