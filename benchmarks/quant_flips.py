@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regnas.artifacts import export_family, open_artifact
-from regnas.check import check, load_build, save_check
+from regnas.artifacts import Artifact, export_family, open_artifact
+from regnas.check import CheckResult, check, load_build, save_check
 from regnas.errors import Unavailable
 from regnas.family import load_member
 from regnas.io import write_json
@@ -56,20 +56,26 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quant_flips.json"))
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--timing-only", action="store_true", help="time the artifacts an earlier run exported and checked")
     args = ap.parse_args()
     configure()
     report, targets, data = load_build(args.build)
-    t0 = time.time()
-    artifacts = export_family(args.build, targets, data)
-    export_s = time.time() - t0
-    result = check(args.build, artifacts, targets, data)
-    save_check(args.build, report, result)
+    if args.timing_only:
+        result, export_s = CheckResult([Artifact.from_json(a) for a in report["artifacts"]], {}, [], []), None
+    else:
+        t0 = time.time()
+        artifacts = export_family(args.build, targets, data)
+        export_s = time.time() - t0
+        result = check(args.build, artifacts, targets, data)
+        save_check(args.build, report, result)
     shape = tuple(data.input_shape)
     eager = {t.name: eager_ms(load_member(args.build / t.name)[1], shape, args.warmup, args.repeats) for t in targets}
     rows = []
     for a in result.artifacts:
         row = a.to_json()
         try:
+            if a.status != "ok":  # not built or not runnable here: nothing to time
+                raise Unavailable(a.status)
             rt = open_artifact(args.build, a)
             ms = rt.time_ms(np.random.default_rng(0).random((1, *shape), dtype=np.float32), args.warmup, args.repeats)
             row["latency_ms_p50"] = float(np.median(ms))
