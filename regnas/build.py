@@ -248,7 +248,6 @@ def _val_test_agreement(members: list[dict[str, Any]]) -> dict[str, Any]:
             "test_top1": m["top1"],
             "val_nfr_vs_prev": m["val_nfr_vs_prev"],
             "test_nfr_vs_prev": m["nfr_vs_prev"],
-            "val_margin": m.get("val_margin"),
         }
         for m in members
     ]

@@ -21,7 +21,6 @@ import numpy as np
 
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
-from regnas.flips import nfr_any, top1
 from regnas.spaces import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -190,12 +189,11 @@ def evolve(
 
     def score(arch: Arch) -> Candidate:
         if arch not in seen:
-            pred = evaluator.predictions(arch, "val")
-            acc = top1(pred, labels)
-            flip = nfr_any(refs, pred, labels) if refs else None
+            correct = evaluator.predictions(arch, "val") == labels
+            flipped = None if right_before is None else right_before & ~correct  # what nfr_any counts
+            acc, flip = float(correct.mean()), None if flipped is None else float(flipped.mean())
             seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
-            correct = pred == labels
-            samples[arch] = reward.per_sample(correct, None if right_before is None else right_before & ~correct)
+            samples[arch] = reward.per_sample(correct, flipped)
         return seen[arch]
 
     def rank(c: Candidate):
