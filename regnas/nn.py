@@ -239,3 +239,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
         model.train(was_training)
     return total
+
+
+class ElasticPointwise(nn.Conv2d):
+    """1×1 convolution (token-wise linear) running on the first input and output channels."""
+
+    def forward(self, x: torch.Tensor, out_channels: int | None = None) -> torch.Tensor:
+        cout = out_channels or self.out_channels
+        return F.conv2d(x, self.weight[:cout, : x.shape[1]], self.bias[:cout])

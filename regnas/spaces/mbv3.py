@@ -8,14 +8,12 @@ and the centre of each kernel, so its weights are literally part of every larger
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from regnas.errors import RegnasError
 from regnas.nn import (
     ConvBN,
     DynamicConvBN,
@@ -26,7 +24,7 @@ from regnas.nn import (
     se_channels,
 )
 from regnas.spaces import register_space
-from regnas.spaces.base import SearchSpace, stride_plan
+from regnas.spaces.base import Gene, SearchSpace, conv_strides, stage_resolutions
 
 STAGES = (
     {"width": 24, "se": False, "act": "relu"},
@@ -34,10 +32,6 @@ STAGES = (
     {"width": 64, "se": False, "act": "hswish"},
     {"width": 96, "se": True, "act": "hswish"},
 )
-NOMINAL_STRIDES = (2, 2, 2, 2, 1)
-"""Stem, then stages: MobileNetV3's downsampling at large inputs (÷16)."""
-DROP_ORDER = (1, 0, 2, 3)
-"""Which strides small inputs drop first: the first stage's, then the stem's, then later stages'."""
 
 
 @dataclass(frozen=True, order=True)
@@ -58,22 +52,6 @@ def _stage_io(config: dict[str, Any]) -> list[tuple[int, int, int]]:
     for st in config["stages"]:
         out.append((cin, st["width"], st["stride"]))
         cin = st["width"]
-    return out
-
-
-def _down(size: list[int], stride: int) -> list[int]:
-    """Spatial size after a same-padded convolution with this stride."""
-    return [-(-s // stride) for s in size]
-
-
-def _stage_resolutions(config: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
-    """(input size of the first block, input size of the others) per stage."""
-    hw = _down(config["input_shape"][1:], config["stem_stride"])
-    out = []
-    for st in config["stages"]:
-        after = _down(hw, st["stride"])
-        out.append((hw, after))
-        hw = after
     return out
 
 
@@ -181,11 +159,12 @@ class MBV3Space(SearchSpace):
     """OFA-style MobileNetV3: elastic depth {2,3,4}, kernel {3,5,7}, expand {3,4,6}."""
 
     name = "mbv3"
+    arch_type = MBV3Arch
 
     @classmethod
     def default_config(cls, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
         c, h, w = input_shape
-        stem_stride, *strides = stride_plan(min(h, w), NOMINAL_STRIDES, DROP_ORDER)
+        stem_stride, *strides = conv_strides(min(h, w))
         stages = [{**s, "stride": st} for s, st in zip(STAGES, strides)]
         return {
             "input_shape": [c, h, w],
@@ -201,150 +180,8 @@ class MBV3Space(SearchSpace):
             "expands": [3, 4, 6],
         }
 
-    @property
-    def n_stages(self) -> int:
-        return len(self.config["stages"])
-
-    def _uniform(self, depth: int, kernel: int, expand: int) -> MBV3Arch:
-        return MBV3Arch(((kernel,) * depth,) * self.n_stages, ((expand,) * depth,) * self.n_stages)
-
-    def largest(self) -> MBV3Arch:
-        c = self.config
-        return self._uniform(max(c["depths"]), max(c["kernels"]), max(c["expands"]))
-
-    def smallest(self) -> MBV3Arch:
-        c = self.config
-        return self._uniform(min(c["depths"]), min(c["kernels"]), min(c["expands"]))
-
-    @staticmethod
-    def _at_least(choices: list[int], floor: int | None) -> list[int]:
-        return [v for v in choices if floor is None or v >= floor]
-
-    def _block(self, lower: MBV3Arch | None, s: int, j: int, gene: str) -> int | None:
-        """The lower bound's choice for block j of stage s, or None where it has no such block."""
-        if lower is None or j >= lower.depth[s]:
-            return None
-        return (lower.kernel if gene == "kernel" else lower.expand)[s][j]
-
-    def _build(self, depth: list[int], kernel: list[list[int]], expand: list[list[int]]) -> MBV3Arch:
-        return MBV3Arch(
-            tuple(tuple(k[:d]) for d, k in zip(depth, kernel)),
-            tuple(tuple(e[:d]) for d, e in zip(depth, expand)),
-        )
-
-    def _full_genes(self, arch: MBV3Arch, rng: random.Random, lower: MBV3Arch | None) -> tuple[list[list[int]], list[list[int]]]:
-        """Per-block genes for all max-depth slots: the arch's where active, random (⊇ lower) elsewhere."""
-        dmax = max(self.config["depths"])
-        kernel, expand = [], []
-        for s in range(self.n_stages):
-            ks, es = list(arch.kernel[s]), list(arch.expand[s])
-            for j in range(len(ks), dmax):
-                ks.append(rng.choice(self._at_least(self.config["kernels"], self._block(lower, s, j, "kernel"))))
-                es.append(rng.choice(self._at_least(self.config["expands"], self._block(lower, s, j, "expand"))))
-            kernel.append(ks)
-            expand.append(es)
-        return kernel, expand
-
-    def sample(self, rng: random.Random, lower: MBV3Arch | None = None) -> MBV3Arch:
-        c, dmax = self.config, max(self.config["depths"])
-        depth = [rng.choice(self._at_least(c["depths"], lower.depth[s] if lower else None)) for s in range(self.n_stages)]
-        kernel = [
-            [rng.choice(self._at_least(c["kernels"], self._block(lower, s, j, "kernel"))) for j in range(dmax)]
-            for s in range(self.n_stages)
-        ]
-        expand = [
-            [rng.choice(self._at_least(c["expands"], self._block(lower, s, j, "expand"))) for j in range(dmax)]
-            for s in range(self.n_stages)
-        ]
-        return self._build(depth, kernel, expand)
-
-    def mutate(self, arch: MBV3Arch, rng: random.Random, prob: float, lower: MBV3Arch | None = None) -> MBV3Arch:
-        c = self.config
-        kernel, expand = self._full_genes(arch, rng, lower)
-        depth = list(arch.depth)
-        for s in range(self.n_stages):
-            if rng.random() < prob:
-                depth[s] = rng.choice(self._at_least(c["depths"], lower.depth[s] if lower else None))
-            for j in range(len(kernel[s])):
-                if rng.random() < prob:
-                    kernel[s][j] = rng.choice(self._at_least(c["kernels"], self._block(lower, s, j, "kernel")))
-                if rng.random() < prob:
-                    expand[s][j] = rng.choice(self._at_least(c["expands"], self._block(lower, s, j, "expand")))
-        return self._build(depth, kernel, expand)
-
-    def crossover(self, a: MBV3Arch, b: MBV3Arch, rng: random.Random) -> MBV3Arch:
-        depth, kernel, expand = [], [], []
-        for s in range(self.n_stages):
-            d = rng.choice((a.depth[s], b.depth[s]))
-            ks, es = [], []
-            for j in range(d):
-                donors = [p for p in (a, b) if j < p.depth[s]]
-                ks.append(rng.choice(donors).kernel[s][j])
-                es.append(rng.choice(donors).expand[s][j])
-            depth.append(d)
-            kernel.append(ks)
-            expand.append(es)
-        return self._build(depth, kernel, expand)
-
-    def shrink(self, arch: MBV3Arch, rng: random.Random, lower: MBV3Arch | None = None) -> MBV3Arch | None:
-        c = self.config
-        floor = lower or self.smallest()
-        moves = []
-        for s in range(self.n_stages):
-            if arch.depth[s] > floor.depth[s]:
-                moves.append(("depth", s, 0))
-            for j in range(arch.depth[s]):
-                for gene, choices in (("kernel", c["kernels"]), ("expand", c["expands"])):
-                    value = getattr(arch, gene)[s][j]
-                    if value > (self._block(lower, s, j, gene) or min(choices)):
-                        moves.append((gene, s, j))
-        if not moves:
-            return None
-        gene, s, j = rng.choice(moves)
-        depth = list(arch.depth)
-        kernel = [list(k) for k in arch.kernel]
-        expand = [list(e) for e in arch.expand]
-        if gene == "depth":
-            depth[s] = max(d for d in c["depths"] if d < depth[s])
-        else:
-            genes, choices = (kernel, c["kernels"]) if gene == "kernel" else (expand, c["expands"])
-            genes[s][j] = max(v for v in choices if v < genes[s][j])
-        return self._build(depth, kernel, expand)
-
-    def contains(self, big: MBV3Arch, small: MBV3Arch) -> bool:
-        for s in range(self.n_stages):
-            if small.depth[s] > big.depth[s]:
-                return False
-            for j in range(small.depth[s]):
-                if small.kernel[s][j] > big.kernel[s][j] or small.expand[s][j] > big.expand[s][j]:
-                    return False
-        return True
-
-    def encode(self, arch: MBV3Arch) -> list[int]:
-        dmax = max(self.config["depths"])
-        vec = list(arch.depth)
-        for s in range(self.n_stages):
-            for j in range(dmax):
-                vec += [arch.kernel[s][j], arch.expand[s][j]] if j < arch.depth[s] else [0, 0]
-        return vec
-
-    def to_json(self, arch: MBV3Arch) -> dict[str, Any]:
-        return {"depth": list(arch.depth), "kernel": [list(k) for k in arch.kernel], "expand": [list(e) for e in arch.expand]}
-
-    def from_json(self, obj: Any) -> MBV3Arch:
-        c = self.config
-        try:
-            depth, kernel, expand = obj["depth"], obj["kernel"], obj["expand"]
-            if not (len(depth) == len(kernel) == len(expand) == self.n_stages):
-                raise ValueError(f"need {self.n_stages} stages")
-            for d, ks, es in zip(depth, kernel, expand):
-                if d not in c["depths"] or len(ks) != d or len(es) != d:
-                    raise ValueError(f"depth {d} must be one of {c['depths']} and match the kernel/expand lists")
-                if any(k not in c["kernels"] for k in ks) or any(e not in c["expands"] for e in es):
-                    raise ValueError(f"kernels must be in {c['kernels']}, expands in {c['expands']}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegnasError(f"not a valid mbv3 arch ({exc}); give {{'depth': [...], 'kernel': [[...]], 'expand': [[...]]}}") from exc
-        return self._build(list(depth), kernel, expand)
+    def gene_table(self) -> list[Gene]:
+        return [Gene("kernel", tuple(sorted(self.config["kernels"]))), Gene("expand", tuple(sorted(self.config["expands"])))]
 
     def units(self, arch: MBV3Arch) -> list[tuple]:
         blocks = [("block", s, j > 0, k, e) for s in range(self.n_stages) for j, (k, e) in enumerate(zip(arch.kernel[s], arch.expand[s]))]
@@ -362,7 +199,7 @@ class MBV3Space(SearchSpace):
         c = self.config
         if unit[0] == "stem":
             return ConvBN(c["input_shape"][0], c["stem_width"], 3, c["stem_stride"], act="hswish"), tuple(c["input_shape"])
-        resolutions = _stage_resolutions(c)
+        resolutions = stage_resolutions(c)
         if unit[0] == "head":
             return _Head(c["stages"][-1]["width"], c), (c["stages"][-1]["width"], *resolutions[-1][1])
         _, s, later, k, e = unit

@@ -10,7 +10,6 @@ block, so its weights are literally part of every larger arch's.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +20,7 @@ from torch import nn
 from regnas.errors import RegnasError
 from regnas.nn import ConvBN, DynamicConvBN, make_divisible
 from regnas.spaces import register_space
-from regnas.spaces.base import SearchSpace, stride_plan
-from regnas.spaces.mbv3 import DROP_ORDER, NOMINAL_STRIDES, _stage_resolutions
+from regnas.spaces.base import Gene, SearchSpace, conv_strides, stage_resolutions
 
 STAGES = ({"width": 64}, {"width": 128}, {"width": 192}, {"width": 256})
 
@@ -160,6 +158,7 @@ class ResNetSpace(SearchSpace):
     """OFA-style ResNet: elastic depth {2,3,4}, width multiplier {0.65,0.8,1.0} per stage, expand {0.2,0.25,0.35} per block."""
 
     name = "resnet"
+    arch_type = ResNetArch
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -175,7 +174,7 @@ class ResNetSpace(SearchSpace):
     @classmethod
     def default_config(cls, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
         c, h, w = input_shape
-        stem_stride, *strides = stride_plan(min(h, w), NOMINAL_STRIDES, DROP_ORDER)
+        stem_stride, *strides = conv_strides(min(h, w))
         stages = [{**s, "stride": st} for s, st in zip(STAGES, strides)]
         return {
             "input_shape": [c, h, w],
@@ -189,140 +188,13 @@ class ResNetSpace(SearchSpace):
             "expands": [0.2, 0.25, 0.35],
         }
 
-    @property
-    def n_stages(self) -> int:
-        return len(self.config["stages"])
-
-    def _uniform(self, depth: int, mult: float, expand: float) -> ResNetArch:
-        return ResNetArch((mult,) * self.n_stages, ((expand,) * depth,) * self.n_stages)
-
-    def largest(self) -> ResNetArch:
-        c = self.config
-        return self._uniform(max(c["depths"]), max(c["width_mults"]), max(c["expands"]))
-
-    def smallest(self) -> ResNetArch:
-        c = self.config
-        return self._uniform(min(c["depths"]), min(c["width_mults"]), min(c["expands"]))
-
-    @staticmethod
-    def _at_least(choices: list, floor: float | None) -> list:
-        return [v for v in choices if floor is None or v >= floor]
-
-    @staticmethod
-    def _expand_floor(lower: ResNetArch | None, s: int, j: int) -> float | None:
-        """The lower bound's expand ratio for block j of stage s, or None where it has no such block."""
-        return None if lower is None or j >= lower.depth[s] else lower.expand[s][j]
-
-    def _pick(self, gene: str, rng: random.Random, lower: ResNetArch | None, s: int, j: int = 0) -> float:
-        """A random choice of `gene` ('depth', 'width' or 'expand') for stage s (block j), ⊇ lower."""
-        c = self.config
-        if gene == "depth":
-            return rng.choice(self._at_least(c["depths"], lower.depth[s] if lower else None))
-        if gene == "width":
-            return rng.choice(self._at_least(c["width_mults"], lower.width[s] if lower else None))
-        return rng.choice(self._at_least(c["expands"], self._expand_floor(lower, s, j)))
-
-    @staticmethod
-    def _build(depth: list[int], width: list[float], expand: list[list[float]]) -> ResNetArch:
-        return ResNetArch(tuple(width), tuple(tuple(e[:d]) for d, e in zip(depth, expand)))
-
-    def _full_expands(self, arch: ResNetArch, rng: random.Random, lower: ResNetArch | None) -> list[list[float]]:
-        """Expand ratios for all max-depth slots: the arch's where active, random (⊇ lower) elsewhere."""
-        dmax = max(self.config["depths"])
-        return [list(es) + [self._pick("expand", rng, lower, s, j) for j in range(len(es), dmax)] for s, es in enumerate(arch.expand)]
-
-    def sample(self, rng: random.Random, lower: ResNetArch | None = None) -> ResNetArch:
-        dmax = max(self.config["depths"])
-        depth = [self._pick("depth", rng, lower, s) for s in range(self.n_stages)]
-        width = [self._pick("width", rng, lower, s) for s in range(self.n_stages)]
-        expand = [[self._pick("expand", rng, lower, s, j) for j in range(dmax)] for s in range(self.n_stages)]
-        return self._build(depth, width, expand)
-
-    def mutate(self, arch: ResNetArch, rng: random.Random, prob: float, lower: ResNetArch | None = None) -> ResNetArch:
-        expand = self._full_expands(arch, rng, lower)
-        depth, width = list(arch.depth), list(arch.width)
-        for s in range(self.n_stages):
-            if rng.random() < prob:
-                depth[s] = self._pick("depth", rng, lower, s)
-            if rng.random() < prob:
-                width[s] = self._pick("width", rng, lower, s)
-            for j in range(len(expand[s])):
-                if rng.random() < prob:
-                    expand[s][j] = self._pick("expand", rng, lower, s, j)
-        return self._build(depth, width, expand)
-
-    def crossover(self, a: ResNetArch, b: ResNetArch, rng: random.Random) -> ResNetArch:
-        depth, width, expand = [], [], []
-        for s in range(self.n_stages):
-            d = rng.choice((a.depth[s], b.depth[s]))
-            depth.append(d)
-            width.append(rng.choice((a.width[s], b.width[s])))
-            expand.append([rng.choice([p for p in (a, b) if j < p.depth[s]]).expand[s][j] for j in range(d)])
-        return self._build(depth, width, expand)
-
-    def shrink(self, arch: ResNetArch, rng: random.Random, lower: ResNetArch | None = None) -> ResNetArch | None:
-        c = self.config
-        floor = lower or self.smallest()
-        moves = []
-        for s in range(self.n_stages):
-            if arch.depth[s] > floor.depth[s]:
-                moves.append(("depth", s, 0))
-            if arch.width[s] > floor.width[s]:
-                moves.append(("width", s, 0))
-            for j, e in enumerate(arch.expand[s]):
-                if e > (self._expand_floor(lower, s, j) or min(c["expands"])):
-                    moves.append(("expand", s, j))
-        if not moves:
-            return None
-        gene, s, j = rng.choice(moves)
-        depth, width, expand = list(arch.depth), list(arch.width), [list(e) for e in arch.expand]
-        if gene == "depth":
-            depth[s] = max(d for d in c["depths"] if d < depth[s])
-        elif gene == "width":
-            width[s] = max(m for m in c["width_mults"] if m < width[s])
-        else:
-            expand[s][j] = max(e for e in c["expands"] if e < expand[s][j])
-        return self._build(depth, width, expand)
-
-    def contains(self, big: ResNetArch, small: ResNetArch) -> bool:
-        for s in range(self.n_stages):
-            if small.depth[s] > big.depth[s] or small.width[s] > big.width[s]:
-                return False
-            if any(e > big.expand[s][j] for j, e in enumerate(small.expand[s])):
-                return False
-        return True
-
-    def encode(self, arch: ResNetArch) -> list[int]:
-        """Depths, then stage widths in channels, then each block slot's expand in percent (0 if absent)."""
-        dmax = max(self.config["depths"])
-        widths = [stage_width(st["width"], m) for st, m in zip(self.config["stages"], arch.width)]
-        expands = [round(100 * es[j]) if j < len(es) else 0 for es in arch.expand for j in range(dmax)]
-        return [*arch.depth, *widths, *expands]
-
-    def to_json(self, arch: ResNetArch) -> dict[str, Any]:
-        return {"depth": list(arch.depth), "width": list(arch.width), "expand": [list(e) for e in arch.expand]}
-
-    def from_json(self, obj: Any) -> ResNetArch:
-        c = self.config
-
-        def choice(v: Any, choices: list, what: str) -> Any:
-            if isinstance(v, bool) or v not in choices:
-                raise ValueError(f"{what} {v!r} must be one of {choices}")
-            return choices[choices.index(v)]
-
-        try:
-            depth, width, expand = obj["depth"], obj["width"], obj["expand"]
-            if not (len(depth) == len(width) == len(expand) == self.n_stages):
-                raise ValueError(f"need {self.n_stages} stages")
-            depth = [choice(d, c["depths"], "depth") for d in depth]
-            for d, es in zip(depth, expand):
-                if d != len(es):
-                    raise ValueError(f"depth {d} does not match its {len(es)} expand ratios")
-            width = [choice(m, c["width_mults"], "width multiplier") for m in width]
-            expand = [[choice(e, c["expands"], "expand ratio") for e in es] for es in expand]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegnasError(f"not a valid resnet arch ({exc}); give {{'depth': [...], 'width': [...], 'expand': [[...]]}}") from exc
-        return self._build(depth, width, expand)
+    def gene_table(self) -> list[Gene]:
+        """Width multipliers per stage (encoded as channels), expand ratios per block (encoded in percent)."""
+        bases = [st["width"] for st in self.config["stages"]]
+        return [
+            Gene("width", tuple(sorted(self.config["width_mults"])), "stage", lambda m, s: stage_width(bases[s], m)),
+            Gene("expand", tuple(sorted(self.config["expands"])), "block", lambda e, s: round(100 * e)),
+        ]
 
     def units(self, arch: ResNetArch) -> list[tuple]:
         """Stem, then ("block", stage, later, in channels, out channels, mid channels) per block, then ("head", channels)."""
@@ -352,7 +224,7 @@ class ResNetSpace(SearchSpace):
         c = self.config
         if unit[0] == "stem":
             return _stem(c), tuple(c["input_shape"])
-        resolutions = _stage_resolutions(c)
+        resolutions = stage_resolutions(c)
         if unit[0] == "head":
             return _Head(unit[1], c), (unit[1], *resolutions[-1][1])
         _, s, later, cin, w, mid = unit

@@ -16,7 +16,6 @@ one call, not one per token). Like `count_macs` itself, FLOPs leave out the atte
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from regnas.errors import RegnasError
+from regnas.nn import ElasticPointwise
 from regnas.spaces import register_space
-from regnas.spaces.base import MIN_SIDE, SearchSpace
+from regnas.spaces.base import MIN_SIDE, Gene, SearchSpace
 
 
 @dataclass(frozen=True, order=True)
@@ -78,14 +78,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int) -> 
     qh, kh, vh = (t.flatten(2).unflatten(1, (-1, head_dim)) for t in (q, k, v))
     attn = torch.softmax((qh.transpose(-2, -1) @ kh) * head_dim**-0.5, dim=-1)
     return (vh @ attn.transpose(-2, -1)).reshape_as(q)
-
-
-class ElasticPointwise(nn.Conv2d):
-    """1×1 convolution (token-wise linear) running on the first input and output channels."""
-
-    def forward(self, x: torch.Tensor, out_channels: int | None = None) -> torch.Tensor:
-        cout = out_channels or self.out_channels
-        return F.conv2d(x, self.weight[:cout, : x.shape[1]], self.bias[:cout])
 
 
 def mlp_hidden(dim: int, ratio: float) -> int:
@@ -186,6 +178,8 @@ class ViTSpace(SearchSpace):
     """Small ViT: elastic depth {2..6}, heads {2,3,4} of dimension 16, MLP ratio {2,3,4}, embedding 64."""
 
     name = "vit"
+    arch_type = ViTArch
+    flat = True
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -210,108 +204,13 @@ class ViTSpace(SearchSpace):
             "mlp_ratios": [2, 3, 4],
         }
 
-    def _uniform(self, depth: int, heads: int, ratio: float) -> ViTArch:
-        return ViTArch((heads,) * depth, (ratio,) * depth)
-
-    def largest(self) -> ViTArch:
-        c = self.config
-        return self._uniform(max(c["depths"]), max(c["heads"]), max(c["mlp_ratios"]))
-
-    def smallest(self) -> ViTArch:
-        c = self.config
-        return self._uniform(min(c["depths"]), min(c["heads"]), min(c["mlp_ratios"]))
-
-    def _pick(self, gene: str, rng: random.Random, lower: ViTArch | None, j: int = 0) -> float:
-        """A random choice of `gene` ('depth', 'heads' or 'mlp_ratio'; the latter two for block j), ⊇ lower."""
-        c = self.config
-        if gene == "depth":
-            choices, floor = c["depths"], lower.depth if lower else None
-        else:
-            choices = c["heads"] if gene == "heads" else c["mlp_ratios"]
-            floor = getattr(lower, gene)[j] if lower is not None and j < lower.depth else None
-        return rng.choice([v for v in choices if floor is None or v >= floor])
-
-    def _full_genes(self, arch: ViTArch, rng: random.Random, lower: ViTArch | None) -> tuple[list[int], list[float]]:
-        """Per-block genes for all max-depth slots: the arch's where active, random (⊇ lower) elsewhere."""
-        slots = range(arch.depth, max(self.config["depths"]))
-        heads = list(arch.heads) + [self._pick("heads", rng, lower, j) for j in slots]
-        ratio = list(arch.mlp_ratio) + [self._pick("mlp_ratio", rng, lower, j) for j in slots]
-        return heads, ratio
-
-    def sample(self, rng: random.Random, lower: ViTArch | None = None) -> ViTArch:
-        dmax = max(self.config["depths"])
-        depth = self._pick("depth", rng, lower)
-        heads = [self._pick("heads", rng, lower, j) for j in range(dmax)]
-        ratio = [self._pick("mlp_ratio", rng, lower, j) for j in range(dmax)]
-        return ViTArch(tuple(heads[:depth]), tuple(ratio[:depth]))
-
-    def mutate(self, arch: ViTArch, rng: random.Random, prob: float, lower: ViTArch | None = None) -> ViTArch:
-        heads, ratio = self._full_genes(arch, rng, lower)
-        depth = self._pick("depth", rng, lower) if rng.random() < prob else arch.depth
-        for j in range(len(heads)):
-            if rng.random() < prob:
-                heads[j] = self._pick("heads", rng, lower, j)
-            if rng.random() < prob:
-                ratio[j] = self._pick("mlp_ratio", rng, lower, j)
-        return ViTArch(tuple(heads[:depth]), tuple(ratio[:depth]))
-
-    def crossover(self, a: ViTArch, b: ViTArch, rng: random.Random) -> ViTArch:
-        depth = rng.choice((a.depth, b.depth))
-        donors = [[p for p in (a, b) if j < p.depth] for j in range(depth)]
-        heads = tuple(rng.choice(d).heads[j] for j, d in enumerate(donors))
-        return ViTArch(heads, tuple(rng.choice(d).mlp_ratio[j] for j, d in enumerate(donors)))
-
-    def shrink(self, arch: ViTArch, rng: random.Random, lower: ViTArch | None = None) -> ViTArch | None:
-        c = self.config
-        floor = lower or self.smallest()
-        moves = [("depth", 0)] if arch.depth > floor.depth else []
-        for gene, choices in (("heads", c["heads"]), ("mlp_ratio", c["mlp_ratios"])):
-            for j, v in enumerate(getattr(arch, gene)):
-                if v > (getattr(lower, gene)[j] if lower is not None and j < lower.depth else min(choices)):
-                    moves.append((gene, j))
-        if not moves:
-            return None
-        gene, j = rng.choice(moves)
-        heads, ratio = list(arch.heads), list(arch.mlp_ratio)
-        if gene == "depth":
-            depth = max(d for d in c["depths"] if d < arch.depth)
-            return ViTArch(tuple(heads[:depth]), tuple(ratio[:depth]))
-        genes, choices = (heads, c["heads"]) if gene == "heads" else (ratio, c["mlp_ratios"])
-        genes[j] = max(v for v in choices if v < genes[j])
-        return ViTArch(tuple(heads), tuple(ratio))
-
-    def contains(self, big: ViTArch, small: ViTArch) -> bool:
-        if small.depth > big.depth:
-            return False
-        return all(hs <= hb and rs <= rb for hs, hb, rs, rb in zip(small.heads, big.heads, small.mlp_ratio, big.mlp_ratio))
-
-    def encode(self, arch: ViTArch) -> list[int]:
-        """Depth, then each block slot's heads and MLP hidden width (0, 0 if absent)."""
-        dim, vec = self.config["embed_dim"], [arch.depth]
-        for j in range(max(self.config["depths"])):
-            vec += [arch.heads[j], mlp_hidden(dim, arch.mlp_ratio[j])] if j < arch.depth else [0, 0]
-        return vec
-
-    def to_json(self, arch: ViTArch) -> dict[str, Any]:
-        return {"depth": arch.depth, "heads": list(arch.heads), "mlp_ratio": list(arch.mlp_ratio)}
-
-    def from_json(self, obj: Any) -> ViTArch:
-        c = self.config
-
-        def choice(v: Any, choices: list, what: str) -> Any:
-            if isinstance(v, bool) or v not in choices:
-                raise ValueError(f"{what} {v!r} must be one of {choices}")
-            return choices[choices.index(v)]
-
-        try:
-            depth, heads, ratio = choice(obj["depth"], c["depths"], "depth"), obj["heads"], obj["mlp_ratio"]
-            if not len(heads) == len(ratio) == depth:
-                raise ValueError(f"depth {depth} must match the lengths of heads and mlp_ratio")
-            heads = tuple(choice(h, c["heads"], "heads") for h in heads)
-            ratio = tuple(choice(r, c["mlp_ratios"], "mlp_ratio") for r in ratio)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RegnasError(f"not a valid vit arch ({exc}); give {{'depth': n, 'heads': [...], 'mlp_ratio': [...]}}") from exc
-        return ViTArch(heads, ratio)
+    def gene_table(self) -> list[Gene]:
+        """Heads and MLP ratio per block (the ratio encoded as hidden units)."""
+        dim = self.config["embed_dim"]
+        return [
+            Gene("heads", tuple(sorted(self.config["heads"]))),
+            Gene("mlp_ratio", tuple(sorted(self.config["mlp_ratios"])), "block", lambda r, s: mlp_hidden(dim, r)),
+        ]
 
     def units(self, arch: ViTArch) -> list[tuple]:
         """Stem, ("block", heads, mlp_ratio) per block (every block sees the same token grid), head."""

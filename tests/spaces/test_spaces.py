@@ -114,6 +114,24 @@ def test_operators_stay_supersets_of_the_lower_bound(name):
 
 
 @pytest.mark.parametrize("name", space_names())
+def test_shrinking_walks_down_to_the_lower_bound_one_choice_at_a_time(name):
+    """The gene table's operators: each shrink lowers exactly one gene by one choice, and the walk ends at `lower`."""
+    space = make(name)
+    rng = random.Random(6)
+    for _ in range(10):
+        lower = space.sample(rng)
+        arch, steps = space.sample(rng, lower), 0
+        while (smaller := space.shrink(arch, rng, lower)) is not None:
+            before, after = space.encode(arch), space.encode(smaller)
+            changed = [i for i, (x, y) in enumerate(zip(before, after)) if x != y]
+            assert changed and (len(changed) == 1 or after[: space.n_stages] != before[: space.n_stages])
+            arch, steps = smaller, steps + 1
+            assert steps < 200
+        assert arch == lower
+        assert space.genome(space.make(space.genome(lower))) == space.genome(lower)
+
+
+@pytest.mark.parametrize("name", space_names())
 def test_json_round_trip_encoding_and_validation(name):
     space = make(name)
     rng = random.Random(5)
