@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from regnas.artifacts import Artifact, export_family, open_artifact
-from regnas.check import CheckResult, check, load_build, save_check
+from regnas.builddir import load_member, open_build
+from regnas.check import CheckResult, check, save_check
 from regnas.errors import Unavailable
-from regnas.family import load_member
 from regnas.io import write_json
 from regnas.logs import configure
 
@@ -59,7 +59,8 @@ def main() -> int:
     ap.add_argument("--timing-only", action="store_true", help="time the artifacts an earlier run exported and checked")
     args = ap.parse_args()
     configure()
-    report, targets, data = load_build(args.build)
+    build = open_build(args.build)
+    report, targets, data = build.report, build.targets, build.data
     if args.timing_only:
         result, export_s = CheckResult([Artifact.from_json(a) for a in report["artifacts"]], {}, [], []), None
     else:

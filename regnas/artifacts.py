@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from regnas.builddir import load_member
 from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
 from regnas.exporters import Exported, Exporter, ExportJob, create_exporter
-from regnas.family import load_member
 from regnas.flips import lower_bound, negative_flips, nfr, top1, upper_bound
 from regnas.io import sha256_file
 from regnas.runtimes import load_runtime, runtime_class

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from regnas.builddir import is_build, read_report
 from regnas.errors import RegnasError
 from regnas.runtimes import Remote, load_runtime, runtime_for
 
@@ -42,11 +43,9 @@ class BenchResult:
 
 def _build_prediction(path: Path) -> tuple[float | None, str | None]:
     """The LUT prediction recorded for the member this artifact came from, if any."""
-    if not (path.parent.parent / "report.json").is_file():
+    if not is_build(path.parent.parent):
         return None, None
-    from regnas.report import load_report
-
-    report = load_report(path.parent.parent)
+    report = read_report(path.parent.parent)
     member = next((m for m in report.get("family", []) if m.get("target") == path.parent.name), None)
     target = next((t for t in report.get("targets", []) if t.get("name") == path.parent.name), None)
     if member is None or member.get("predicted_latency_ms") is None or target is None:

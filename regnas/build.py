@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from regnas.artifacts import export_family
+from regnas.builddir import SEARCH_CACHE, read_search_cache, save_member, write_report, write_search_cache
 from regnas.check import check
 from regnas.data import Dataset, load_dataset, load_recorded_split
 from regnas.distributed import init_world, launched_by_torchrun
@@ -25,7 +26,7 @@ from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Member, assess, search_baseline, search_family
-from regnas.io import ensure_writable_dir, read_json, save_tensors, sha256_file, sha256_json, write_json
+from regnas.io import ensure_writable_dir, sha256_file, sha256_json
 from regnas.pct import PCTConfig, pct_family
 from regnas.report import write_reports
 from regnas.runtimes import Remote
@@ -191,14 +192,9 @@ def _search(
             "seed": opts.seed,
         }
     )
-    cache_path = out / "search.json"
-    try:
-        cached = read_json(cache_path, "search cache") if cache_path.is_file() else None
-    except RegnasError as exc:
-        logger.info(f"search: ignoring unreadable cache ({exc})")
-        cached = None
-    if isinstance(cached, dict) and cached.get("key") == key:
-        logger.info(f"search: reusing {cache_path}")
+    cached = read_search_cache(out)
+    if cached is not None and cached.get("key") == key:
+        logger.info(f"search: reusing {out / SEARCH_CACHE}")
 
         def load(ms: list) -> list[Member]:
             return [Member.from_json(space, m) for m in ms]
@@ -224,8 +220,8 @@ def _search(
     def dump(ms: list[Member]) -> list:
         return [m.to_json(space) for m in ms]
 
-    write_json(
-        cache_path, {"key": key, "family": dump(family), "baseline": dump(baseline), "sweep": {k: dump(v) for k, v in sweep.items()}}
+    write_search_cache(
+        out, {"key": key, "family": dump(family), "baseline": dump(baseline), "sweep": {k: dump(v) for k, v in sweep.items()}}
     )
     return {"family": family, "baseline": baseline, "sweep": sweep}
 
@@ -323,7 +319,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     family, baseline = found["family"], found["baseline"]
     t_search = time.time()
 
-    report: dict[str, Any] = {"format": "regnas-report/1"}
+    report: dict[str, Any] = {}
     fam = assess(evaluator, family)
     if opts.finetune is not None:
         report["finetune"] = _finetune_section(fam.section, opts.finetune)
@@ -342,9 +338,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     flag_repeats(report["family"])
     report["luts"] = {name: {"path": str(p), "provenance": lut.provenance, "validation": lut.validation} for name, (p, lut) in luts.items()}
     for m, n, rec in zip(family, fam.nets, report["family"]):
-        write_json(out / m.target / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(m.arch)})
-        save_tensors(out / m.target / "model.safetensors", n.state_dict(), {"space": space.name, "target": m.target})
-        rec["weights_sha256"] = sha256_file(out / m.target / "model.safetensors")
+        rec["weights_sha256"] = save_member(out / m.target, space, m.arch, n, m.target)
     order = [name for name, _ in budgets]
     ordered = sorted(targets, key=lambda t: order.index(t.name))
     report["targets"] = [t.to_json() for t in ordered]
@@ -381,6 +375,6 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         **({"export": t_export - t_search, "check": time.time() - t_export} if opts.export else {}),
         "total": time.time() - t0,
     }
-    write_json(out / "report.json", report)
+    write_report(out, report)
     write_reports(out, report)
     return report

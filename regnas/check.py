@@ -12,21 +12,20 @@ Artifacts whose bytes changed since export are bad input (exit 2); ones that can
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from regnas.artifacts import Artifact, export_family, open_artifact, verify_artifact
-from regnas.data import Dataset, SplitFractions, load_recorded_split
+from regnas.builddir import load_member, open_build, write_report
+from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
-from regnas.family import load_member
 from regnas.flips import flip_matrix, judge, negative_flips, nfr, top1
-from regnas.io import read_json, sha256_file, write_json
 from regnas.runtimes import Remote, runtime_class
-from regnas.targets import Target, parse_target
+from regnas.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -56,34 +55,6 @@ class CheckResult:
             "inconclusive": self.inconclusive,
             "flip_matrix": self.matrix,
         }
-
-
-def load_build(out: Path) -> tuple[dict[str, Any], list[Target], Dataset]:
-    """A build directory's report, targets (budget order) and dataset (the build's own split), checked for consistency.
-
-    Member weights whose bytes changed since the build are bad input, like changed artifacts.
-    """
-    source = out / "report.json"
-    report = read_json(source, "build report")
-    try:
-        cfg = report["config"]
-        spec = cfg["data"].get("spec", cfg["data"]["name"])
-        split = cfg["data"].get("split") or {"seed": cfg["seed"], "fractions": asdict(SplitFractions()), "digest": cfg["data"]["digest"]}
-        if not isinstance(report["targets"], list) or not all(isinstance(t, dict) for t in report["targets"]):
-            raise TypeError("targets must be a list of target tables")
-        targets = [parse_target(t, f"{source} target {t.get('name')}") for t in report["targets"]]
-        members = {m["target"]: m.get("weights_sha256") for m in report["family"]}
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise RegnasError(f"{source} is not a regnas build report ({type(exc).__name__}: {exc}); re-run regnas build") from exc
-    try:
-        data = load_recorded_split(spec, split, str(source))
-    except RegnasError as exc:
-        raise RegnasError(f"the data behind {out} changed since the build ({spec}): {exc}") from exc
-    for name, digest in members.items():
-        weights = out / name / "model.safetensors"
-        if digest is not None and (not weights.is_file() or sha256_file(weights) != digest):
-            raise RegnasError(f"the weights of {name} ({weights}) changed since the build; re-run regnas build")
-    return report, targets, data
 
 
 def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dataset, remote: Remote | None = None) -> CheckResult:
@@ -133,7 +104,8 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
 
 def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> CheckResult:
     """Check a build's artifacts (exporting them first when asked) and record the result in its report."""
-    report, targets, data = load_build(out)
+    build = open_build(out)
+    report, targets, data = build.report, build.targets, build.data
     if export:
         artifacts = export_family(out, targets, data)
     elif report.get("artifacts"):
@@ -151,6 +123,6 @@ def save_check(out: Path, report: dict[str, Any], result: CheckResult) -> dict[s
 
     report["artifacts"] = [a.to_json() for a in result.artifacts]
     report["check"] = result.section()
-    write_json(out / "report.json", report)
+    write_report(out, report)
     write_reports(out, report)
     return report

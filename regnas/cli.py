@@ -305,9 +305,10 @@ class Report(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.report import load_report, write_reports
+        from regnas.builddir import read_report
+        from regnas.report import write_reports
 
-        for path in write_reports(args.build_dir, load_report(args.build_dir)):
+        for path in write_reports(args.build_dir, read_report(args.build_dir)):
             print(f"wrote {path}")
         return 0
 

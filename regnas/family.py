@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.flips import flip_matrix, negative_flips, nfr, top1
-from regnas.io import load_tensors, read_json
 from regnas.nn import crop_slices
 from regnas.search import PRESETS, Budget, Reward, SearchConfig, evolve
-from regnas.spaces import Arch, SearchSpace, create_space
+from regnas.spaces import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
 
@@ -138,23 +135,6 @@ def nesting(
         shared_weight_fraction=shared / n_large,
         shared_of_smaller=shared / n_small,
     )
-
-
-def load_member(path: str | Path) -> tuple[SearchSpace, nn.Module]:
-    """A family member saved by `regnas build` (`DIR/<target>/`), as a standalone eval-mode network."""
-    path = Path(path)
-    meta = read_json(path / "arch.json", "member arch file")
-    try:
-        space = create_space(meta["space"], meta["config"])
-    except (KeyError, TypeError) as exc:
-        raise RegnasError(f"{path / 'arch.json'} is not a regnas arch file (missing {exc}); rebuild it with regnas build") from exc
-    net = space.build_subnet(space.from_json(meta["arch"]))
-    state = load_tensors(path / "model.safetensors", "member weights")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise RegnasError(f"{path / 'model.safetensors'} does not match {path / 'arch.json'}; rebuild the family") from exc
-    return space, net.eval()
 
 
 @dataclass

@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
+from regnas.builddir import is_build, is_member, load_member
 from regnas.data import Split
 from regnas.errors import RegnasError
 from regnas.flips import negative_flips, top1, upper_bound
@@ -87,10 +88,8 @@ def predictions(source: str | Path, split: Split, classes: int, preprocess: Prep
 
         rt = runtime_for(path, threads)
         pred = _model_predictions(rt.scores, rt.input_shape, preprocess(split.x.numpy()), str(path))
-    elif path.is_dir() and (path / "arch.json").is_file():
+    elif path.is_dir() and is_member(path):
         import torch
-
-        from regnas.family import load_member
 
         space, net = load_member(path)
 
@@ -99,8 +98,8 @@ def predictions(source: str | Path, split: Split, classes: int, preprocess: Prep
                 return net(torch.from_numpy(x)).numpy()
 
         pred = _model_predictions(scores, space.input_shape, split.x.numpy(), str(path))
-    elif path.is_dir() and (path / "report.json").is_file():
-        targets = sorted(p.name for p in path.iterdir() if (p / "arch.json").is_file())
+    elif path.is_dir() and is_build(path):
+        targets = sorted(p.name for p in path.iterdir() if is_member(p))
         raise RegnasError(f"{path} is a build directory; name a member, e.g. {path / (targets[0] if targets else '<target>')}")
     elif not path.exists():
         raise RegnasError(f"model or predictions not found: {path}; check the path")

@@ -18,35 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from regnas.errors import RegnasError  # noqa: E402
-from regnas.io import atomic_path, read_json  # noqa: E402
-
-
-def load_report(build_dir: str | Path) -> dict[str, Any]:
-    """The report.json of a build directory."""
-    path = Path(build_dir) / "report.json"
-    if not path.is_file():
-        raise RegnasError(f"{build_dir} has no report.json; run regnas build --out {build_dir} first")
-    report = read_json(path, "build report")
-    problem = _shape_problem(report)
-    if problem:
-        raise RegnasError(f"{path} is not a regnas build report ({problem}); rebuild it with regnas build")
-    return report
-
-
-def _shape_problem(report: Any) -> str | None:
-    """What makes `report` unreadable as a build report, or None."""
-    if not isinstance(report, dict):
-        return f"a JSON {type(report).__name__}, not an object"
-    for section in (report, report.get("baseline")):
-        if not isinstance(section, dict):
-            return "no baseline section"
-        for key in ("family", "nesting"):
-            if not isinstance(section.get(key), list) or not all(isinstance(v, dict) for v in section[key]):
-                return f"{key} is missing or not a list of records"
-    if not isinstance(report.get("targets", []), list) or not all(isinstance(t, dict) for t in report.get("targets", [])):
-        return "targets is not a list of target tables"
-    return None
+from regnas.io import atomic_path  # noqa: E402
 
 
 def _pct(v: float | None) -> str:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from regnas.build import BuildOptions, build, flag_repeats
+from regnas.builddir import load_member
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
-from regnas.family import load_member
 from regnas.pct import PCTConfig
 from regnas.search import SearchConfig
 

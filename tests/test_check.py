@@ -97,7 +97,7 @@ def test_tampered_artifact_and_missing_report_exit_2(family_dir, tmp_path, capsy
     finally:
         path.write_bytes(original)
     assert main(["check", str(tmp_path)]) == 2
-    assert "build report not found" in capsys.readouterr().err
+    assert "has no report.json; run regnas build" in capsys.readouterr().err
     assert main(["export", str(tmp_path)]) == 2
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from regnas import builddir
 from regnas.cli import main
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.flips import upper_bound
 from regnas.gate import decide
-from regnas.io import save_tensors, write_json
 
 
 def gate(reference, candidate, *extra, split="test"):
@@ -22,8 +22,7 @@ def gate(reference, candidate, *extra, split="test"):
 
 def save_member(net, space, arch, calib, out):
     subnet = recalibrate_bn(space.extract(net.model, arch), calib)
-    write_json(out / "arch.json", {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
-    save_tensors(out / "model.safetensors", subnet.state_dict())
+    builddir.save_member(out, space, arch, subnet, out.name)
     return subnet.to(memory_format=torch.contiguous_format)
 
 
