@@ -23,7 +23,7 @@ def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, caplog):
     common = {
         "targets": "phone,edge,server",
         "supernet": ckpt / "supernet.safetensors",
-        "search": SearchConfig(population=6, generations=3),
+        "search": SearchConfig(population=4, generations=2),
         "export": False,
     }
     serial = build(BuildOptions(out=tmp_path / "serial", **common))

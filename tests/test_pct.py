@@ -44,9 +44,9 @@ def test_pct_pulls_the_new_model_towards_the_old_one_and_leaves_the_old_untouche
     old_state = sha256_json({k: v.tolist() for k, v in old.state_dict().items()})
     x, labels = torch.cat([digits["val"].x, digits["test"].x]), torch.cat([digits["val"].y, digits["test"].y]).numpy()
     p_old = predict(old, x)
-    family = pct_family([old, new], digits, PCTConfig(epochs=2))
+    family = pct_family([old, new], digits, PCTConfig(epochs=1))
     pct = family[1]
-    plain = pct_finetune(new, old, digits, PCTConfig(epochs=2, weight=0.0))
+    plain = pct_finetune(new, old, digits, PCTConfig(epochs=1, weight=0.0))
     assert logit_gap(pct, old, x) < 0.5 * logit_gap(plain, old, x)
     assert (predict(pct, x) == labels).mean() > (p_old == labels).mean()  # still better than the old model
     assert sha256_json({k: v.tolist() for k, v in old.state_dict().items()}) == old_state
