@@ -11,6 +11,7 @@ after and every trial are recorded.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class Artifact:
             raise RegnasError(f"report.json has a malformed artifact entry ({exc}); re-run regnas export") from exc
 
 
+PREDICT_THREADS = os.cpu_count() or 1
+"""Runtime threads for predictions (flip counts, not timings): every core, since nothing else runs meanwhile."""
 RANK_SAMPLES = 1000
 """Val images that score each unit's sensitivity (the final choice is judged on all of val)."""
 RANK_CALIB = 128
@@ -111,7 +114,7 @@ class _QuantSearch:
     def score(self, options: dict[str, Any]) -> dict[str, Any]:
         """Export with `options` and count its flips against the fp32 model on val."""
         _, run = self.export(options)
-        preds = load_runtime(self.runtime, run.path).predict(self.x)
+        preds = load_runtime(self.runtime, run.path, PREDICT_THREADS).predict(self.x)
         flips = int(negative_flips(self.fp32, preds, self.labels).sum())
         return {
             "options": run.options,
@@ -165,7 +168,7 @@ class _QuantSearch:
 
 
 def _scores(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:
-    rt = load_runtime(runtime, path)
+    rt = load_runtime(runtime, path, PREDICT_THREADS)
     return np.concatenate([rt.scores(x[i : i + rt.max_batch]) for i in range(0, len(x), rt.max_batch)])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from regnas.artifacts import export_family
 from regnas.builddir import SEARCH_CACHE, read_search_cache, save_member, write_report, write_search_cache
@@ -272,9 +273,8 @@ def flag_repeats(members: list[dict[str, Any]]) -> None:
             logger.warning(f"family member {m['target']} is {prev['target']}'s arch: its larger budget buys nothing")
 
 
-def build(opts: BuildOptions) -> dict[str, Any]:
-    """Run the whole build and return the report (also written to `out/report.json`)."""
-    t0 = time.time()
+def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
+    """The rewards and targets, after every check that costs nothing (before any data is read)."""
     if launched_by_torchrun():
         raise RegnasError(
             "regnas build runs in one process; train under torchrun with `regnas train --out DIR`, then run regnas build --supernet DIR/"
@@ -292,6 +292,63 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         check_ray_address(opts.ray_address)
     if opts.space is not None:
         space_class(opts.space)
+    return rewards, targets
+
+
+def _family_report(
+    opts: BuildOptions, evaluator: Evaluator, found: dict[str, Any], rewards: list[Reward], luts: Luts
+) -> tuple[dict[str, Any], list[nn.Module]]:
+    """The report's family, nesting, baseline, val/test agreement and reward-sweep sections (on test), and the members' networks."""
+    family, baseline, space = found["family"], found["baseline"], evaluator.space
+    report: dict[str, Any] = {}
+    fam = assess(evaluator, family)
+    if opts.finetune is not None:
+        report["finetune"] = _finetune_section(fam.section, opts.finetune)
+        fam = assess(evaluator, family, nets=pct_family(fam.nets, evaluator.data, opts.finetune, nested=True))
+    report.update(fam.section)
+    report["baseline"] = assess(evaluator, baseline).section
+    report["val_test"] = _val_test_agreement(report["family"])
+    if found["sweep"]:
+        report["reward_sweep"] = [
+            _sweep_point(rewards[0].describe(), report),
+            *(_sweep_point(name, assess(evaluator, ms).section) for name, ms in found["sweep"].items()),
+            _sweep_point("baseline (R0, each target alone)", report["baseline"]),
+        ]
+    _latency(report["family"], family, space, luts)
+    _latency(report["baseline"]["family"], baseline, space, luts)
+    flag_repeats(report["family"])
+    report["luts"] = {name: {"path": str(p), "provenance": lut.provenance, "validation": lut.validation} for name, (p, lut) in luts.items()}
+    report["search"] = {
+        kind: {m.target: [list(c) for c in m.candidates] for m in members} for kind, members in (("family", family), ("baseline", baseline))
+    }
+    return report, fam.nets
+
+
+def _config_section(opts: BuildOptions, data: Dataset, net: Any, ckpt: Path, rewards: list[Reward]) -> dict[str, Any]:
+    """What the build was made from: data (with its split), space, supernet, seed, reward and settings."""
+    return {
+        "data": {
+            "spec": opts.data,
+            "name": data.name,
+            "digest": data.digest,
+            "input_shape": list(data.input_shape),
+            "class_names": data.class_names,
+            "splits": {s: len(data[s]) for s in data.splits},
+            "split": data.split_record(),
+        },
+        "space": net.space.name,
+        "supernet": str(ckpt),
+        "seed": opts.seed,
+        "reward": asdict(rewards[0]),
+        "search": asdict(opts.search),
+        "train": net.meta.get("train"),
+    }
+
+
+def build(opts: BuildOptions) -> dict[str, Any]:
+    """Run the whole build and return the report (also written to `out/report.json`)."""
+    t0 = time.time()
+    rewards, targets = _validate_options(opts)
     out = ensure_writable_dir(opts.out, "--out")
     data = _data_for(opts)
     if opts.export:  # after the cheap checks: this imports every backend the targets ask for
@@ -311,57 +368,19 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         cfg = _train_config(opts, data, fresh, out, len(budgets), t0)
         net = train_supernet(data, out, cfg, name, world=init_world())
         ckpt = out / CHECKPOINT
-    space = net.space
     t_train = time.time()
 
     evaluator = Evaluator(net, data)
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
-    family, baseline = found["family"], found["baseline"]
     t_search = time.time()
 
-    report: dict[str, Any] = {}
-    fam = assess(evaluator, family)
-    if opts.finetune is not None:
-        report["finetune"] = _finetune_section(fam.section, opts.finetune)
-        fam = assess(evaluator, family, nets=pct_family(fam.nets, data, opts.finetune, nested=True))
-    report.update(fam.section)
-    report["baseline"] = assess(evaluator, baseline).section
-    report["val_test"] = _val_test_agreement(report["family"])
-    if found["sweep"]:
-        report["reward_sweep"] = [
-            _sweep_point(rewards[0].describe(), report),
-            *(_sweep_point(name, assess(evaluator, ms).section) for name, ms in found["sweep"].items()),
-            _sweep_point("baseline (R0, each target alone)", report["baseline"]),
-        ]
-    _latency(report["family"], family, space, luts)
-    _latency(report["baseline"]["family"], baseline, space, luts)
-    flag_repeats(report["family"])
-    report["luts"] = {name: {"path": str(p), "provenance": lut.provenance, "validation": lut.validation} for name, (p, lut) in luts.items()}
-    for m, n, rec in zip(family, fam.nets, report["family"]):
-        rec["weights_sha256"] = save_member(out / m.target, space, m.arch, n, m.target)
+    report, nets = _family_report(opts, evaluator, found, rewards, luts)
+    for m, n, rec in zip(found["family"], nets, report["family"]):
+        rec["weights_sha256"] = save_member(out / m.target, net.space, m.arch, n, m.target)
     order = [name for name, _ in budgets]
     ordered = sorted(targets, key=lambda t: order.index(t.name))
     report["targets"] = [t.to_json() for t in ordered]
-    report["config"] = {
-        "data": {
-            "spec": opts.data,
-            "name": data.name,
-            "digest": data.digest,
-            "input_shape": list(data.input_shape),
-            "class_names": data.class_names,
-            "splits": {s: len(data[s]) for s in data.splits},
-            "split": data.split_record(),
-        },
-        "space": space.name,
-        "supernet": str(ckpt),
-        "seed": opts.seed,
-        "reward": asdict(rewards[0]),
-        "search": asdict(opts.search),
-        "train": net.meta.get("train"),
-    }
-    report["search"] = {
-        kind: {m.target: [list(c) for c in m.candidates] for m in members} for kind, members in (("family", family), ("baseline", baseline))
-    }
+    report["config"] = _config_section(opts, data, net, ckpt, rewards)
     t_export = time.time()
     if opts.export:
         artifacts = export_family(out, ordered, data)

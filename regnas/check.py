@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from regnas.artifacts import Artifact, export_family, open_artifact, verify_artifact
+from regnas.artifacts import PREDICT_THREADS, Artifact, export_family, open_artifact, verify_artifact
 from regnas.builddir import load_member, open_build, write_report
 from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
@@ -72,7 +72,7 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
     for i, a in enumerate(artifacts):
         device = remote if a.sha256 and runtime_class(a.runtime).needs_device(out / a.path) else None
         try:
-            rt = open_artifact(out, a, remote=device)
+            rt = open_artifact(out, a, PREDICT_THREADS, remote=device)
             p = rt.predict(x)
         except Unavailable as exc:
             a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev, a.flips, a.nfr_interval, a.verdict = f"skipped: {exc}", *[None] * 6

@@ -77,9 +77,25 @@ def _remote(args: argparse.Namespace):
     return Remote.parse(args.rpc, args.rpc_key) if args.rpc else None
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
-    p.add_argument("--seed", type=_count, default=0, help="seed for splits, training and search (default: 0)")
+def _data_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    p.add_argument("--data", required=required, default=None if required else "digits", help=help)
+
+
+def _seed_option(p: argparse.ArgumentParser, seeds: str) -> None:
+    p.add_argument("--seed", type=_count, default=0, help=f"seed of {seeds} (default: 0)")
+
+
+def _threads_option(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    p.add_argument("--threads", type=_positive, default=default, help=help)
+
+
+def _json_option(p: argparse.ArgumentParser, help: str = "also write the result as JSON") -> None:
+    p.add_argument("--json", type=Path, default=None, help=help)
+
+
+def _add_data_options(p: argparse.ArgumentParser, seeds: str) -> None:
+    _data_option(p, "dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
+    _seed_option(p, seeds)
     p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
     p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
     p.add_argument(
@@ -137,7 +153,7 @@ class Build(Command):
         )
         p.add_argument("--strict", action="store_true", help="exit 1 when an artifact's flip check is inconclusive, not only when it fails")
         _add_rpc_options(p)
-        _add_data_options(p)
+        _add_data_options(p, "the data split, training and search (with --supernet: the search only; the split is the checkpoint's)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -256,7 +272,7 @@ class Train(Command):
         p.add_argument(
             "--sort-channels", action="store_true", help="after the warm start (the largest subnet alone), order channels by importance"
         )
-        _add_data_options(p)
+        _add_data_options(p, "the data split and training")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -324,7 +340,7 @@ def _space_for(data_spec: str, seed: int, space_name: str | None):
 
 
 def _add_space_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="the dataset the LUT is for (fixes the input size; default: digits)")
+    _data_option(p, "the dataset the LUT is for (fixes the input size; default: digits)")
     p.add_argument("--space", default=None, help="search space (default: mbv3)")
     p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
 
@@ -342,8 +358,8 @@ class Targets(Command):
         p.add_argument("--n-fit", type=_positive, default=30, help="validate: other subnets measured to fit the calibration (default: 30)")
         p.add_argument("--lut", type=Path, default=None, help="validate: the LUT file (default: the target's, --lut-dir's or the built-in)")
         p.add_argument("--lut-dir", type=Path, default=None, help="validate: a directory of LUTs written by regnas profile")
-        p.add_argument("--json", type=Path, default=None, help="validate: also write the numbers as JSON")
-        p.add_argument("--seed", type=_count, default=0, help="validate: seed of the random subnets (default: 0)")
+        _json_option(p, "validate: also write the numbers as JSON")
+        _seed_option(p, "validate's random subnets")
         _add_space_options(p)
         _add_rpc_options(p)
 
@@ -400,7 +416,7 @@ class Profile(Command):
         p.add_argument("--out", type=Path, default=None, help=f"LUT file (default: {default}); an unfinished one is resumed")
         p.add_argument("--warmup", type=_positive, default=10, help="untimed runs per unit (default: 10)")
         p.add_argument("--repeats", type=_positive, default=50, help="timed runs per unit (default: 50)")
-        p.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: the target's; recorded in the LUT)")
+        _threads_option(p, None, "runtime threads (default: the target's; recorded in the LUT)")
         _add_space_options(p)
         _add_rpc_options(p)
 
@@ -437,12 +453,12 @@ class Bench(Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", type=Path, help="an artifact: .onnx, .pte, .so (TVM), .mlpackage or .engine")
         p.add_argument("--runtime", default=None, help="runtime name (default: chosen by the file suffix)")
-        p.add_argument("--threads", type=_positive, default=1, help="runtime threads (default: 1)")
+        _threads_option(p, 1, "runtime threads (default: 1)")
         p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
         p.add_argument("--input-shape", default=None, help="C,H,W for models whose input shape is dynamic")
         p.add_argument("--warmup", type=_positive, default=20, help="untimed runs (default: 20)")
         p.add_argument("--repeats", type=_positive, default=200, help="timed runs (default: 200)")
-        p.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+        _json_option(p)
         _add_rpc_options(p)
 
     @staticmethod
@@ -506,17 +522,17 @@ class Gate(Command):
         what = "an .onnx model, a build member directory (BUILD_DIR/<target>) or .npy/.json predictions"
         p.add_argument("--reference", required=True, help=f"the model to stay compatible with: {what}")
         p.add_argument("--candidate", required=True, help=f"the new model: {what}")
-        p.add_argument("--data", required=True, help="dataset name or path, as for regnas build")
+        _data_option(p, "dataset name or path, as for regnas build", required=True)
         p.add_argument("--split", default=None, help="train, calib, val or test (default: the whole set, in source order)")
-        p.add_argument("--seed", type=_count, default=0, help="seed of the dataset's splits (default: 0, as regnas build)")
+        _seed_option(p, "the dataset's split, as given to regnas build")
         p.add_argument("--max-nfr", type=_fraction, default=0.01, help="largest acceptable NFR upper bound (default: 0.01)")
         p.add_argument("--max-top1-drop", type=_fraction, default=0.01, help="largest acceptable top-1 drop (default: 0.01)")
         p.add_argument("--confidence", type=_confidence, default=0.95, help="confidence of the NFR upper bound (default: 0.95)")
         p.add_argument("--list", type=_count, default=20, help="how many flipped samples to list (default: 20)")
         p.add_argument("--mean", type=_finite, nargs="+", default=[0.0], help="ONNX inputs: per-channel mean subtracted from [0, 1] images")
         p.add_argument("--std", type=_positive_float, nargs="+", default=[1.0], help="ONNX inputs: per-channel std to divide by")
-        p.add_argument("--threads", type=_positive, default=1, help="ONNX Runtime threads")
-        p.add_argument("--json", type=Path, default=None, help="write the result as JSON")
+        _threads_option(p, 1, "ONNX Runtime threads (default: 1)")
+        _json_option(p, "write the result as JSON")
         p.add_argument("--junit", type=Path, default=None, help="write JUnit XML")
         p.add_argument("--markdown", type=Path, default=None, help="write a markdown summary (pull-request comment)")
 

@@ -38,6 +38,8 @@ class ExportJob:
     calib: np.ndarray
     directory: Path
     scratch: Path
+    traced: dict[str, Any] = field(default_factory=dict)
+    """Graphs an exporter traced from `model`, kept for the next trial of flip-aware quantization (tracing costs seconds)."""
 
     def onnx(self) -> Path:
         """The fp32 ONNX graph of the model (exported once per job)."""
@@ -74,6 +76,18 @@ class Exporter(ABC):
     @abstractmethod
     def export(self, job: ExportJob, precision: str, options: dict[str, Any] | None = None) -> list[Exported]:
         """Write the artifacts for `precision` into `job.directory`."""
+
+    def build_for_timing(self, job: ExportJob, runtime: str, precision: str, device: str | None = None) -> Path:
+        """The file `runtime` loads to time `job.model` at `precision` (LUT profiling).
+
+        `device` is a remote device's compile target, for formats compiled per device (TVM).
+        """
+        if precision not in self.precisions:
+            raise RegnasError(f"the {runtime} runtime has no {precision} build; use {self.precisions}")
+        runs = [e for e in self.export(job, precision) if e.runtime == runtime and e.status == "ok"]
+        if not runs:
+            raise RegnasError(f"cannot build a {runtime} {precision} model on this machine")
+        return Path(runs[0].path)
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         """Quantization options flip-aware quantization may try, default first; [{}] when there is nothing to choose."""

@@ -5,6 +5,7 @@ int8 is PT2E static quantization with XNNPACK's quantizer, calibrated on the cal
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,15 @@ def compute_modules(model: torch.nn.Module) -> list[str]:
     ]
 
 
-def _quantize(model: torch.nn.Module, input_shape: tuple[int, ...], calib: np.ndarray, options: dict[str, Any]) -> torch.nn.Module:
+def _quantize(job: ExportJob, options: dict[str, Any]) -> torch.nn.Module:
+    """The job's model quantized by PT2E with XNNPACK's quantizer, calibrated on the job's images."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
     config = get_symmetric_quantization_config(is_per_channel=options["per_channel"])
     quantizer = XNNPACKQuantizer()
+    model, calib = job.model.eval(), job.calib
     units = compute_modules(model)
     named = [*options.get("keep_float", ()), *options.get("quantize_only", ())]
     if unknown := [n for n in named if n not in units]:
@@ -58,7 +61,9 @@ def _quantize(model: torch.nn.Module, input_shape: tuple[int, ...], calib: np.nd
     elif options.get("keep_float"):
         kept = [get_module_name_filter(n) for n in options["keep_float"]]
         quantizer.set_filter_function(lambda node: node.op != "call_function" or not any(f(node) for f in kept))
-    prepared = prepare_pt2e(_export(model, input_shape, batch=None).module(), quantizer)
+    if "calibration_graph" not in job.traced:
+        job.traced["calibration_graph"] = _export(model, job.input_shape, batch=None).module()
+    prepared = prepare_pt2e(copy.deepcopy(job.traced["calibration_graph"]), quantizer)
     for i in range(0, min(len(calib), options["calib_samples"]), 64):
         prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 64], dtype=np.float32)))
     return convert_pt2e(prepared)
@@ -87,7 +92,7 @@ class ExecuTorchExporter(Exporter):
             try:
                 model = job.model.eval()
                 if precision == "int8":
-                    model = _quantize(model, job.input_shape, job.calib, opts)
+                    model = _quantize(job, opts)
                 program = to_edge_transform_and_lower(_export(model, job.input_shape), partitioner=[XnnpackPartitioner()]).to_executorch()
             except Exception as exc:  # torch.export / exir raise many types for unsupported graphs
                 raise RegnasError(f"could not lower the model to ExecuTorch ({str(exc).splitlines()[0]}); report it with the arch") from exc
@@ -103,7 +108,7 @@ class ExecuTorchExporter(Exporter):
         if precision != "int8":
             return None
         with quiet(native=True), torch.no_grad():
-            model = _quantize(job.model.eval(), job.input_shape, job.calib, {**DEFAULT_INT8, **options})
+            model = _quantize(job, {**DEFAULT_INT8, **options})
 
         def scores(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():

@@ -8,8 +8,9 @@ saturates on AVX2 CPUs without VNNI, exactly the regression the check exists to 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from regnas.errors import RegnasError, require
 from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
-from regnas.io import atomic_path
+from regnas.io import atomic_path, sha256_file
 from regnas.quiet import quiet
 
 INPUT, OUTPUT = "input", "scores"
@@ -111,24 +112,32 @@ class _Calibration:
 
 
 def quantize_int8(src: Path, path: Path, calib: np.ndarray, options: dict[str, Any], symmetric: bool = False) -> Path:
-    """Static QDQ int8 of the fp32 model at `src`, calibrated on `calib`."""
+    """Static QDQ int8 of the fp32 model at `src`, calibrated on `calib`.
+
+    Flip-aware quantization quantizes one graph dozens of times with different nodes kept in float;
+    the pre-processed graph and (where ONNX Runtime can reuse them) the calibration ranges are kept
+    beside `src`, keyed by its hash, the method and the images, so each trial only inserts QDQ nodes.
+    """
     q = require("onnxruntime.quantization", "onnx")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     opts = {**DEFAULT_INT8, **options}
     if len(calib) < CALIB_BATCH:
         raise RegnasError(
             f"int8 calibration needs at least one batch of {CALIB_BATCH} images but the calib split has {len(calib)}; add data"
         )
-    with tempfile.TemporaryDirectory() as work, atomic_path(path) as tmp, quiet():
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        keep = _float_nodes(pre, opts.get("keep_float", ()))
-        only = _float_nodes(pre, opts["quantize_only"]) if "quantize_only" in opts else None
+    images = calib[: opts["calib_samples"]]
+    pre = _preprocessed(src)
+    keep = _float_nodes(pre, opts.get("keep_float", ()))
+    only = _float_nodes(pre, opts["quantize_only"]) if "quantize_only" in opts else None
+    cache = {}
+    if "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
+        digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()[:16]
+        cache["calibration_cache_path"] = pre.with_name(f"{pre.stem}.{opts['calibrate_method']}-{digest}.calib.json")
+    with atomic_path(path) as tmp, quiet():
         q.quantize_static(
             str(pre),
             str(tmp),
-            _Calibration(calib[: opts["calib_samples"]]),
+            _Calibration(images),
             quant_format=q.QuantFormat.QDQ,
             per_channel=opts["per_channel"],
             reduce_range=opts["reduce_range"],
@@ -138,8 +147,20 @@ def quantize_int8(src: Path, path: Path, calib: np.ndarray, options: dict[str, A
             nodes_to_exclude=keep,
             nodes_to_quantize=only,
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            **cache,
         )
     return path
+
+
+def _preprocessed(src: Path) -> Path:
+    """ONNX Runtime's quantization pre-processing of `src` (shape inference, graph optimisation), made once per graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = src.with_name(f"{src.stem}.{sha256_file(src)[:16]}.pre.onnx")
+    if not pre.is_file():
+        with atomic_path(pre) as tmp, quiet():
+            quant_pre_process(str(src), str(tmp), skip_symbolic_shape=True)
+    return pre
 
 
 def compute_nodes(model_path: Path) -> list[str]:
@@ -183,11 +204,8 @@ def _float_nodes(model_path: Path, names: tuple[str, ...] | list[str]) -> list[s
 
 def preprocessed_compute_nodes(src: Path) -> list[str]:
     """The compute nodes of `src` as ONNX Runtime's quantizer names them (after its pre-processing)."""
-    q = require("onnxruntime.quantization.shape_inference", "onnx")
-    with tempfile.TemporaryDirectory() as work, quiet():
-        pre = Path(work) / "pre.onnx"
-        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        return compute_nodes(pre)
+    require("onnxruntime.quantization", "onnx")
+    return compute_nodes(_preprocessed(src))
 
 
 @register_exporter

@@ -58,6 +58,11 @@ class TvmExporter(Exporter):
         require("tvm", self.extra)
         require("onnx", "onnx")
 
+    def build_for_timing(self, job: ExportJob, runtime: str, precision: str, device: str | None = None) -> Path:
+        """One library for the device being timed (this machine's LLVM without `device`), not every architecture."""
+        self.check_available()
+        return compile_library(job.onnx(), job.input_shape, job.directory / "unit.so", device or "llvm")
+
     def export(self, job: ExportJob, precision: str, options: dict[str, Any] | None = None) -> list[Exported]:
         self.check_available()
         from importlib.metadata import version

@@ -64,17 +64,11 @@ def export_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Ta
     rng = torch.Generator().manual_seed(0)
     calib = torch.rand((CALIB, *input_shape), generator=rng).numpy()
     job = ExportJob(module, tuple(input_shape), calib, work, work)
-    if target.runtime == "tvm":
-        from regnas.exporters.tvm import compile_library
-
-        return compile_library(job.onnx(), tuple(input_shape), work / "unit.so", target.tvm_target if remote else "llvm")
     exporter = create_exporter(runtime_class(target.runtime).exporter)
-    if target.precision not in exporter.precisions:
-        raise RegnasError(f"target {target.name}: the {target.runtime} runtime has no {target.precision} build; use {exporter.precisions}")
-    runs = [e for e in exporter.export(job, target.precision) if e.runtime == target.runtime and e.status == "ok"]
-    if not runs:
-        raise RegnasError(f"target {target.name}: cannot build a {target.runtime} {target.precision} model on this machine")
-    return Path(runs[0].path)
+    try:
+        return exporter.build_for_timing(job, target.runtime, target.precision, target.tvm_target if remote else None)
+    except RegnasError as exc:
+        raise RegnasError(f"target {target.name}: {exc}") from exc
 
 
 def open_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Runtime:
