@@ -75,10 +75,12 @@ DEFAULT_TIME_BUDGET_MIN = 40.0
 """The whole build's budget when neither --epochs nor --time-budget is given."""
 DEFAULT_MIN_EPOCHS = 3
 """The fewest epochs a build under the default budget trains (one given by the user is kept, or refused)."""
-EXPORT_EVALS_PER_TARGET = 350
-"""Export and check of one target cost about this many candidate evaluations: flip-aware quantization ranks
-and re-scores on val, the check runs every artifact on test (measured on 2 cores: 250 on digits, 200 on
-Fashion-MNIST with compute-node units, more with whole units)."""
+EXPORT_FIXED_S_PER_TARGET = 10.0
+EXPORT_EVALS_PER_TARGET = 150
+"""Export and check of one target cost about EXPORT_FIXED_S_PER_TARGET seconds (lowering, compiling) plus this
+many candidate evaluations (flip-aware quantization ranks units and re-scores on val, the check runs every
+artifact on test). Fitted on 2 cores to the export and check of the default targets: digits about 15 s per
+target at 0.05 s per evaluation, Fashion-MNIST about 320 s per target at 2.1 s."""
 
 
 def _budgets(space: SearchSpace, targets: list[Target], lut_dir: Path | None) -> tuple[list[tuple[str, Budget]], Luts]:
@@ -164,7 +166,8 @@ def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Pa
     from regnas.train import Supernet
 
     per_eval = eval_seconds(Evaluator(Supernet(space, space.build_supernet(), {}), data))
-    reserve = search_reserve_s(per_eval, n_targets, opts.search) + (EXPORT_EVALS_PER_TARGET * per_eval * n_targets if opts.export else 0.0)
+    export_s = n_targets * (EXPORT_FIXED_S_PER_TARGET + EXPORT_EVALS_PER_TARGET * per_eval) if opts.export else 0.0
+    reserve = search_reserve_s(per_eval, n_targets, opts.search) + export_s
     left = budget_min * 60 - reserve - (time.time() - t0)
     logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for search and export")
     if left <= 0 and opts.time_budget is not None:

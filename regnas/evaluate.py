@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from regnas.data import Dataset
+from regnas.nn import fold_bn
 from regnas.spaces import Arch
 from regnas.train import Supernet
 
@@ -63,8 +64,8 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
 
 @torch.no_grad()
 def predict(net: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Predicted class per sample."""
-    net.eval()
+    """Predicted class per sample (batch norm folded into the convolutions, as the exported models compute)."""
+    net = fold_bn(net)
     with _channels_last(net):
         return np.concatenate([net(b).argmax(1).numpy() for b in _batches(x)]).astype(np.int64)
 

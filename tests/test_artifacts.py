@@ -1,0 +1,60 @@
+"""artifacts.py: the artifact record, its integrity check, and how many val flips flip-aware quantization allows."""
+
+import numpy as np
+import pytest
+
+from regnas.artifacts import Artifact, _QuantSearch, verify_artifact
+from regnas.errors import RegnasError
+from regnas.flips import lower_bound, upper_bound
+from regnas.io import sha256_file
+
+
+def _search(n):
+    labels = np.zeros(n, dtype=np.int64)
+    return _QuantSearch(None, None, "int8", "onnxruntime", (np.zeros((n, 1)), labels, labels))
+
+
+@pytest.mark.parametrize("n", [5000, 10000])
+def test_allowed_val_flips_are_the_most_that_still_pass_the_check(n):
+    allowed = _search(n).allowed_flips(0.002)
+    assert upper_bound(allowed, n, 0.95) <= 0.002 < upper_bound(allowed + 1, n, 0.95)
+
+
+def test_on_a_small_val_split_one_flip_is_noise_not_a_failure():
+    """269 digits images cannot show 0.2% even at 0 flips: allow what the check would not call `failed`."""
+    n = 269
+    assert upper_bound(0, n, 0.95) > 0.002
+    allowed = _search(n).allowed_flips(0.002)
+    assert allowed >= 0 and lower_bound(allowed, n, 0.95) <= 0.002 < lower_bound(allowed + 1, n, 0.95)
+
+
+def _artifact(tmp_path, **kw):
+    (tmp_path / "phone").mkdir(exist_ok=True)
+    path = tmp_path / "phone" / "onnx-int8.onnx"
+    path.write_bytes(b"model")
+    side = tmp_path / "phone" / "onnx-int8.onnx.json"
+    side.write_text("{}")
+    fields = dict(target="phone", format="onnx", precision="int8", path="phone/onnx-int8.onnx", runtime="onnxruntime", status="ok")
+    return Artifact(**{**fields, "sha256": sha256_file(path), "companions": {side.name: sha256_file(side)}, **kw}), path, side
+
+
+def test_verify_accepts_the_recorded_bytes_and_names_what_changed(tmp_path):
+    artifact, path, side = _artifact(tmp_path)
+    verify_artifact(tmp_path, artifact)
+    side.write_text('{"target": "other"}')
+    with pytest.raises(RegnasError, match="changed since export; re-run regnas export"):
+        verify_artifact(tmp_path, artifact)
+    side.write_text("{}")
+    path.write_bytes(b"model!")
+    with pytest.raises(RegnasError, match="no longer matches its sha256"):
+        verify_artifact(tmp_path, artifact)
+    path.unlink()
+    with pytest.raises(RegnasError, match="is missing"):
+        verify_artifact(tmp_path, artifact)
+
+
+def test_record_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path):
+    artifact, _, _ = _artifact(tmp_path)
+    assert Artifact.from_json(artifact.to_json()) == artifact and artifact.label == "phone/onnx-int8.onnx"
+    with pytest.raises(RegnasError, match="malformed artifact entry"):
+        Artifact.from_json({**artifact.to_json(), "colour": "blue"})
