@@ -11,7 +11,6 @@ default options (the time budget plans the supernet's epochs), and leaves it the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -20,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from regnas.builddir import read_report
 from regnas.io import read_json, write_json
 
 LIMITS_S = {"digits": 180, "fashion-mnist": 2700}
@@ -42,7 +42,7 @@ def main() -> int:
         if proc.returncode not in (0, 1):
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
-        report = json.loads((work / "report.json").read_text())
+        report = read_report(work)
         stages = report["timing_s"]
         limit = LIMITS_S.get(data)
         runs.append(

@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from regnas.build import BuildOptions, build
+from regnas.builddir import is_build, read_report, read_search_cache
 from regnas.data import load_recorded_split
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
@@ -72,8 +73,8 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
     """Every seed's rows for one search space, and their means."""
     first = args.seeds[0]
     work = args.work / f"{space}-{args.data}"
-    if (work / "report.json").is_file():  # a build made by build_speed.py / supernet_quality.py, or an earlier run
-        report = read_json(work / "report.json")
+    if is_build(work):  # a build made by build_speed.py / supernet_quality.py, or an earlier run
+        report = read_report(work)
         if report["config"]["reward"]["name"] != parse_reward(args.reward).name or report["config"]["seed"] != first:
             sys.exit(f"{work} was built with another reward or seed; pass another --work")
     else:
@@ -97,7 +98,7 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
         run: dict = {"seed": seed}
         for name, reward in rewards.items():
             if seed == first and name == args.reward:
-                members = [Member.from_json(net.space, m) for m in read_json(work / "search.json")["family"]]
+                members = [Member.from_json(net.space, m) for m in read_search_cache(work)["family"]]
             else:
                 members = search_family(evaluator, budgets, reward, cfg, seed)
             fam = assess(evaluator, members)

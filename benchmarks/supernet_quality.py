@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from regnas.builddir import is_build, read_report
 from regnas.data import load_recorded_split
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.io import read_json, write_json
@@ -55,14 +56,14 @@ def bench(data_spec: str, space_name: str, args: argparse.Namespace) -> tuple[di
     """One timed build, then every named subnet against its standalone twin."""
     work = args.work / f"{space_name}-{data_spec}"
     code = None
-    if not (work / "report.json").is_file():
+    if not is_build(work):
         cmd = [sys.executable, "-m", "regnas", "build", "--data", data_spec, "--space", space_name, "--out", str(work)]
         cmd += ["--time-budget", str(args.time_budget), *([] if args.export else ["--no-export"])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode not in (0, 1):
             sys.exit(f"build failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
         code = proc.returncode
-    report = read_json(work / "report.json")
+    report = read_report(work)
     seconds = report["timing_s"]["total"]
     ckpt = work / "supernet.safetensors"
     header = json.loads((work / "supernet.json").read_text())

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from regnas.builddir import is_build, read_report
+from regnas.builddir import REPORT, MemberRecord, is_build, read_report
 from regnas.errors import RegnasError
 from regnas.runtimes import Remote, load_runtime, runtime_for
 
@@ -46,11 +46,12 @@ def _build_prediction(path: Path) -> tuple[float | None, str | None]:
     if not is_build(path.parent.parent):
         return None, None
     report = read_report(path.parent.parent)
-    member = next((m for m in report.get("family", []) if m.get("target") == path.parent.name), None)
+    members = [MemberRecord.from_json(m, str(path.parent.parent / REPORT)) for m in report["family"]]
+    member = next((m for m in members if m.target == path.parent.name), None)
     target = next((t for t in report.get("targets", []) if t.get("name") == path.parent.name), None)
-    if member is None or member.get("predicted_latency_ms") is None or target is None:
+    if member is None or member.predicted_latency_ms is None or target is None:
         return None, None
-    return member["predicted_latency_ms"], f"{target['name']}: {target['runtime']} {target['precision']}, {target['threads']} threads"
+    return member.predicted_latency_ms, f"{target['name']}: {target['runtime']} {target['precision']}, {target['threads']} threads"
 
 
 def bench(

@@ -16,17 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from regnas.artifacts import export_family
-from regnas.builddir import SEARCH_CACHE, read_search_cache, save_member, write_report, write_search_cache
+from regnas.builddir import SEARCH_CACHE, MemberRecord, read_search_cache, save_member, write_report, write_search_cache
 from regnas.check import check
 from regnas.data import Dataset, load_dataset, load_recorded_split
 from regnas.distributed import init_world, launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
-from regnas.family import Member, assess, search_baseline, search_family
+from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
 from regnas.pct import PCTConfig, pct_family
 from regnas.report import write_reports
@@ -114,12 +113,11 @@ def _budgets(space: SearchSpace, targets: list[Target], lut_dir: Path | None) ->
     return budgets, luts
 
 
-def _latency(records: list[dict], members: list[Member], space: SearchSpace, luts: Luts) -> None:
+def _latency(records: list[MemberRecord], members: list[Member], space: SearchSpace, luts: Luts) -> None:
     """Add each member's LUT-predicted latency (and latency budget, where set) to its report record."""
     for rec, m in zip(records, members):
-        rec["predicted_latency_ms"] = luts[m.target][1].predict_ms(space, m.arch) if m.target in luts else None
-        if m.budget_latency_ms is not None:
-            rec["budget_latency_ms"] = m.budget_latency_ms
+        rec.predicted_latency_ms = luts[m.target][1].predict_ms(space, m.arch) if m.target in luts else None
+        rec.budget_latency_ms = m.budget_latency_ms
 
 
 def _data_for(opts: BuildOptions) -> Dataset:
@@ -239,15 +237,15 @@ def _finetune_section(before: dict[str, Any], cfg: PCTConfig) -> dict[str, Any]:
     }
 
 
-def _val_test_agreement(members: list[dict[str, Any]]) -> dict[str, Any]:
+def _val_test_agreement(members: list[MemberRecord]) -> dict[str, Any]:
     """How well the val split the search saw predicted each chosen member's test numbers."""
     rows = [
         {
-            "target": m["target"],
-            "val_top1": m["val_top1"],
-            "test_top1": m["top1"],
-            "val_nfr_vs_prev": m["val_nfr_vs_prev"],
-            "test_nfr_vs_prev": m["nfr_vs_prev"],
+            "target": m.target,
+            "val_top1": m.val_top1,
+            "test_top1": m.top1,
+            "val_nfr_vs_prev": m.val_nfr_vs_prev,
+            "test_nfr_vs_prev": m.nfr_vs_prev,
         }
         for m in members
     ]
@@ -256,24 +254,23 @@ def _val_test_agreement(members: list[dict[str, Any]]) -> dict[str, Any]:
     return {"members": rows, "max_abs_top1_gap": max(top1), "max_abs_nfr_gap": max(nfrs) if nfrs else None}
 
 
-def _sweep_point(name: str, section: dict[str, Any]) -> dict[str, Any]:
+def _sweep_point(name: str, members: list[MemberRecord]) -> dict[str, Any]:
     """One reward's family as a point of the NFR / top-1 trade-off."""
-    members = section["family"]
-    flips = [m["nfr_vs_prev"] for m in members[1:]]
+    flips = [m.nfr_vs_prev for m in members[1:]]
     return {
         "reward": name,
-        "mean_top1": float(np.mean([m["top1"] for m in members])),
+        "mean_top1": float(np.mean([m.top1 for m in members])),
         "mean_nfr": float(np.mean(flips)) if flips else 0.0,
-        "members": [{k: m[k] for k in ("target", "top1", "nfr_vs_prev", "flops")} for m in members],
+        "members": [{"target": m.target, "top1": m.top1, "nfr_vs_prev": m.nfr_vs_prev, "flops": m.flops} for m in members],
     }
 
 
-def flag_repeats(members: list[dict[str, Any]]) -> None:
+def flag_repeats(members: list[MemberRecord]) -> None:
     """Mark a member whose arch is its predecessor's: it spends none of its larger budget (zero flips by not upgrading)."""
     for prev, m in zip(members, members[1:]):
-        m["same_as_previous"] = m["arch"] == prev["arch"]
-        if m["same_as_previous"]:
-            logger.warning(f"family member {m['target']} is {prev['target']}'s arch: its larger budget buys nothing")
+        m.same_as_previous = m.arch == prev.arch
+        if m.same_as_previous:
+            logger.warning(f"family member {m.target} is {prev.target}'s arch: its larger budget buys nothing")
 
 
 def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
@@ -300,31 +297,31 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
 
 def _family_report(
     opts: BuildOptions, evaluator: Evaluator, found: dict[str, Any], rewards: list[Reward], luts: Luts
-) -> tuple[dict[str, Any], list[nn.Module]]:
-    """The report's family, nesting, baseline, val/test agreement and reward-sweep sections (on test), and the members' networks."""
+) -> tuple[dict[str, Any], Assessment, Assessment]:
+    """The family and the baseline assessed on test, and the report sections that derive from them (fine-tune,
+    val/test agreement, reward sweep, LUTs, search candidates); the two assessments' records are complete."""
     family, baseline, space = found["family"], found["baseline"], evaluator.space
     report: dict[str, Any] = {}
     fam = assess(evaluator, family)
     if opts.finetune is not None:
         report["finetune"] = _finetune_section(fam.section, opts.finetune)
         fam = assess(evaluator, family, nets=pct_family(fam.nets, evaluator.data, opts.finetune, nested=True))
-    report.update(fam.section)
-    report["baseline"] = assess(evaluator, baseline).section
-    report["val_test"] = _val_test_agreement(report["family"])
+    base = assess(evaluator, baseline)
+    _latency(fam.records, family, space, luts)
+    _latency(base.records, baseline, space, luts)
+    flag_repeats(fam.records)
+    report["val_test"] = _val_test_agreement(fam.records)
     if found["sweep"]:
         report["reward_sweep"] = [
-            _sweep_point(rewards[0].describe(), report),
-            *(_sweep_point(name, assess(evaluator, ms).section) for name, ms in found["sweep"].items()),
-            _sweep_point("baseline (R0, each target alone)", report["baseline"]),
+            _sweep_point(rewards[0].describe(), fam.records),
+            *(_sweep_point(name, assess(evaluator, ms).records) for name, ms in found["sweep"].items()),
+            _sweep_point("baseline (R0, each target alone)", base.records),
         ]
-    _latency(report["family"], family, space, luts)
-    _latency(report["baseline"]["family"], baseline, space, luts)
-    flag_repeats(report["family"])
     report["luts"] = {name: {"path": str(p), "provenance": lut.provenance, "validation": lut.validation} for name, (p, lut) in luts.items()}
     report["search"] = {
         kind: {m.target: [list(c) for c in m.candidates] for m in members} for kind, members in (("family", family), ("baseline", baseline))
     }
-    return report, fam.nets
+    return report, fam, base
 
 
 def _config_section(opts: BuildOptions, data: Dataset, net: Any, ckpt: Path, rewards: list[Reward]) -> dict[str, Any]:
@@ -377,9 +374,10 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
     t_search = time.time()
 
-    report, nets = _family_report(opts, evaluator, found, rewards, luts)
-    for m, n, rec in zip(found["family"], nets, report["family"]):
-        rec["weights_sha256"] = save_member(out / m.target, net.space, m.arch, n, m.target)
+    sections, fam, base = _family_report(opts, evaluator, found, rewards, luts)
+    for m, n, rec in zip(found["family"], fam.nets, fam.records):
+        rec.weights_sha256 = save_member(out / m.target, net.space, m.arch, n, m.target)
+    report = {**fam.section, "baseline": base.section, **sections}
     order = [name for name, _ in budgets]
     ordered = sorted(targets, key=lambda t: order.index(t.name))
     report["targets"] = [t.to_json() for t in ordered]

@@ -17,7 +17,7 @@ with one line.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,43 @@ ARCH = "arch.json"
 WEIGHTS = "model.safetensors"
 REPORT_FORMAT = "regnas-report/1"
 """The report.json layout this regnas writes and reads; bumped when a reader could misread an older one."""
+
+
+@dataclass
+class MemberRecord:
+    """One member of a family (or of the baseline) as report.json lists it: arch and cost, its test numbers,
+    and what the search saw on val. Keys after `flips_per_class` are written only when set."""
+
+    target: str
+    arch: dict[str, Any]
+    flops: int
+    budget_flops: float | None
+    params: int
+    top1: float
+    nfr_vs_prev: float | None
+    val_top1: float | None = None
+    val_nfr_vs_prev: float | None = None
+    evaluated: int | None = None
+    val_margin: dict[str, Any] | None = None
+    flips_per_class: list[int] | None = None
+    predicted_latency_ms: float | None = None
+    budget_latency_ms: float | None = None
+    same_as_previous: bool | None = None
+    weights_sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {k: v for k, v in out.items() if v is not None or k not in _SET_ONLY}
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str) -> MemberRecord:
+        try:
+            return cls(**{f.name: obj[f.name] for f in fields(cls) if f.name in obj or f.default is MISSING})
+        except (KeyError, TypeError) as exc:
+            raise RegnasError(f"{source} has a malformed member record (missing {exc}); re-run regnas build") from exc
+
+
+_SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256")
 
 
 def is_member(path: Path) -> bool:
@@ -132,6 +169,7 @@ class Build:
     report: dict[str, Any]
     targets: list[Target]
     data: Dataset
+    family: list[MemberRecord]
 
 
 def open_build(out: str | Path) -> Build:
@@ -147,15 +185,15 @@ def open_build(out: str | Path) -> Build:
         spec = cfg["data"].get("spec", cfg["data"]["name"])
         split = cfg["data"].get("split") or {"seed": cfg["seed"], "fractions": asdict(SplitFractions()), "digest": cfg["data"]["digest"]}
         targets = [parse_target(t, f"{source} target {t.get('name')}") for t in report["targets"]]
-        members = {m["target"]: m.get("weights_sha256") for m in report["family"]}
+        family = [MemberRecord.from_json(m, str(source)) for m in report["family"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise RegnasError(f"{source} is not a regnas build report ({type(exc).__name__}: {exc}); re-run regnas build") from exc
     try:
         data = load_recorded_split(spec, split, str(source))
     except RegnasError as exc:
         raise RegnasError(f"the data behind {out} changed since the build ({spec}): {exc}") from exc
-    for name, digest in members.items():
-        weights = out / name / WEIGHTS
-        if digest is not None and (not weights.is_file() or sha256_file(weights) != digest):
-            raise RegnasError(f"the weights of {name} ({weights}) changed since the build; re-run regnas build")
-    return Build(out, report, targets, data)
+    for m in family:
+        weights = out / m.target / WEIGHTS
+        if m.weights_sha256 is not None and (not weights.is_file() or sha256_file(weights) != m.weights_sha256):
+            raise RegnasError(f"the weights of {m.target} ({weights}) changed since the build; re-run regnas build")
+    return Build(out, report, targets, data, family)

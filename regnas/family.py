@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from regnas.builddir import MemberRecord
 from regnas.evaluate import Evaluator, predict
 from regnas.flips import flip_matrix, negative_flips, nfr, top1
 from regnas.nn import crop_slices
@@ -139,11 +140,18 @@ def nesting(
 
 @dataclass
 class Assessment:
-    """A family's extracted subnets and its report section on one split."""
+    """A family's extracted subnets, their predictions and its report records on one split."""
 
     nets: list[nn.Module]
     preds: list[np.ndarray]
-    section: dict[str, Any]
+    records: list[MemberRecord]
+    nesting: list[dict[str, Any]]
+    flip_matrix: dict[str, Any]
+
+    @property
+    def section(self) -> dict[str, Any]:
+        """The report section: member records, nesting per pair and the flip matrix."""
+        return {"family": [r.to_json() for r in self.records], "nesting": self.nesting, "flip_matrix": self.flip_matrix}
 
 
 def _per_class(old: np.ndarray, new: np.ndarray, labels: np.ndarray, classes: int) -> list[int]:
@@ -160,24 +168,24 @@ def assess(evaluator: Evaluator, members: list[Member], split: str = "test", net
     nets = nets or [evaluator.subnet(m.arch) for m in members]
     preds = [predict(n, evaluator.data[split].x) for n in nets]
     records = [
-        {
-            "target": m.target,
-            "arch": space.to_json(m.arch),
-            "flops": space.flops(m.arch),
-            "budget_flops": m.budget_flops,
-            "params": space.params(m.arch),
-            "top1": top1(p, labels),
-            "nfr_vs_prev": nfr(preds[i - 1], p, labels) if i else None,
-            "val_top1": m.val_top1,
-            "val_nfr_vs_prev": m.val_nfr_vs_prev,
-            "evaluated": m.evaluated,
-            "val_margin": m.val_margin,
-            "flips_per_class": _per_class(preds[i - 1], p, labels, evaluator.data.num_classes) if i else None,
-        }
+        MemberRecord(
+            target=m.target,
+            arch=space.to_json(m.arch),
+            flops=space.flops(m.arch),
+            budget_flops=m.budget_flops,
+            params=space.params(m.arch),
+            top1=top1(p, labels),
+            nfr_vs_prev=nfr(preds[i - 1], p, labels) if i else None,
+            val_top1=m.val_top1,
+            val_nfr_vs_prev=m.val_nfr_vs_prev,
+            evaluated=m.evaluated,
+            val_margin=m.val_margin,
+            flips_per_class=_per_class(preds[i - 1], p, labels, evaluator.data.num_classes) if i else None,
+        )
         for i, (m, p) in enumerate(zip(members, preds))
     ]
     pairs = [
         nesting(space, a.target, a.arch, na, b.target, b.arch, nb).to_json()
         for (a, na), (b, nb) in zip(zip(members, nets), zip(members[1:], nets[1:]))
     ]
-    return Assessment(nets, preds, {"family": records, "nesting": pairs, "flip_matrix": flip_matrix(preds, labels)})
+    return Assessment(nets, preds, records, pairs, flip_matrix(preds, labels))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from regnas.build import BuildOptions, build, flag_repeats
-from regnas.builddir import load_member
+from regnas.builddir import MemberRecord, load_member
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
 from regnas.pct import PCTConfig
@@ -75,8 +75,8 @@ def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
 
 
 def test_a_member_that_repeats_its_predecessor_is_flagged(caplog):
-    members = [{"target": "a", "arch": {"d": [2]}}, {"target": "b", "arch": {"d": [2]}}, {"target": "c", "arch": {"d": [3]}}]
+    members = [MemberRecord(t, {"d": d}, 1, None, 1, 0.9, None) for t, d in (("a", [2]), ("b", [2]), ("c", [3]))]
     with caplog.at_level("WARNING", logger="regnas"):
         flag_repeats(members)
-    assert [m.get("same_as_previous") for m in members] == [None, True, False]
+    assert [m.to_json().get("same_as_previous") for m in members] == [None, True, False]
     assert "family member b is a's arch" in caplog.text

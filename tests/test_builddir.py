@@ -46,3 +46,13 @@ def test_an_unreadable_search_cache_is_no_cache(tmp_path):
     assert builddir.read_search_cache(tmp_path) is None
     builddir.write_search_cache(tmp_path, {"key": "k"})
     assert builddir.read_search_cache(tmp_path) == {"key": "k"}
+
+
+def test_member_records_write_optional_keys_only_when_set_and_refuse_missing_ones():
+    rec = builddir.MemberRecord("phone", {"depth": [2]}, 1000, 2000.0, 50, 0.9, None)
+    obj = rec.to_json()
+    assert "nfr_vs_prev" in obj and obj["nfr_vs_prev"] is None and "weights_sha256" not in obj and "same_as_previous" not in obj
+    rec.weights_sha256 = "ab" * 32
+    assert builddir.MemberRecord.from_json(rec.to_json(), "r.json") == rec
+    with pytest.raises(RegnasError, match="r.json has a malformed member record"):
+        builddir.MemberRecord.from_json({"target": "phone"}, "r.json")
