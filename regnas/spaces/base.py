@@ -165,7 +165,7 @@ class SearchSpace(ABC):
         """`lower`'s value of `gene` at stage s (block j), or None where it has no such block."""
         if lower is None:
             return None
-        if gene.name == "depth" or gene.per == "stage":
+        if gene.per == "stage":  # depth too
             return lower[gene.name][s]
         return lower[gene.name][s][j] if j < lower["depth"][s] else None
 
@@ -240,7 +240,7 @@ class SearchSpace(ABC):
         moves = []
         for s in range(self.n_stages):
             for gene in (self.depths, *self.genes):
-                slots = range(g["depth"][s]) if gene.per == "block" and gene.name != "depth" else [None]
+                slots = range(g["depth"][s]) if gene.per == "block" else [None]
                 for j in slots:
                     value = g[gene.name][s] if j is None else g[gene.name][s][j]
                     floor = self._floor(low, gene, s, j or 0)
