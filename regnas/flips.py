@@ -33,13 +33,16 @@ def nfr(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
     return float(negative_flips(old, new, labels).mean()) if len(labels) else 0.0
 
 
+def negative_flips_any(olds: list[np.ndarray], new: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Boolean mask of samples some earlier model gets right and `new` gets wrong."""
+    _check(labels, new, *olds)
+    right_before = np.any([old == labels for old in olds], axis=0) if olds else np.zeros(len(labels), dtype=bool)
+    return right_before & (new != labels)
+
+
 def nfr_any(olds: list[np.ndarray], new: np.ndarray, labels: np.ndarray) -> float:
     """Share of samples some earlier model gets right and `new` gets wrong (what a user who saw all of them notices)."""
-    _check(labels, new, *olds)
-    if not len(labels) or not olds:
-        return 0.0
-    right_before = np.any([old == labels for old in olds], axis=0)
-    return float((right_before & (new != labels)).mean())
+    return float(negative_flips_any(olds, new, labels).mean()) if len(labels) else 0.0
 
 
 def pfr(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:

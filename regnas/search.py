@@ -21,6 +21,7 @@ import numpy as np
 
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
+from regnas.flips import negative_flips_any
 from regnas.spaces import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -183,14 +184,14 @@ def evolve(
     rng = random.Random(seed)
     labels = evaluator.labels("val")
     refs = [evaluator.predictions(a, "val") for a in (earlier or ([prev] if prev is not None else []))]
-    right_before = np.any([r == labels for r in refs], axis=0) if refs else None
     seen: dict[Arch, Candidate] = {}
     samples: dict[Arch, np.ndarray] = {}
 
     def score(arch: Arch) -> Candidate:
         if arch not in seen:
-            correct = evaluator.predictions(arch, "val") == labels
-            flipped = None if right_before is None else right_before & ~correct  # what nfr_any counts
+            pred = evaluator.predictions(arch, "val")
+            correct = pred == labels
+            flipped = negative_flips_any(refs, pred, labels) if refs else None
             acc, flip = float(correct.mean()), None if flipped is None else float(flipped.mean())
             seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
             samples[arch] = reward.per_sample(correct, flipped)
