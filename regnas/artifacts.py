@@ -57,6 +57,10 @@ class Artifact:
     quantization: dict[str, Any] | None = None
     companions: dict[str, str] = field(default_factory=dict)
     """sha256 of the files beside the artifact that decide how it runs (a TVM library's sidecar), by name."""
+    device: str | None = None
+    """Where the check ran it when not here: the RPC address, and what emulates it if anything does."""
+    vs_host: dict[str, Any] | None = None
+    """For an artifact checked on a device: flips and disagreements against this host's build of the same graph."""
 
     @property
     def label(self) -> str:

@@ -6,6 +6,7 @@ prediction for that member is reported beside the measurement.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 from regnas.builddir import REPORT, MemberRecord, is_build, read_report
 from regnas.errors import RegnasError
 from regnas.runtimes import Remote, load_runtime, runtime_for
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,8 @@ class BenchResult:
     p99_ms: float
     mean_ms: float
     remote: str | None = None
+    emulated: str | None = None
+    """Set when the device is emulated: the timings are the emulator's, not the device's."""
     predicted_latency_ms: float | None = None
     predicted_for: str | None = None
 
@@ -75,6 +80,8 @@ def bench(
     if input_shape and any(d is not None and d != g for d, g in zip(rt.input_shape, input_shape)):
         raise RegnasError(f"--input-shape {input_shape} does not match the model's {rt.input_shape}; fix --input-shape")
     x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+    if rt.emulated:
+        logger.warning(f"{model} runs on an emulated device ({rt.emulated}): its timings say nothing about the real device's latency")
     ms = rt.time_ms(x, warmup, repeats)
     return BenchResult(
         model=str(model),
@@ -90,6 +97,7 @@ def bench(
         p99_ms=float(np.percentile(ms, 99)),
         mean_ms=float(ms.mean()),
         remote=str(remote) if remote else None,
+        emulated=rt.emulated,
         predicted_latency_ms=predicted,
         predicted_for=predicted_for,
     )

@@ -71,6 +71,7 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
     failures, inconclusive = [], []
     for i, a in enumerate(artifacts):
         device = remote if a.sha256 and runtime_class(a.runtime).needs_device(out / a.path) else None
+        a.device = None
         try:
             rt = open_artifact(out, a, PREDICT_THREADS, remote=device)
             p = rt.predict(x)
@@ -79,6 +80,7 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
             logger.info(f"check: {a.label} skipped: {exc}")
             continue
         preds[i] = p
+        a.device = None if device is None else str(device) + (f" (emulated: {rt.emulated})" if rt.emulated else "")
         a.status, a.top1, a.nfr_vs_fp32 = "ok", top1(p, labels), nfr(fp32[a.target], p, labels)
         v = judge(int(negative_flips(fp32[a.target], p, labels).sum()), len(labels), limits.get(a.target, 1.0), CONFIDENCE)
         a.flips, a.nfr_interval, a.verdict = v.flips, [v.low, v.high], v.status
@@ -89,6 +91,7 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
             failures.append(where)
         elif not v.decided:
             inconclusive.append(f"{where}: {v.status.removeprefix('inconclusive: ')}")
+    compare_with_host(artifacts, preds, labels)
     for i, a in enumerate(artifacts):
         a.nfr_vs_prev = None
         if i not in preds or a.target not in order or order.index(a.target) == 0:
@@ -100,6 +103,28 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
     ran = sorted(preds)
     matrix = {"labels": [artifacts[i].label for i in ran], "nfr": flip_matrix([preds[i] for i in ran], labels)}
     return CheckResult(artifacts, matrix, failures, inconclusive)
+
+
+def _same_graph(a: Artifact, b: Artifact) -> bool:
+    source = a.options.get("compiled_from_sha256")
+    return (a.target, a.format, a.precision, source) == (b.target, b.format, b.precision, b.options.get("compiled_from_sha256"))
+
+
+def compare_with_host(artifacts: list[Artifact], preds: dict[int, np.ndarray], labels: np.ndarray) -> None:
+    """Set `vs_host` of each artifact that ran on a device: its flips against this host's build of the same graph."""
+    for i, a in enumerate(artifacts):
+        host = [j for j, b in enumerate(artifacts) if j in preds and b.device is None and j != i and _same_graph(a, b)]
+        if a.device is None or i not in preds or not host:
+            a.vs_host = None
+            continue
+        ref = preds[host[0]]
+        a.vs_host = {
+            "artifact": artifacts[host[0]].label,
+            "flips": int(negative_flips(ref, preds[i], labels).sum()),
+            "disagreements": int((ref != preds[i]).sum()),
+        }
+        vs = a.vs_host
+        logger.info(f"check: {a.label} on {a.device}: {vs['flips']} flips, {vs['disagreements']} disagreements vs {vs['artifact']}")
 
 
 def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> CheckResult:

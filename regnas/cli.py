@@ -225,6 +225,8 @@ def _export_then_check(args: argparse.Namespace, export: bool) -> int:
     result = check_build(args.build_dir, _remote(args), export)
     for a in result.artifacts:
         got = f"top-1 {a.top1:.2%}  {a.flips} flips vs fp32 ({a.verdict})" if a.status == "ok" else a.status
+        if a.vs_host:
+            got += f"; on {a.device}: {a.vs_host['flips']} flips, {a.vs_host['disagreements']} disagreements vs {a.vs_host['artifact']}"
         print(f"{a.label:40} {a.runtime:12} {got}")
     print(f"updated {args.build_dir / 'report.json'}")
     return _check_exit({"check": result.section()}, args.strict)
@@ -560,6 +562,37 @@ class Gate(Command):
         for reason in result.reasons:
             print(f"  {reason}")
         return 0 if result.passed else 1
+
+
+@register_command
+class Device(Command):
+    name = "device"
+    help = "an emulated aarch64 edge device (qemu-user + TVM RPC) for checking aarch64 artifacts without a board"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("action", choices=["setup", "emulate"], help="setup: build the cached sysroot once; emulate: serve TVM RPC")
+        p.add_argument("--host", default="127.0.0.1", help="emulate: address to listen on (default: 127.0.0.1)")
+        p.add_argument("--port", type=_positive, default=9090, help="emulate: TVM RPC port (default: 9090)")
+        p.add_argument("--sysroot", type=Path, default=None, help="the sysroot folder (default: in the user cache, ~/.cache/regnas)")
+        p.add_argument("--force", action="store_true", help="setup: rebuild the sysroot even when one is there")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from regnas import emulator
+
+        if args.action == "setup":
+            print(f"sysroot ready: {emulator.setup(args.sysroot, args.force)}")
+            return 0
+        device = emulator.start(args.host, args.port, args.sysroot)
+        print(f"emulated aarch64 device: TVM RPC on {device.address} (correctness, not speed); use --rpc {device.address}; Ctrl-C stops it")
+        sys.stdout.flush()
+        try:
+            return device.process.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            device.stop()
 
 
 class _Parser(argparse.ArgumentParser):

@@ -49,6 +49,8 @@ class Runtime(ABC):
     """The exporter whose artifacts this runtime runs (what `regnas profile` exports units with)."""
     package: str
     """The pip distribution that provides the runtime, for provenance."""
+    emulated: str | None = None
+    """What emulates the device this artifact runs on (its timings are not the device's); None on real hardware."""
 
     @classmethod
     def package_version(cls) -> str:

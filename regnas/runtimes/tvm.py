@@ -8,6 +8,7 @@ directly (`--rpc host:port`) or through a tracker (`--rpc host:port --rpc-key KE
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,22 @@ def connect(remote: Remote):
             f"cannot reach the TVM RPC {'tracker' if remote.key else 'server'} at {remote} ({str(exc).splitlines()[-1][:120]}); "
             "start `python -m tvm.exec.rpc_server` there or fix --rpc"
         ) from exc
+
+
+def remote_arch(session) -> str | None:
+    """The device's CPU architecture from its LLVM triple (`aarch64`, `x86_64`); None when its TVM has no LLVM to ask."""
+    try:
+        return str(session.get_function("target.llvm_get_system_triple")()).split("-")[0]
+    except Exception:  # a runtime-only TVM build on a board has no such function
+        return None
+
+
+def emulation(session) -> str | None:
+    """What emulates the device (`regnas device emulate` says so), or None for real hardware."""
+    try:
+        return str(session.get_function("regnas.emulated")())
+    except Exception:  # any other RPC server has no such function
+        return None
 
 
 def check_shared_object(path: Path) -> None:
@@ -84,6 +101,7 @@ class TvmRuntime(Runtime):
         check_shared_object(path)
         self.path, self.remote, self._tvm = path, remote, tvm
         self.meta = library_meta(path)
+        self.emulated: str | None = None
         host = self.meta.get("host", True)
         if remote is None and not host:
             raise Unavailable(f"{path.name} is built for {self.meta.get('target')}; run it on that device with --rpc host:port")
@@ -93,6 +111,7 @@ class TvmRuntime(Runtime):
                 lib, self.dev = tvm.runtime.load_module(str(path)), tvm.cpu()
             else:
                 self.session = connect(remote)
+                self._check_device(remote)
                 self.session.get_function("runtime.config_threadpool")(0, threads)
                 self.session.upload(str(path))
                 lib, self.dev = self.session.load_module(path.name), self.session.cpu()
@@ -102,6 +121,17 @@ class TvmRuntime(Runtime):
         except Exception as exc:  # TVM raises its own error types for a wrong or corrupt library
             raise RegnasError(f"{path} is not a loadable TVM library ({str(exc).splitlines()[-1][:160]}); re-export it") from exc
         self._shape = tuple(self.meta.get("input_shape", (None, None, None)))
+
+    def _check_device(self, remote: Remote) -> None:
+        """Refuse a device of another architecture than the library's, before uploading it."""
+        target = self.meta.get("target")
+        want = str(target.get("mtriple", "")).split("-")[0] if isinstance(target, dict) else platform.machine()
+        have = remote_arch(self.session)
+        if want and have and want != have:
+            raise RegnasError(
+                f"the RPC server at {remote} is an {have} machine, not {want}; start it on the {want} device (or regnas device emulate)"
+            )
+        self.emulated = emulation(self.session)
 
     @property
     def input_shape(self) -> tuple[int | None, ...]:
@@ -126,4 +156,5 @@ class TvmRuntime(Runtime):
         return np.asarray(self.vm.time_evaluator("main", self.dev, number=1, repeat=repeats)(arr).results) * 1e3
 
     def version(self) -> str:
-        return f"apache-tvm {self._tvm.__version__}" + (f" over RPC {self.remote}" if self.remote else "")
+        where = f" over RPC {self.remote}" if self.remote else ""
+        return f"apache-tvm {self._tvm.__version__}{where}" + (f" (emulated: {self.emulated})" if self.emulated else "")

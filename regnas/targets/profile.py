@@ -113,6 +113,11 @@ def time_interleaved(
                 path = export_on_target(module, shape, target, work, remote)
                 done.write_text(str(path.relative_to(work)))
             rt = load_runtime(target.runtime, path, target.threads, remote)
+            if rt.emulated:
+                raise RegnasError(
+                    f"the device at {remote} is emulated ({rt.emulated}); a latency table needs the real device's timings: "
+                    "run the RPC server on the board"
+                )
             x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
             rt.time_ms(x, warmup, 1)
             opened.append((rt, x))

@@ -1,0 +1,243 @@
+"""An emulated aarch64 edge device: a TVM RPC server run by qemu-user on this machine.
+
+The edge target's cross-compiled library (`edge/tvm-fp32-aarch64.so`) otherwise needs a board to run.
+Under emulation it runs the real code path: `regnas check BUILD --rpc 127.0.0.1:9090` uploads it over
+TVM RPC and predicts with aarch64 instructions, so its flips against fp32 and against the host's
+library are real. Its latency is not a board's: the server says it is emulated, `bench` labels its
+timings so, and `profile` refuses to write them into a LUT.
+
+`regnas device setup` builds the sysroot once into the user cache (no root, nothing system-wide):
+Debian's arm64 Python and the libraries it links, from Debian's archive through a private apt
+configuration, and PyPI's aarch64 wheels of the host's apache-tvm version (RPC needs both ends to
+agree). qemu itself is Debian's `qemu-user-static`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from regnas.errors import RegnasError
+from regnas.io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+SETUP_COMMAND = "regnas device setup"
+PYTHON = "3.11"
+DEBIAN = ("http://deb.debian.org/debian", "bookworm")
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+PACKAGES = (f"python{PYTHON}-minimal", f"libpython{PYTHON}-stdlib", "libstdc++6")
+"""Debian arm64 packages of the sysroot; apt adds what they depend on."""
+WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
+STAMP = "regnas-sysroot.json"
+"""Written last by setup: a sysroot without it is unfinished."""
+SERVER = Path(__file__).with_name("emulator_server.py")
+READY_TIMEOUT_S = 180.0
+"""Starting the server imports TVM under emulation (about 8 s here); a slow host gets ample margin."""
+
+
+def cache_root() -> Path:
+    """Where regnas keeps downloaded, rebuildable things: $REGNAS_CACHE, else $XDG_CACHE_HOME/regnas, else ~/.cache/regnas."""
+    if os.environ.get("REGNAS_CACHE"):
+        return Path(os.environ["REGNAS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regnas"
+
+
+def host_tvm_version() -> str:
+    """The apache-tvm version installed here, which the device's must match."""
+    try:
+        return version("apache-tvm")
+    except PackageNotFoundError:
+        raise RegnasError("apache-tvm is not installed; pip install 'regnas[tvm]'") from None
+
+
+def default_sysroot() -> Path:
+    return cache_root() / f"aarch64-py{PYTHON}-tvm{host_tvm_version()}"
+
+
+def qemu() -> str:
+    """The qemu-user binary for aarch64; RegnasError naming the Debian package when there is none."""
+    found = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if not found:
+        raise RegnasError(
+            "qemu-aarch64 not found; install Debian's qemu-user-static (apt install qemu-user-static), then run " + SETUP_COMMAND
+        )
+    return found
+
+
+def _run(cmd: list[str], what: str, **kwargs) -> None:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()
+        why = tail[-1][:200] if tail else f"exit {p.returncode}"
+        raise RegnasError(f"{what} failed ({why}); check the network to Debian and PyPI and re-run {SETUP_COMMAND}")
+
+
+def _debian_packages(work: Path) -> list[Path]:
+    """Download the arm64 packages and their dependencies with a private apt configuration (the host's is untouched)."""
+    if not DEBIAN_KEYRING.is_file() or not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise RegnasError(
+            f"{SETUP_COMMAND} needs apt-get, dpkg-deb and {DEBIAN_KEYRING} (a Debian or Ubuntu host); install debian-archive-keyring"
+        )
+    apt = work / "apt"
+    for d in ("lists/partial", "archives/partial", "sources"):
+        (apt / d).mkdir(parents=True)
+    (apt / "status").touch()
+    url, suite = DEBIAN
+    (apt / "sources" / "debian.sources").write_text(
+        f"Types: deb\nURIs: {url}\nSuites: {suite}\nComponents: main\nArchitectures: arm64\nSigned-By: {DEBIAN_KEYRING}\n\n"
+        f"Types: deb\nURIs: {url}-security\nSuites: {suite}-security\nComponents: main\nArchitectures: arm64\nSigned-By: {DEBIAN_KEYRING}\n"
+    )
+    options = [
+        f"Dir::State::Lists={apt / 'lists'}",
+        f"Dir::State::status={apt / 'status'}",
+        f"Dir::Cache={apt}",
+        f"Dir::Cache::Archives={apt / 'archives'}",
+        "Dir::Etc::SourceList=/dev/null",
+        f"Dir::Etc::SourceParts={apt / 'sources'}",
+        "APT::Architecture=arm64",
+        "APT::Architectures::=arm64",
+        "Debug::NoLocking=1",
+    ]
+    base = ["apt-get", "-q", *(arg for o in options for arg in ("-o", o))]
+    _run([*base, "update"], "apt-get update (Debian arm64 index)")
+    _run([*base, "-y", "--download-only", "--no-install-recommends", "install", *PACKAGES], "downloading Debian arm64 packages")
+    return sorted((apt / "archives").glob("*.deb"))
+
+
+def install_qemu() -> str:
+    """qemu-user for aarch64, installing Debian's qemu-user-static first when it is missing and this is root on Debian."""
+    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")) and os.geteuid() == 0 and shutil.which("apt-get"):
+        logger.info("emulated device: installing Debian's qemu-user-static")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        _run(["apt-get", "update", "-qq"], "apt-get update", env=env)
+        _run(["apt-get", "install", "-y", "-qq", "qemu-user-static"], "apt-get install qemu-user-static", env=env)
+    return qemu()
+
+
+def setup(root: Path | None = None, force: bool = False) -> Path:
+    """Build the emulated device's sysroot at `root` (default: the user cache) unless a finished one is there."""
+    install_qemu()
+    root = Path(root or default_sysroot())
+    tvm_version = host_tvm_version()
+    if (root / STAMP).is_file() and not force:
+        logger.info(f"emulated device: sysroot {root} is ready (apache-tvm {read_json(root / STAMP)['apache-tvm']})")
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        sysroot = work / "sysroot"
+        logger.info("emulated device: downloading Debian's arm64 Python and libraries")
+        debs = _debian_packages(work)
+        for deb in debs:
+            _run(["dpkg-deb", "-x", str(deb), str(sysroot)], f"unpacking {deb.name}")
+        logger.info(f"emulated device: downloading PyPI's aarch64 wheels of apache-tvm {tvm_version}")
+        platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
+        wheels = ["--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON, *platforms]
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-compile",
+                "--target",
+                str(sysroot / "site"),
+                *wheels,
+                f"apache-tvm=={tvm_version}",
+            ],
+            "downloading the aarch64 apache-tvm wheels",
+        )
+        write_json(
+            sysroot / STAMP, {"apache-tvm": tvm_version, "python": PYTHON, "debian": list(DEBIAN), "packages": sorted(d.name for d in debs)}
+        )
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(sysroot, root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info(f"emulated device: sysroot ready at {root}")
+    return root
+
+
+def require_sysroot(root: Path | None = None) -> Path:
+    """A finished sysroot whose apache-tvm matches the host's; RegnasError naming the set-up command otherwise."""
+    qemu()
+    root = Path(root or default_sysroot())
+    if not (root / STAMP).is_file():
+        raise RegnasError(f"no emulated-device sysroot at {root}; run {SETUP_COMMAND} first")
+    theirs, ours = read_json(root / STAMP, "sysroot stamp").get("apache-tvm"), host_tvm_version()
+    if theirs != ours:
+        raise RegnasError(f"the sysroot at {root} has apache-tvm {theirs}, this host {ours}; run {SETUP_COMMAND} --force")
+    return root
+
+
+@dataclass
+class Emulator:
+    """A running emulated device: its RPC address and the qemu process serving it."""
+
+    host: str
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        """Stop the server and the session processes it forked."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(host: str = "127.0.0.1", port: int = 9090, root: Path | None = None, timeout: float = READY_TIMEOUT_S) -> Emulator:
+    """Start the emulated device's RPC server and return once it listens on `host:port`."""
+    root = require_sysroot(root)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(root / "site"),
+        "PYTHONNOUSERSITE": "1",
+    }
+    cmd = [qemu(), "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"), str(SERVER), host, str(port)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    emulator = Emulator(host, port, process)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = process.stdout.readline().strip() if ready else ""
+        if line.startswith("listening "):
+            logger.info(f"emulated device: aarch64 TVM RPC server on {line.removeprefix('listening ')} (correctness, not speed)")
+            return emulator
+        if line.startswith("error: "):
+            emulator.stop()
+            raise RegnasError(f"emulated device: {line.removeprefix('error: ')}; pass another --port")
+        if ready and not line and process.poll() is not None:
+            raise RegnasError(
+                f"the emulated device exited with status {process.returncode} before listening; re-run {SETUP_COMMAND} --force"
+            )
+    emulator.stop()
+    raise RegnasError(f"the emulated device did not listen within {timeout:.0f} s; is the host overloaded?")
