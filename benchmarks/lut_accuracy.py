@@ -1,6 +1,7 @@
 """How well each target's LUT predicts whole-subnet latency, per runtime.
 
-    python benchmarks/lut_accuracy.py [--targets phone edge server] [--data digits] [--lut-dir DIR] [--n 50] [--n-fit 30] [--retest 15]
+    python benchmarks/lut_accuracy.py [--targets phone edge server] [--data digits] [--lut-dir DIR]
+                                      [--n 50] [--n-fit 30] [--retest 15] [--revalidate]
 
 Profiles every unit of the space on each target (skipped when a finished LUT is already in
 `--lut-dir`), then runs `regnas targets validate`'s procedure: fit the calibration on `--n-fit`
@@ -26,7 +27,7 @@ from regnas.logs import configure
 from regnas.spaces import create_space, space_class
 from regnas.targets import resolve_targets
 from regnas.targets.lut import BUILTIN_LUTS, load_lut, lut_filename, save_lut
-from regnas.targets.profile import profile, repeatability, validate
+from regnas.targets.profile import profile, repeatability, timing_method, validate
 
 GOAL = 0.95
 
@@ -40,6 +41,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--n-fit", type=int, default=30)
     ap.add_argument("--retest", type=int, default=15, help="subnets timed twice to measure the device's own repeatability (0: skip)")
+    ap.add_argument("--revalidate", action="store_true", help="validate again even when the LUT holds a validation with these settings")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lut_accuracy.json"))
     args = ap.parse_args()
     configure()
@@ -59,7 +61,7 @@ def main() -> int:
             lut = profile(target, space, path, progress=False)
         t1 = time.time()
         result = lut.validation or {}
-        validated = (result.get("n"), result.get("n_fit")) != (args.n, args.n_fit)
+        validated = args.revalidate or (result.get("n"), result.get("n_fit")) != (args.n, args.n_fit)
         if validated:  # else validated before with these settings: its numbers stand
             result = validate(target, space, lut, args.n, args.n_fit, progress=False)
             save_lut(path, lut)
@@ -73,6 +75,8 @@ def main() -> int:
                 "threads": lut.threads,
                 "units": len(lut.entries),
                 "lut": str(path),
+                "profile_timing": lut.provenance.get("timing", "one pass per unit (before interleaved timing)"),
+                "validate_timing": timing_method(lut.provenance.get("repeats", 50)) if validated else None,
                 **{k: result[k] for k in keys},
                 "before_calibration": {k: result["before_calibration"][k] for k in keys},
                 "calibration": lut.calibration,

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
-import select
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -224,20 +225,20 @@ def start(host: str = "127.0.0.1", port: int = 9090, root: Path | None = None, t
     }
     cmd = [qemu(), "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"), str(SERVER), host, str(port)]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    emulator = Emulator(host, port, process)
+    emulator, lines = Emulator(host, port, process), queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line.strip()) for line in process.stdout] + [lines.put(None)], daemon=True).start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = process.stdout.readline().strip() if ready else ""
-        if line.startswith("listening "):
-            logger.info(f"emulated device: aarch64 TVM RPC server on {line.removeprefix('listening ')} (correctness, not speed)")
-            return emulator
-        if line.startswith("error: "):
-            emulator.stop()
-            raise RegnasError(f"emulated device: {line.removeprefix('error: ')}; pass another --port")
-        if ready and not line and process.poll() is not None:
-            raise RegnasError(
-                f"the emulated device exited with status {process.returncode} before listening; re-run {SETUP_COMMAND} --force"
-            )
-    emulator.stop()
-    raise RegnasError(f"the emulated device did not listen within {timeout:.0f} s; is the host overloaded?")
+    try:
+        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            if line.startswith("listening "):
+                logger.info(f"emulated device: aarch64 TVM RPC server on {line.removeprefix('listening ')} (correctness, not speed)")
+                return emulator
+            if line.startswith("error: "):
+                raise RegnasError(f"emulated device: {line.removeprefix('error: ')}; pass another --port")
+        raise RegnasError(f"the emulated device exited with status {process.wait()} before listening; re-run {SETUP_COMMAND} --force")
+    except queue.Empty:
+        emulator.stop()
+        raise RegnasError(f"the emulated device did not listen within {timeout:.0f} s; is the host overloaded?") from None
+    except RegnasError:
+        emulator.stop()
+        raise

@@ -23,6 +23,7 @@ import platform
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,10 @@ BURST = 5
 """Timed runs per item per round; `repeats` runs make `ceil(repeats / BURST)` rounds."""
 ROUND_WARMUP = 2
 """Untimed runs before each burst: the item before it has just evicted this one's caches."""
+MIN_TIMING_S = 60.0
+"""Rounds go on until this long has passed, however few `repeats` asked for: every item's samples then span a
+minute of host time, so a slow stretch of a few seconds lands in a minority of each item's rounds. (Measured: a
+10-round pass of 80 ExecuTorch subnets took 3.4 s, and one taken in a noisy minute read 1.0-1.4x slow, item by item.)"""
 
 
 def cpu_model() -> str:
@@ -123,12 +128,22 @@ def time_interleaved(
             opened.append((rt, x))
         samples: list[list[np.ndarray]] = [[] for _ in opened]
         order, rng = list(range(len(opened))), random.Random(seed)
-        for _ in tqdm(range(rounds), desc=f"{desc} {target.name}", unit="round", disable=not progress):
-            rng.shuffle(order)
-            for i in order:
-                rt, x = opened[i]
-                samples[i].append(rt.time_ms(x, ROUND_WARMUP, BURST))
+        started, done = time.perf_counter(), 0
+        with tqdm(total=rounds, desc=f"{desc} {target.name}", unit="round", disable=not progress) as bar:
+            while done < rounds or time.perf_counter() - started < MIN_TIMING_S:
+                rng.shuffle(order)
+                for i in order:
+                    rt, x = opened[i]
+                    samples[i].append(rt.time_ms(x, ROUND_WARMUP, BURST))
+                done += 1
+                bar.update()
     return [_summary(np.concatenate(s)) for s in samples]
+
+
+def timing_method(repeats: int) -> str:
+    """How `time_interleaved` times `repeats` runs per item, for provenance."""
+    rounds = math.ceil(repeats / BURST)
+    return f"interleaved: shuffled rounds of {BURST} runs after {ROUND_WARMUP} untimed, at least {rounds} rounds and {MIN_TIMING_S:g} s"
 
 
 def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int) -> dict:
@@ -147,7 +162,7 @@ def provenance(target: Target, remote: Remote | None, warmup: int, repeats: int)
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "warmup": warmup,
         "repeats": repeats,
-        "timing": f"interleaved: {math.ceil(repeats / BURST)} shuffled rounds of {BURST} runs after {ROUND_WARMUP} untimed",
+        "timing": timing_method(repeats),
         "batch": 1,
         "regnas": __version__,
     }

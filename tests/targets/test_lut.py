@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,14 @@ from regnas.targets.lut import LUT, find_lut, load_lut, lut_filename, save_lut, 
 from regnas.targets.profile import profile, random_archs, repeatability, validate
 
 TARGET = parse_target({"name": "cpu", "runtime": "onnxruntime", "threads": 1, "budget": {"latency_ms": 1.0}}, "test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rounds_not_seconds():
+    """Timing's wall-clock floor spreads a real device's samples over a minute; these tests count rounds instead."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(profile_mod, "MIN_TIMING_S", 0.0)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +79,8 @@ class _DriftingHost:
         host = self
 
         class Runtime:
+            emulated = None
+
             def time_ms(self, x, warmup, repeats):
                 host.calls += 1
                 if repeats > 1:
@@ -93,6 +104,20 @@ def test_interleaved_timing_spreads_a_slow_phase_over_every_item(monkeypatch, tm
     assert [t["median_ms"] for t in timed] == [1.0 + i for i in range(n)]  # every item saw the slow stretch in a minority of rounds
     per_round = [host.order[r * n : (r + 1) * n] for r in range(rounds)]
     assert all(sorted(r) == list(range(n)) for r in per_round) and len({tuple(r) for r in per_round}) > 1
+
+
+def test_timing_rounds_go_on_until_the_minimum_time(monkeypatch, tmp_path):
+    from torch import nn
+
+    host = _DriftingHost(range(0))
+    monkeypatch.setattr(profile_mod, "MIN_TIMING_S", 0.3)
+    monkeypatch.setattr(profile_mod, "export_on_target", lambda m, s, t, work, r: work / "unit.onnx")
+    slow = host.runtime(0)
+    monkeypatch.setattr(profile_mod, "load_runtime", lambda name, path, threads, remote: slow)
+    monkeypatch.setattr(type(slow), "time_ms", lambda self, x, warmup, repeats: (time.sleep(0.01), np.ones(repeats))[1])
+    t0 = time.perf_counter()
+    profile_mod.time_interleaved([("a", nn.Identity(), (1, 2, 2))], TARGET, None, warmup=1, repeats=profile_mod.BURST, cache=tmp_path)
+    assert time.perf_counter() - t0 >= 0.3  # one round asked for, but the rounds spanned the minimum time
 
 
 def _fit_on(lut, space, truth, n=12):
