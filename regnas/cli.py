@@ -57,6 +57,13 @@ def _positive(value: str) -> int:
     return v
 
 
+def _port(value: str) -> int:
+    v = int(value)
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {v}")
+    return v
+
+
 def _minutes(value: str) -> float:
     v = float(value)
     if not (v > 0 and v < float("inf")):
@@ -573,7 +580,7 @@ class Device(Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("action", choices=["setup", "emulate"], help="setup: build the cached sysroot once; emulate: serve TVM RPC")
         p.add_argument("--host", default="127.0.0.1", help="emulate: address to listen on (default: 127.0.0.1)")
-        p.add_argument("--port", type=_positive, default=9090, help="emulate: TVM RPC port (default: 9090)")
+        p.add_argument("--port", type=_port, default=9090, help="emulate: TVM RPC port (default: 9090)")
         p.add_argument("--sysroot", type=Path, default=None, help="the sysroot folder (default: in the user cache, ~/.cache/regnas)")
         p.add_argument("--force", action="store_true", help="setup: rebuild the sysroot even when one is there")
 

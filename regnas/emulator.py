@@ -29,7 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from regnas.errors import RegnasError
-from regnas.io import read_json, write_json
+from regnas.io import ensure_writable_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def install_qemu() -> str:
 def setup(root: Path | None = None, force: bool = False) -> Path:
     """Build the emulated device's sysroot at `root` (default: the user cache) unless a finished one is there."""
     install_qemu()
-    root = Path(root or default_sysroot())
+    root = ensure_writable_dir(root or default_sysroot(), "sysroot folder")
     tvm_version = host_tvm_version()
     if (root / STAMP).is_file() and not force:
         logger.info(f"emulated device: sysroot {root} is ready (apache-tvm {read_json(root / STAMP)['apache-tvm']})")
@@ -173,14 +173,15 @@ def setup(root: Path | None = None, force: bool = False) -> Path:
 
 
 def require_sysroot(root: Path | None = None) -> Path:
-    """A finished sysroot whose apache-tvm matches the host's; RegnasError naming the set-up command otherwise."""
-    qemu()
+    """A finished sysroot whose apache-tvm matches the host's, and qemu; RegnasError naming the set-up command otherwise."""
     root = Path(root or default_sysroot())
     if not (root / STAMP).is_file():
-        raise RegnasError(f"no emulated-device sysroot at {root}; run {SETUP_COMMAND} first")
+        how = SETUP_COMMAND if root == default_sysroot() else f"{SETUP_COMMAND} --sysroot {root}"
+        raise RegnasError(f"no emulated-device sysroot at {root}; run {how} first")
     theirs, ours = read_json(root / STAMP, "sysroot stamp").get("apache-tvm"), host_tvm_version()
     if theirs != ours:
         raise RegnasError(f"the sysroot at {root} has apache-tvm {theirs}, this host {ours}; run {SETUP_COMMAND} --force")
+    qemu()
     return root
 
 

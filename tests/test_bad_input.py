@@ -68,6 +68,8 @@ def test_bad_target_files(tmp_path, capsys, toml, message):
         (["build", "--val-size", "0"], "argument --val-size: must be at least 1"),
         (["build", "--val-size", "1000"], "use at most 539"),
         (["build", "--val-size", "300", "--supernet", "missing.safetensors"], "drop --val-size"),
+        (["device", "emulate", "--port", "70000"], "argument --port: must be a TCP port"),
+        (["device", "emulate", "--sysroot", "nowhere"], "run regnas device setup --sysroot nowhere first"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
