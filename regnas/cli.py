@@ -591,7 +591,10 @@ class Device(Command):
         if args.action == "setup":
             print(f"sysroot ready: {emulator.setup(args.sysroot, args.force)}")
             return 0
+        import signal
+
         device = emulator.start(args.host, args.port, args.sysroot)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the server too, not only this process
         print(f"emulated aarch64 device: TVM RPC on {device.address} (correctness, not speed); use --rpc {device.address}; Ctrl-C stops it")
         sys.stdout.flush()
         try:
