@@ -164,7 +164,7 @@ class _QuantSearch:
         if trial(k)["flips_val"] > allowed:
             best = min(tried.values(), key=lambda t: (t["flips_val"], len(t["kept_float"])))
             return best, list(tried.values())
-        lo = k // 2  # the largest count known (or assumed, at 0) not to meet the goal
+        lo = max((j for j in tried if j < k), default=0)  # the largest count known (or assumed, at 0) not to meet the goal
         while k - lo > 1:
             mid = (lo + k) // 2
             lo, k = (lo, mid) if trial(mid)["flips_val"] <= allowed else (mid, k)

@@ -157,6 +157,9 @@ def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
     chosen, tried = fake.fallback({}, [f"u{i}" for i in range(20)], allowed=2)
     assert chosen["kept_float"] == [f"u{i}" for i in range(7)]  # 9 - 7 = 2 flips: the fewest units that meet the goal
     assert len(set(fake.calls)) == len(fake.calls) <= 7  # doubling then bisection, each count tried once
+    capped = Fake()
+    chosen, _ = capped.fallback({}, [f"u{i}" for i in range(12)], allowed=0)  # only 9 of 12 units in float meet it
+    assert len(chosen["kept_float"]) == 9 and capped.calls == [1, 2, 4, 8, 12, 10, 9]  # bisects above 8, which failed
     never, _ = Fake().fallback({}, ["a", "b", "c"], allowed=-1)
     assert never["kept_float"] == ["a", "b", "c"]  # nothing meets the goal: the fewest flips found
 
