@@ -9,6 +9,7 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -228,13 +229,15 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 def _export_then_check(args: argparse.Namespace, export: bool) -> int:
     from regnas.check import check_build
+    from regnas.report import on_device
 
     result = check_build(args.build_dir, _remote(args), export)
     for a in result.artifacts:
         got = f"top-1 {a.top1:.2%}  {a.flips} flips vs fp32 ({a.verdict})" if a.status == "ok" else a.status
-        if a.vs_host:
-            got += f"; on {a.device}: {a.vs_host['flips']} flips, {a.vs_host['disagreements']} disagreements vs {a.vs_host['artifact']}"
         print(f"{a.label:40} {a.runtime:12} {got}")
+    for a in result.artifacts:
+        if a.device:
+            print(on_device(a.to_json()))
     print(f"updated {args.build_dir / 'report.json'}")
     return _check_exit({"check": result.section()}, args.strict)
 
@@ -591,8 +594,6 @@ class Device(Command):
         if args.action == "setup":
             print(f"sysroot ready: {emulator.setup(args.sysroot, args.force)}")
             return 0
-        import signal
-
         device = emulator.start(args.host, args.port, args.sysroot)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the server too, not only this process
         print(f"emulated aarch64 device: TVM RPC on {device.address} (correctness, not speed); use --rpc {device.address}; Ctrl-C stops it")

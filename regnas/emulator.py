@@ -66,9 +66,13 @@ def default_sysroot() -> Path:
     return cache_root() / f"aarch64-py{PYTHON}-tvm{host_tvm_version()}"
 
 
+def _find_qemu() -> str | None:
+    return shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+
+
 def qemu() -> str:
     """The qemu-user binary for aarch64; RegnasError naming the Debian package when there is none."""
-    found = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    found = _find_qemu()
     if not found:
         raise RegnasError(
             "qemu-aarch64 not found; install Debian's qemu-user-static (apt install qemu-user-static), then run " + SETUP_COMMAND
@@ -118,7 +122,7 @@ def _debian_packages(work: Path) -> list[Path]:
 
 def install_qemu() -> str:
     """qemu-user for aarch64, installing Debian's qemu-user-static first when it is missing and this is root on Debian."""
-    if not (shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")) and os.geteuid() == 0 and shutil.which("apt-get"):
+    if not _find_qemu() and os.geteuid() == 0 and shutil.which("apt-get"):
         logger.info("emulated device: installing Debian's qemu-user-static")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         _run(["apt-get", "update", "-qq"], "apt-get update", env=env)

@@ -74,7 +74,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
                     f"- {a['path']}: flip-aware quantization kept {q['after']['options']} "
                     f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32)"
                 )
-        lines += [f"- {_on_device(a)}" for a in report["artifacts"] if a.get("device")]
+        lines += [f"- {on_device(a)}" for a in report["artifacts"] if a.get("device")]
         lines += ["", f"Artifact check on the test split: {_check_verdict(report)}."]
     return "\n".join(lines) + "\n"
 
@@ -101,7 +101,7 @@ def _artifact_cells(a: dict[str, Any]) -> list[str]:
     return [a["path"], a["runtime"], a["status"], _pct(a["top1"]), flips, nfr, a.get("verdict") or "–", _pct(a["nfr_vs_prev"])]
 
 
-def _on_device(a: dict[str, Any]) -> str:
+def on_device(a: dict[str, Any]) -> str:
     """Where a device-checked artifact ran, and how it agreed with this host's build of the same graph."""
     line = f"{a['path']} ran on {a['device']}"
     vs = a.get("vs_host")
@@ -247,7 +247,7 @@ def _artifact_table(report: dict[str, Any]) -> str:
     if not arts:
         return "<p>No artifacts: the build ran with --no-export. Run regnas export on the build directory.</p>"
     rows = [[*_artifact_cells(a), (a["sha256"] or "–")[:12]] for a in arts]
-    devices = "".join(f"<p>{html.escape(_on_device(a))}</p>" for a in arts if a.get("device"))
+    devices = "".join(f"<p>{html.escape(on_device(a))}</p>" for a in arts if a.get("device"))
     return _table(rows, [*ARTIFACT_COLUMNS, "sha256"]) + devices + f"<p>Check on the test split: {html.escape(_check_verdict(report))}</p>"
 
 
