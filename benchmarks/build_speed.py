@@ -1,10 +1,10 @@
 """Wall time of `regnas build --targets phone,edge,server` from scratch, exports and check included, per dataset.
 
-    python benchmarks/build_speed.py [--data digits fashion-mnist] [--work build/bench] [--out FILE]
+    python benchmarks/build_speed.py [--data digits fashion-mnist] [--space mbv3] [--work build/bench] [--out FILE]
 
 Targets (2 CPU cores): the default digits build under 3 minutes, Fashion-MNIST under 45 minutes.
-Each run builds into a fresh `WORK/mbv3-<data>` directory through the real command line with its
-default options (the time budget plans the supernet's epochs), and leaves it there:
+Each run builds into a fresh `WORK/<space>-<data>` directory through the real command line with its
+default options but `--space` (the time budget plans the supernet's epochs), and leaves it there:
 `supernet_quality.py`, `nfr_family.py` and `quant_flips.py` reuse those builds.
 """
 
@@ -28,16 +28,18 @@ LIMITS_S = {"digits": 180, "fashion-mnist": 2700}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["digits"])
+    ap.add_argument("--space", default="mbv3", help="search space of the builds (default: mbv3, the build's default)")
     ap.add_argument("--work", type=Path, default=Path("build/bench"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/build_speed.json"))
     args = ap.parse_args()
     old = read_json(args.out) if args.out.is_file() else {}
-    runs = [r for r in old.get("runs", []) if r["data"] not in args.data]
+    runs = [r for r in old.get("runs", []) if (r.get("space", "mbv3"), r["data"]) not in {(args.space, d) for d in args.data}]
     for data in args.data:
-        work = args.work / f"mbv3-{data}"
+        work = args.work / f"{args.space}-{data}"
         shutil.rmtree(work, ignore_errors=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "regnas", "build", "--data", data, "--out", str(work)], capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "regnas", "build", "--data", data, "--space", args.space, "--out", str(work)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.time() - t0
         if proc.returncode not in (0, 1):
             print(proc.stderr, file=sys.stderr)
@@ -47,6 +49,7 @@ def main() -> int:
         limit = LIMITS_S.get(data)
         runs.append(
             {
+                "space": args.space,
                 "data": data,
                 "seconds": seconds,
                 "exit": proc.returncode,
@@ -60,7 +63,7 @@ def main() -> int:
             }
         )
         print(
-            f"{data}: {seconds:.0f}s (limit {limit}s): "
+            f"{args.space} {data}: {seconds:.0f}s (limit {limit}s): "
             + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items())
             + f"; {runs[-1]['epochs']} epochs; top-1 "
             + ", ".join(f"{k} {100 * v:.2f}%" for k, v in runs[-1]["top1"].items())
