@@ -31,7 +31,7 @@ from regnas.pct import PCTConfig, pct_family
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import SearchSpace, create_space, space_class
+from regnas.spaces import DEFAULT_SPACE, SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
@@ -356,7 +356,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
             for name in t.exporters:
                 create_exporter(name).check_available()
     net = load_checkpoint(opts.supernet, opts.space, data) if opts.supernet is not None else None
-    name = opts.space or "mbv3"
+    name = opts.space or DEFAULT_SPACE
     fresh = net.space if net is not None else create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
     budgets, luts = _budgets(fresh, targets, opts.lut_dir)
     sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)

@@ -293,10 +293,10 @@ class Train(Command):
         from regnas.data import load_dataset
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
-        from regnas.spaces import create_space, space_class
+        from regnas.spaces import DEFAULT_SPACE, create_space, space_class
         from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, planned, train_supernet
 
-        space = args.space or "mbv3"
+        space = args.space or DEFAULT_SPACE
         space_class(space)
         ensure_writable_dir(args.out, "--out")
         data = load_dataset(args.data, args.seed, val_size=args.val_size)
@@ -344,10 +344,10 @@ class Report(Command):
 def _space_for(data_spec: str, seed: int, space_name: str | None):
     """The search space (default config) for a dataset's input shape and classes."""
     from regnas.data import load_dataset
-    from regnas.spaces import create_space, space_class
+    from regnas.spaces import DEFAULT_SPACE, create_space, space_class
 
     data = load_dataset(data_spec, seed)
-    name = space_name or "mbv3"
+    name = space_name or DEFAULT_SPACE
     return create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
 
 

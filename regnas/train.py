@@ -39,7 +39,7 @@ from regnas.data import Dataset
 from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
-from regnas.spaces import Arch, SearchSpace, create_space, space_class
+from regnas.spaces import DEFAULT_SPACE, Arch, SearchSpace, create_space, space_class
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,9 @@ class _Loop:
         return {"optimizer": self.optimizer, "schedule": self.schedule}
 
 
-def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str = "mbv3", world: World = World()) -> Supernet:
+def train_supernet(
+    data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str = DEFAULT_SPACE, world: World = World()
+) -> Supernet:
     """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
     out_dir = Path(out_dir)
     if cfg.batch_size < world.size:
