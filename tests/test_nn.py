@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regnas.nn import DynamicConv2d, count_macs, crop_to, depthwise_conv, make_divisible
+from regnas.nn import FOLD_CHUNK, DynamicConv2d, count_macs, crop_to, depthwise_conv, make_divisible
 
 
 def test_crop_is_prefix_on_channels_and_centre_on_kernels():
@@ -31,10 +31,25 @@ def test_elastic_depthwise_kernel_is_the_centre_crop_and_trains_only_it(h, k, st
     assert torch.equal(touched, expected)
 
 
-@pytest.mark.parametrize("h,k,stride", [(8, 7, 1), (7, 7, 1), (4, 7, 1), (2, 3, 1), (4, 5, 2), (3, 3, 2), (14, 7, 1)])
-def test_depthwise_conv_equals_conv2d_forward_and_backward(h, k, stride):
+@pytest.mark.parametrize(
+    "n,h,k,stride",
+    [
+        (3, 8, 7, 1),
+        (3, 7, 7, 1),
+        (3, 4, 7, 1),
+        (3, 2, 7, 1),
+        (3, 2, 3, 1),
+        (3, 4, 5, 2),
+        (3, 3, 3, 2),
+        (3, 14, 7, 1),
+        (3, 14, 7, 2),
+        (3, 7, 5, 2),
+    ]
+    + [(FOLD_CHUNK + 5, 6, 5, 1)],  # more images than one folded chunk
+)
+def test_depthwise_conv_equals_conv2d_forward_and_backward(n, h, k, stride):
     torch.manual_seed(0)
-    x = torch.randn(3, 6, h, h).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(n, 6, h, h).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(6, 1, k, k, requires_grad=True)
     ref = F.conv2d(x, w, None, stride, k // 2, groups=6)
     gx, gw = torch.autograd.grad(ref.square().sum(), (x, w))

@@ -12,7 +12,7 @@ _SPACES: dict[str, type[SearchSpace]] = {}
 DEFAULT_SPACE = "mbv3"
 """The space a build or training run uses when none is named.
 
-On 2 CPU cores `resnet` trains Fashion-MNIST-sized data 2.4x faster per step (benchmarks/supernet_quality.py).
+On 2 CPU cores `resnet` trains Fashion-MNIST-sized data faster and better (README, benchmarks/supernet_quality.py).
 """
 
 
