@@ -14,7 +14,8 @@ with seed 12345. Writes JSON and prints a table.
 Targets (2 CPU cores): on Fashion-MNIST the largest subnet >= 92.0% test top-1 from a whole build of
 at most 45 minutes, and every subnet within 1.0 point of its standalone twin. Spaces are reported
 side by side; the headline (`largest_top1_fashion`) is the best space's, named beside it, and a
-space meets the target only when its own build was both accurate and within time.
+space meets the target only when its own build was accurate and within time and its subnets close
+to their twins (`met.by_space`).
 """
 
 from __future__ import annotations
