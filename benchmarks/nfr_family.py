@@ -12,7 +12,7 @@ every seed then searches, on that supernet, split and budgets, with its own sear
 Test-split numbers only. Writes JSON, a Pareto plot (mean NFR vs mean top-1, every row) and a table.
 
     python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet] [--seeds 0 1 2] [--reward R2]
-        [--time-budget 45] [--work build/bench] [--out FILE]
+        [--sweep [REWARD ...]] [--time-budget 45] [--work build/bench] [--out FILE]
 
 Targets: family mean NFR <= 0.5 x baseline and <= 0.6 x PCT, each member's top-1 within 0.3 points of the baseline's.
 """
@@ -90,7 +90,7 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
     names = [m["target"] for m in report["family"]]
     cfg = SearchConfig(**report["config"]["search"])
     pct = PCTConfig(epochs=args.pct_epochs)
-    rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *SWEEP))}
+    rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
 
     runs = []
     for seed in args.seeds:
@@ -219,6 +219,12 @@ def main() -> int:
     ap.add_argument("--spaces", nargs="+", default=["mbv3", "resnet"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--reward", default="R2", help="the default reward: the `family` row")
+    ap.add_argument(
+        "--sweep",
+        nargs="*",
+        default=list(SWEEP),
+        help=f"rewards of the trade-off sweep (default: {' '.join(SWEEP)}; none: the default reward alone)",
+    )
     ap.add_argument("--targets", default="phone,edge,server")
     ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the seed-0 build (default: 45)")
     ap.add_argument("--pct-epochs", type=int, default=PCTConfig.epochs)

@@ -18,6 +18,22 @@ def _search(n):
 def test_allowed_val_flips_are_the_most_that_still_pass_the_check(n):
     allowed = _search(n).allowed_flips(0.002)
     assert upper_bound(allowed, n, 0.95) <= 0.002 < upper_bound(allowed + 1, n, 0.95)
+    assert _search(5000).allowed_flips(0.002) == 4
+
+
+@pytest.mark.parametrize("configurations", [5, 18])
+def test_judging_many_configurations_on_one_val_asks_more_of_each(configurations):
+    """Bonferroni: each of m configurations at 1 - 0.05/m, so the one kept is within the limit at 95% over all of them."""
+    n, confidence = 5000, 1 - 0.05 / configurations
+    allowed = _search(n).allowed_flips(0.002, configurations)
+    assert upper_bound(allowed, n, confidence) <= 0.002 < upper_bound(allowed + 1, n, confidence)
+    assert allowed < _search(n).allowed_flips(0.002)
+
+
+def test_a_val_too_small_for_the_corrected_bound_keeps_the_checks_own():
+    n = 2500  # 0 flips pass at 95%, none at 99.7%
+    assert upper_bound(0, n, 1 - 0.05 / 18) > 0.002 >= upper_bound(0, n, 0.95)
+    assert _search(n).allowed_flips(0.002, 18) == _search(n).allowed_flips(0.002) >= 0
 
 
 def test_on_a_small_val_split_one_flip_is_noise_not_a_failure():
@@ -26,6 +42,7 @@ def test_on_a_small_val_split_one_flip_is_noise_not_a_failure():
     assert upper_bound(0, n, 0.95) > 0.002
     allowed = _search(n).allowed_flips(0.002)
     assert allowed >= 0 and lower_bound(allowed, n, 0.95) <= 0.002 < lower_bound(allowed + 1, n, 0.95)
+    assert allowed == 2 == _search(n).allowed_flips(0.002, 18)
 
 
 def _artifact(tmp_path, **kw):
