@@ -6,8 +6,7 @@ target's `max_nfr_vs_fp32` (the check's own criterion, so the test split tends t
 95% confidence over every configuration its search may judge on that val: the first of many noisy
 counts to pass is a lucky one otherwise. One that does not is re-quantized over its exporter's
 global options, then, if still above, keeps its most flip-sensitive units (ranked on calib, so val
-only judges) in float, as few as meet the goal and no more than cost 1.3x the fully quantized
-latency; before, after and every trial are recorded.
+only judges) in float, as few as meet the goal; before, after and every trial are recorded.
 """
 
 from __future__ import annotations
@@ -86,8 +85,6 @@ RANK_SAMPLES = 1000
 """Calib images that score each unit's sensitivity (val judges the configurations, and only that)."""
 RANK_CALIB = 128
 """Calibration images per single-unit quantization while ranking (the chosen configuration uses the exporter's own)."""
-MAX_FALLBACK_SLOWDOWN = 1.3
-"""Batch-1 latency that units kept in float may cost, as a multiple of the same artifact fully quantized."""
 
 
 class _QuantSearch:
@@ -162,46 +159,28 @@ class _QuantSearch:
         """The most configurations `fallback` judges over `units` ranked units: doubling, then bisection."""
         return 2 * math.ceil(math.log2(units)) + 1 if units else 0
 
-    def latency_ms(self, options: dict[str, Any]) -> float:
-        """Batch-1 latency of the artifact exported with `options`, in its runtime."""
-        _, run = self.export(options)
-        return _latency_ms(self.runtime, run.path, self.job.input_shape)
-
-    def fallback(
-        self, options: dict[str, Any], ranked: list[str], allowed: int, max_ms: float = math.inf
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The fewest most-sensitive units kept in float that bring val flips within `allowed` while the artifact stays
-        within `max_ms` at batch 1 (doubling, then bisection). Where none does, the most units tried that fit in `max_ms`:
-        fewer flips are expected from more units in float, while the fewest val flips seen would pick a lucky count."""
+    def fallback(self, options: dict[str, Any], ranked: list[str], allowed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The fewest most-sensitive units kept in float that bring val flips within `allowed` (doubling, then bisection)."""
         tried: dict[int, dict[str, Any]] = {}
 
         def trial(k: int) -> dict[str, Any]:
             if k not in tried:
-                trial_options = {**options, "keep_float": [*options.get("keep_float", []), *ranked[:k]]}
-                tried[k] = {**self.score(trial_options), "kept_float": trial_options["keep_float"]}
-                if math.isfinite(max_ms):
-                    tried[k]["latency_ms"] = self.latency_ms(trial_options)
+                keep = [*options.get("keep_float", []), *ranked[:k]]
+                tried[k] = {**self.score({**options, "keep_float": keep}), "kept_float": keep}
             return tried[k]
 
-        def fits(t: dict[str, Any]) -> bool:
-            return t.get("latency_ms", 0.0) <= max_ms
-
-        def done(t: dict[str, Any]) -> bool:  # more units in float would not help: the goal is met, or the latency spent
-            return t["flips_val"] <= allowed or not fits(t)
-
         k = 1
-        while k < len(ranked) and not done(trial(k)):
+        while k < len(ranked) and trial(k)["flips_val"] > allowed:
             k *= 2
         k = min(k, len(ranked))
-        if done(trial(k)):
-            lo = max((j for j in tried if j < k), default=0)  # the largest count known (or assumed, at 0) not to be done
-            while k - lo > 1:
-                mid = (lo + k) // 2
-                lo, k = (lo, mid) if done(trial(mid)) else (mid, k)
-        if trial(k)["flips_val"] <= allowed and fits(trial(k)):
-            return trial(k), list(tried.values())
-        within = [t for t in tried.values() if fits(t)] or list(tried.values())
-        return max(within, key=lambda t: (len(t["kept_float"]), -t["flips_val"])), list(tried.values())
+        if trial(k)["flips_val"] > allowed:
+            best = min(tried.values(), key=lambda t: (t["flips_val"], len(t["kept_float"])))
+            return best, list(tried.values())
+        lo = max((j for j in tried if j < k), default=0)  # the largest count known (or assumed, at 0) not to meet the goal
+        while k - lo > 1:
+            mid = (lo + k) // 2
+            lo, k = (lo, mid) if trial(mid)["flips_val"] <= allowed else (mid, k)
+        return trial(k), list(tried.values())
 
 
 def _scores(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:
@@ -256,15 +235,14 @@ def flip_aware(
         _, fully = search.export(full)
         fully_ms = _latency_ms(search.runtime, fully.path, job.input_shape)
         ranking = search.rank(full, units)
-        max_ms = MAX_FALLBACK_SLOWDOWN * fully_ms
-        chosen, trials = search.fallback(full, [r["unit"] for r in ranking], allowed, max_ms)
+        chosen, trials = search.fallback(full, [r["unit"] for r in ranking], allowed)
         record["tried"] += trials
         record["ranking"] = ranking
-        best, best_opts = chosen, {**full, "keep_float": chosen["kept_float"]}  # the grid's best, plus units in float
+        if _better(chosen, best):
+            best, best_opts = chosen, {**full, "keep_float": chosen["kept_float"]}
     exported, final = search.export(best_opts)
     if "ranking" in record:
-        chosen_ms = _latency_ms(search.runtime, final.path, job.input_shape)
-        record["latency_ms"] = {"chosen": chosen_ms, "fully_quantized": fully_ms, "max": max_ms}
+        record["latency_ms"] = {"chosen": _latency_ms(search.runtime, final.path, job.input_shape), "fully_quantized": fully_ms}
     record["after"] = best
     record["kept_float"] = list(best_opts.get("keep_float", []))
     logger.info(f"export: {label} kept {best['options']} ({best['nfr_val']:.2%} val flips)")
