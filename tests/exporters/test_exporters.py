@@ -106,7 +106,7 @@ def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_
     units = preprocessed_compute_nodes(job.onnx())[:4]  # four units keep the test short
     monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: units)
     monkeypatch.setattr(OnnxExporter, "option_grid", lambda self, p: [{}, {"reduce_range": True}])
-    never = Target("never", {"flops": 1.0}, max_nfr_vs_fp32=-1.0)  # no configuration meets it: every step runs
+    never = Target("never", {"flops": 1.0}, max_nfr_vs_fp32=-1.0, max_int8_slowdown=1e9)  # no configuration meets it
     val = data["val"]
     fp32 = predict(net, val.x)
     exported, record = flip_aware(create_exporter("onnx"), job, "int8", never, (val.x.numpy(), fp32, val.y.numpy()))
@@ -116,9 +116,37 @@ def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_
     assert all(r["drift"] > 0 for r in ranking)  # quantizing any one unit moves the scores
     assert record["kept_float"] == exported[0].options["keep_float"] and set(record["kept_float"]) <= set(units)
     assert record["latency_ms"]["chosen"] > 0 and record["latency_ms"]["fully_quantized"] > 0
+    assert record["after"]["slowdown"] == pytest.approx(record["latency_ms"]["chosen"] / record["latency_ms"]["fully_quantized"])
     kept = load_runtime("onnxruntime", exported[0].path).predict(val.x.numpy())
     assert nfr(fp32, kept, val.y.numpy()) == pytest.approx(record["after"]["nfr_val"])
     assert record["after"]["flips_val"] == min(t["flips_val"] for t in record["tried"])
+
+
+def test_the_latency_cap_keeps_the_fewest_flips_among_configurations_fast_enough(monkeypatch):
+    """Timed slower than the cap, the fewest-flips configuration gives way to the next, down to fully quantized."""
+    import regnas.artifacts as artifacts
+
+    speed = {(): 1.0, ("a",): 1.2, ("a", "b"): 1.5, ("a", "b", "c"): 1.4}  # float and int8 regions meeting cost most
+    monkeypatch.setattr(artifacts, "interleaved_ms", lambda runtime, paths, shape: [float(paths[0]), 1.0])
+
+    class Fake(artifacts._QuantSearch):
+        def __init__(self):
+            self.runtime, self.job = "onnxruntime", ExportJob(None, (1, 8, 8), None, None, None)
+
+        def snapshot(self, options, name):
+            return str(speed[tuple(options.get("keep_float", ()))])
+
+        def score(self, options):
+            return {"options": options, "flips_val": 9, "kept_float": []}
+
+    trials = [{"flips_val": f, "kept_float": k} for f, k in [(6, ["a"]), (2, ["a", "b", "c"]), (3, ["a", "b"])]]
+    best = (trials[1], {"keep_float": ["a", "b", "c"]})
+    for cap, kept in [(1.45, ["a", "b", "c"]), (1.3, ["a"]), (1.1, [])]:
+        record = {}
+        score, opts = Fake().within_slowdown({}, best, trials, cap, record)
+        assert opts.get("keep_float", []) == kept and record["max_slowdown"] == cap
+        assert record["latency_ms"]["chosen"] == speed[tuple(kept)]
+    assert score["flips_val"] == 9  # none fast enough: the fully quantized artifact, judged on val
 
 
 def test_onnx_units_cover_the_graph_so_keeping_all_in_float_is_exact(member, tmp_path):
@@ -139,6 +167,29 @@ def test_onnx_units_cover_the_graph_so_keeping_all_in_float_is_exact(member, tmp
     every_unit = preprocessed_compute_nodes(job.onnx())  # as the quantizer names them
     path = quantize_int8(job.onnx(), tmp_path / "all-float.onnx", job.calib, {"keep_float": every_unit})
     assert np.array_equal(load_runtime("onnxruntime", path).predict(x), fp32)
+
+
+def test_executorch_units_cover_every_operator_so_all_float_int8_is_fp32(member, tmp_path):
+    """A residual block's add and activation, a head's pooling belong to a unit too: with every unit float, no op is quantized."""
+    pytest.importorskip("executorch.exir", reason="the executorch extra is not installed")
+    import torch
+
+    from regnas.exporters.executorch import _quantize, compute_modules, unit_owners
+
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    owners = unit_owners(job)
+    units = create_exporter("executorch").float_candidates(job, "int8")
+    assert set(compute_modules(net)) < set(units) == set(owners.values())  # blocks' own ops are units of their own
+    quantized = lambda model: sum("quantize_per" in str(n.target) for n in model.graph.nodes)  # noqa: E731
+    assert quantized(_quantize(job, {"per_channel": True, "calib_samples": 64})) > 0
+    floated = _quantize(job, {"per_channel": True, "calib_samples": 64, "keep_float": units})
+    assert quantized(floated) == 0
+    x = data["val"].x
+    with torch.no_grad():
+        assert np.array_equal(floated(x).argmax(1).numpy(), predict(net, x))
+    with pytest.raises(RegnasError, match="keep_float names 'nope'"):
+        _quantize(job, {"per_channel": True, "calib_samples": 64, "keep_float": ["nope"]})
 
 
 def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
