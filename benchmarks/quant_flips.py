@@ -7,8 +7,9 @@ directory) with its targets' exporters, flip-aware quantization included, checks
 on the test split, and times every runnable artifact at batch 1 (1 thread) beside torch eager.
 Targets: every int8 and fp16 artifact ≤ 0.2% NFR vs its fp32 model; each int8 artifact whose
 per-node fallback kept units in float within 1.3× the batch-1 latency of the same artifact fully
-quantized (measured in its runtime during export); the ONNX Runtime fp32 artifact ≤ 0.15 × torch
-eager latency at batch 1.
+quantized (timed side by side in its runtime during export, in a fresh process; the TensorRT-ready
+QDQ model is not, as ONNX Runtime's CPU latency of it says nothing of TensorRT's); the ONNX Runtime
+fp32 artifact ≤ 0.15 × torch eager latency at batch 1.
 """
 
 from __future__ import annotations

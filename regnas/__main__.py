@@ -4,4 +4,5 @@ import sys
 
 from regnas.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned worker (isolated timing) imports this module as its main
+    sys.exit(main())

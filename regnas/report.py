@@ -72,11 +72,20 @@ def markdown_summary(report: dict[str, Any]) -> str:
             if q and q["after"] != q["before"]:
                 lines.append(
                     f"- {a['path']}: flip-aware quantization kept {q['after']['options']} "
-                    f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32)"
+                    f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32{_fallback_cost(q)})"
                 )
         lines += [f"- {on_device(a)}" for a in report["artifacts"] if a.get("device")]
         lines += ["", f"Artifact check on the test split: {_check_verdict(report)}."]
     return "\n".join(lines) + "\n"
+
+
+def _fallback_cost(q: dict) -> str:
+    """What per-unit fallback cost in latency, beside the target's cap; empty when it did not run."""
+    ms = q.get("latency_ms") or {}
+    if "chosen" not in ms:
+        return ""
+    cap = f", cap {q['max_slowdown']:g}×" if "max_slowdown" in q else ""  # builds exported before the cap have none
+    return f"; {len(q['kept_float'])} units in float, {ms['chosen'] / ms['fully_quantized']:.2f}× its fully quantized latency{cap}"
 
 
 ARTIFACT_COLUMNS = (

@@ -48,3 +48,13 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 def test_report_of_a_directory_without_a_build_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "has no report.json" in capsys.readouterr().err
+
+
+def test_summary_states_what_per_unit_fallback_cost_in_latency():
+    from regnas.report import _fallback_cost
+
+    record = {"kept_float": ["a", "b"], "latency_ms": {"chosen": 0.26, "fully_quantized": 0.2}, "max_slowdown": 1.3}
+    assert _fallback_cost(record) == "; 2 units in float, 1.30× its fully quantized latency, cap 1.3×"
+    del record["max_slowdown"]  # exported before the cap existed
+    assert _fallback_cost(record) == "; 2 units in float, 1.30× its fully quantized latency"
+    assert _fallback_cost({"kept_float": []}) == ""  # the global options sufficed: no fallback ran

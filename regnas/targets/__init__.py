@@ -28,12 +28,14 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "exporters": (list, dict),
     "budget": dict,
     "max_nfr_vs_fp32": (int, float),
+    "max_int8_slowdown": (int, float),
     "lut": str,
     "tvm_target": (str, dict),
     "keep_float": dict,
 }
 _BUDGETS = ("flops", "flops_fraction", "latency_ms")
 DEFAULT_MAX_NFR = 0.002
+DEFAULT_MAX_INT8_SLOWDOWN = 1.3
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Target:
     threads: int = 1
     exporters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     max_nfr_vs_fp32: float = DEFAULT_MAX_NFR
+    max_int8_slowdown: float = DEFAULT_MAX_INT8_SLOWDOWN
+    """How many times its fully quantized latency an int8 artifact may take by keeping units in float to cut flips."""
     lut: str | None = None
     tvm_target: str | dict[str, Any] = "llvm"
     keep_float: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -84,6 +88,7 @@ class Target:
             "exporters": {k: list(v) for k, v in self.exporters.items()},
             "budget": dict(self.budget),
             "max_nfr_vs_fp32": self.max_nfr_vs_fp32,
+            "max_int8_slowdown": self.max_int8_slowdown,
             "tvm_target": self.tvm_target,
         }
         if self.keep_float:
@@ -148,6 +153,9 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
     max_nfr = float(obj.get("max_nfr_vs_fp32", DEFAULT_MAX_NFR))
     if not 0 <= max_nfr <= 1:  # also false for nan
         raise RegnasError(f"{source}: max_nfr_vs_fp32 is a fraction in [0, 1], got {max_nfr}")
+    slowdown = float(obj.get("max_int8_slowdown", DEFAULT_MAX_INT8_SLOWDOWN))
+    if not slowdown >= 1:  # also true for nan
+        raise RegnasError(f"{source}: max_int8_slowdown is a latency multiple of at least 1 (1: no unit kept in float), got {slowdown}")
     lut = obj.get("lut")
     if lut is not None and base is not None and not Path(lut).is_absolute():
         lut = str(base / lut)
@@ -166,6 +174,7 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
         threads=obj.get("threads", 1),
         exporters=_exporters(obj.get("exporters", []), source),
         max_nfr_vs_fp32=max_nfr,
+        max_int8_slowdown=slowdown,
         lut=lut,
         tvm_target=obj.get("tvm_target", "llvm"),
         keep_float={k: tuple(v) for k, v in keep_float.items()},

@@ -12,9 +12,10 @@ def test_builtins_are_ordered_by_budget():
 
 def test_user_target_file(tmp_path):
     p = tmp_path / "watch.toml"
-    p.write_text('name = "watch"\nruntime = "onnxruntime"\n[budget]\nflops = 2e6\n')
+    p.write_text('name = "watch"\nruntime = "onnxruntime"\nmax_int8_slowdown = 1.5\n[budget]\nflops = 2e6\n')
     (t,) = resolve_targets(str(p))
-    assert t.name == "watch" and t.budget_flops(10**9) == 2_000_000
+    assert t.name == "watch" and t.budget_flops(10**9) == 2_000_000 and t.max_int8_slowdown == 1.5
+    assert t.to_json()["max_int8_slowdown"] == 1.5
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,7 @@ def test_user_target_file(tmp_path):
         ('name = "x"\n[budget]\nflops = 1\nflops_fraction = 0.5\n', "exactly one"),
         ('name = "x"\ncolour = "red"\n[budget]\nflops = 1\n', "unknown key 'colour'"),
         ('name = "x"\nthreads = "four"\n[budget]\nflops = 1\n', "threads must be a int"),
+        ('name = "x"\nmax_int8_slowdown = 0.5\n[budget]\nflops = 1\n', "max_int8_slowdown is a latency multiple of at least 1"),
         ("name = [", "not valid TOML"),
     ],
 )
