@@ -8,11 +8,15 @@ every seed then searches, on that supernet, split and budgets, with its own sear
 - `pct`: the baseline's models, each fine-tuned towards the one before with focal distillation
   (Yan et al., CVPR 2021), and `finetune`: the same without the distillation term (the control);
 - `family_finetune`: the family after nesting-preserving focal distillation (`regnas build
-  --finetune`: each member trains only the weights it does not share with the one before).
+  --finetune MODE`: joint, all members at once in the supernet, or own, each member on the weights
+  it does not share with the one before).
 Test-split numbers only. Writes JSON, a Pareto plot (mean NFR vs mean top-1, every row) and a table.
+`--keep ROW ...` copies those rows from the existing `--out` for the same space, seed and supernet
+instead of recomputing them (they depend on neither the reward nor the fine-tune mode).
 
     python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet] [--seeds 0 1 2] [--reward R2]
-        [--sweep [REWARD ...]] [--time-budget 45] [--work build/bench] [--out FILE]
+        [--sweep [REWARD ...]] [--finetune joint|own] [--keep baseline pct finetune] [--time-budget 45]
+        [--work build/bench] [--out FILE]
 
 Targets: family mean NFR <= 0.5 x baseline and <= 0.6 x PCT, each member's top-1 within 0.3 points of the baseline's.
 """
@@ -39,13 +43,14 @@ from regnas.family import Member, assess, search_baseline, search_family
 from regnas.flips import nfr
 from regnas.io import atomic_path, read_json, write_json
 from regnas.logs import configure
-from regnas.pct import PCTConfig, pct_family
+from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune, pct_family
 from regnas.report import trade_off_plot
 from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))
 SWEEP = ("R0", "R2", "1,2", "1,5", "1,10", "R1")
+KEEPABLE = ("baseline", "pct", "finetune")
 TARGET_BASELINE, TARGET_PCT, TARGET_TOP1_POINTS = 0.5, 0.6, 0.3
 
 
@@ -63,20 +68,30 @@ def row(names: list[str], preds: list[np.ndarray], labels: np.ndarray, section: 
     return out
 
 
-def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str], nested: bool = False) -> dict:
+def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str]) -> dict:
     """Top-1 and pair NFRs after (focal-distillation) fine-tuning each model towards the one before it."""
-    out = pct_family(nets, data, cfg, nested=nested)
+    out = pct_family(nets, data, cfg)
     return row(names, [predict(n, data["test"].x) for n in out], labels)
 
 
-def bench_space(args: argparse.Namespace, space: str) -> dict:
+def kept_rows(old: dict | None, report: dict, pct: PCTConfig, keep: list[str]) -> dict[int, dict]:
+    """Per seed, the `keep` rows of an earlier result on the same supernet and settings (nothing when it differs)."""
+    if not keep or old is None:
+        return {}
+    same_supernet = old["supernet_train"] == report["config"]["train"] and old["build_seconds"] == report["timing_s"]["total"]
+    if not same_supernet or old["pct"] != asdict(pct):
+        sys.exit("--keep: the earlier result was measured on another supernet or fine-tune settings; drop --keep")
+    return {r["seed"]: {k: r[k] for k in keep} for r in old["runs"]}
+
+
+def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     """Every seed's rows for one search space, and their means."""
     first = args.seeds[0]
     work = args.work / f"{space}-{args.data}"
     if is_build(work):  # a build made by build_speed.py / supernet_quality.py, or an earlier run
         report = read_report(work)
-        if report["config"]["reward"]["name"] != parse_reward(args.reward).name or report["config"]["seed"] != first:
-            sys.exit(f"{work} was built with another reward or seed; pass another --work")
+        if report["config"]["seed"] != first:
+            sys.exit(f"{work} was built with seed {report['config']['seed']}; pass it first in --seeds, or another --work")
     else:
         opts = BuildOptions(targets=args.targets, data=args.data, out=work, seed=first, space=space, export=False)
         report = build(replace(opts, rewards=(args.reward,), time_budget=args.time_budget))
@@ -91,24 +106,30 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
     cfg = SearchConfig(**report["config"]["search"])
     pct = PCTConfig(epochs=args.pct_epochs)
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
+    built_with = report["config"]["reward"]["name"]
+    kept = kept_rows(old, report, pct, args.keep)
 
     runs = []
     for seed in args.seeds:
         t = time.time()
         run: dict = {"seed": seed}
         for name, reward in rewards.items():
-            if seed == first and name == args.reward:
+            if seed == first and reward.name == built_with:
                 members = [Member.from_json(net.space, m) for m in read_search_cache(work)["family"]]
             else:
                 members = search_family(evaluator, budgets, reward, cfg, seed)
             fam = assess(evaluator, members)
             run["family" if name == args.reward else f"family_{name}"] = row(names, fam.preds, labels, fam.section)
             if name == args.reward:
-                run["family_finetune"] = tuned(fam.nets, data, replace(pct, seed=seed), labels, names, nested=True)
-        base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed))
-        run["baseline"] = row(names, base.preds, labels, base.section)
-        run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
-        run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
+                nets = nested_finetune(net, [m.arch for m in members], data, replace(pct, seed=seed), args.finetune)
+                run["family_finetune"] = row(names, [predict(n, data["test"].x) for n in nets], labels)
+        if seed in kept:
+            run |= kept[seed]
+        else:
+            base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed))
+            run["baseline"] = row(names, base.preds, labels, base.section)
+            run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
+            run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
         run["seconds"] = time.time() - t
         runs.append(run)
         print(f"{space}: seed {seed} done in {run['seconds']:.0f}s", file=sys.stderr)
@@ -156,6 +177,8 @@ def bench_space(args: argparse.Namespace, space: str) -> dict:
         "space": space,
         "targets": names,
         "reward": args.reward,
+        "finetune_mode": args.finetune,
+        "kept_rows": sorted(args.keep) if kept else [],
         "build_seconds": build_seconds,
         "supernet_train": report["config"]["train"],
         "pct": asdict(pct),
@@ -225,6 +248,8 @@ def main() -> int:
         default=list(SWEEP),
         help=f"rewards of the trade-off sweep (default: {' '.join(SWEEP)}; none: the default reward alone)",
     )
+    ap.add_argument("--finetune", default="joint", choices=list(FINETUNE_MODES), help="the family_finetune row's mode (default: joint)")
+    ap.add_argument("--keep", nargs="*", default=[], choices=KEEPABLE, help="rows copied from the existing --out (same supernet)")
     ap.add_argument("--targets", default="phone,edge,server")
     ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the seed-0 build (default: 45)")
     ap.add_argument("--pct-epochs", type=int, default=PCTConfig.epochs)
@@ -236,7 +261,8 @@ def main() -> int:
     old = read_json(args.out) if args.out.is_file() else {}
     spaces = {k: v for k, v in old.get("spaces", {}).items() if old.get("data") == args.data and k not in args.spaces}
     for space in args.spaces:
-        spaces[space] = bench_space(args, space)
+        earlier = old.get("spaces", {}).get(space) if old.get("data") == args.data else None
+        spaces[space] = bench_space(args, space, earlier)
         print_space(spaces[space])
     plot = args.out.with_name(args.out.stem + "_pareto.png")
     save_plot(spaces, plot)

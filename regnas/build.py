@@ -27,7 +27,7 @@ from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
-from regnas.pct import PCTConfig, pct_family
+from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
@@ -64,6 +64,8 @@ class BuildOptions:
     flips_against: str = "previous"
     finetune: PCTConfig | None = None
     """Nesting-preserving focal distillation after the search (`--finetune`), with these settings."""
+    finetune_mode: str = "joint"
+    """How it keeps the family nested: `joint` (all members at once in the supernet) or `own` (each member's own weights)."""
     val_size: int | None = None
     """Images in the val split the search compares candidates on (default: the split's cap); only when training."""
 
@@ -228,10 +230,11 @@ def _search(
     return {"family": family, "baseline": baseline, "sweep": sweep}
 
 
-def _finetune_section(before: dict[str, Any], cfg: PCTConfig) -> dict[str, Any]:
+def _finetune_section(before: dict[str, Any], cfg: PCTConfig, mode: str) -> dict[str, Any]:
     """What `--finetune` changes: the family's test numbers before it, and its settings."""
     return {
-        "method": "nesting-preserving focal distillation: each member trains only the weights it does not share with the one before",
+        "mode": mode,
+        "method": FINETUNE_MODES[mode],
         "config": asdict(cfg),
         "before": [{"target": m["target"], "top1": m["top1"], "nfr_vs_prev": m["nfr_vs_prev"]} for m in before["family"]],
     }
@@ -286,6 +289,10 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
     targets = resolve_targets(opts.targets, opts.targets_dir)
     if opts.finetune is not None and len(targets) < 2:
         raise RegnasError("--finetune fine-tunes each member towards the one before it, so it needs a family of 2 or more targets")
+    if opts.finetune_mode not in FINETUNE_MODES:
+        raise RegnasError(
+            f"unknown --finetune {opts.finetune_mode!r}; use joint (all members in the supernet) or own (each member's own weights)"
+        )
     if opts.ray_address is not None:
         from regnas.parallel import check_ray_address
 
@@ -304,8 +311,9 @@ def _family_report(
     report: dict[str, Any] = {}
     fam = assess(evaluator, family)
     if opts.finetune is not None:
-        report["finetune"] = _finetune_section(fam.section, opts.finetune)
-        fam = assess(evaluator, family, nets=pct_family(fam.nets, evaluator.data, opts.finetune, nested=True))
+        report["finetune"] = _finetune_section(fam.section, opts.finetune, opts.finetune_mode)
+        nets = nested_finetune(evaluator.supernet, [m.arch for m in family], evaluator.data, opts.finetune, opts.finetune_mode)
+        fam = assess(evaluator, family, nets=nets)
     base = assess(evaluator, baseline)
     _latency(fam.records, family, space, luts)
     _latency(base.records, baseline, space, luts)

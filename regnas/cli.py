@@ -138,8 +138,12 @@ class Build(Command):
         )
         p.add_argument(
             "--finetune",
-            action="store_true",
-            help="fine-tune each member towards the one before with focal distillation, on the weights it does not share",
+            nargs="?",
+            const="joint",
+            default=None,
+            metavar="MODE",
+            help="fine-tune each member towards the one before with focal distillation, keeping the family nested: joint"
+            " (default: all members at once in the supernet) or own (each member on the weights it does not share)",
         )
         p.add_argument("--population", type=_positive, default=None, help="evolution population size")
         p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
@@ -197,6 +201,7 @@ class Build(Command):
             lut_dir=args.lut_dir,
             flips_against=args.flips_against,
             finetune=PCTConfig(seed=args.seed) if args.finetune else None,
+            finetune_mode=args.finetune or "joint",
             val_size=args.val_size,
         )
         report = build(opts)

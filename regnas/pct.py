@@ -5,6 +5,10 @@ one with *focal distillation*: cross-entropy plus a distillation term weighted `
 right]`, so the new model is pulled hardest towards the old one where the old one was correct,
 which is exactly where a negative flip would hurt. Applied to the independent baseline family,
 each member is fine-tuned against the (already fine-tuned) member before it.
+
+A nested family (`regnas build --finetune`) must stay nested, so it is fine-tuned either inside
+the supernet, all members at once (`joint`: shared weights move for every member alike), or
+member by member on the weights each does not share with the one before (`own`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import copy
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +28,16 @@ from regnas.data import Dataset
 from regnas.errors import RegnasError
 from regnas.evaluate import recalibrate_bn
 from regnas.nn import crop_slices
+from regnas.spaces import Arch
+from regnas.train import Supernet
 
 logger = logging.getLogger(__name__)
+
+FINETUNE_MODES = {
+    "joint": "nesting-preserving focal distillation inside the supernet: every member trains on its labels and towards the one"
+    " before it, all at once, through the weights they share",
+    "own": "nesting-preserving focal distillation: each member trains only the weights it does not share with the one before",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,40 @@ def shared_slices(small: nn.Module, large: nn.Module) -> dict[str, tuple[slice, 
     return out
 
 
+def _fine_tune(
+    model: nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data: Dataset,
+    cfg: PCTConfig,
+    min_epochs: int,
+    after_step: Callable[[], None] | None = None,
+) -> None:
+    """Minimise `loss(x, y)` over train batches in place: AdamW, cosine schedule, about 600 steps unless `cfg.epochs`."""
+    model.train()
+    x_all, y_all = data["train"].x, data["train"].y
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    n = len(y_all)
+    steps = max(1, n // cfg.batch_size)
+    epochs = cfg.epochs or min(10, max(min_epochs, math.ceil(600 / steps)))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps * epochs)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    for epoch in range(epochs):
+        order = torch.tensor(rng.sample(range(n), n))
+        total = torch.zeros(())
+        for step in range(steps):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            value = loss(x_all[idx], y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            schedule.step()
+            if after_step is not None:
+                after_step()
+            total += value.detach()
+        logger.info(f"pct: epoch {epoch + 1}/{epochs} loss {total.item() / steps:.4f}")
+
+
 def pct_finetune(
     new: nn.Module, old: nn.Module, data: Dataset, cfg: PCTConfig = PCTConfig(), frozen: dict[str, tuple[slice, ...]] | None = None
 ) -> nn.Module:
@@ -90,32 +137,18 @@ def pct_finetune(
         mask[idx] = 0
         params[name].register_hook(lambda g, m=mask: g * m)
     old = old.eval()
-    x_all, y_all = data["train"].x, data["train"].y
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    n = len(y_all)
-    steps = max(1, n // cfg.batch_size)
-    epochs = cfg.epochs or min(10, max(2, math.ceil(600 / steps)))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps * epochs)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    for epoch in range(epochs):
-        order = torch.tensor(rng.sample(range(n), n))
-        total = 0.0
-        for step in range(steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            with torch.no_grad():
-                teacher = old(x)
-            loss = focal_distillation(model(x), teacher, y, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                for name, (idx, value) in keep.items():
-                    params[name][idx] = value
-            total += loss.item()
-        logger.info(f"pct: epoch {epoch + 1}/{epochs} loss {total / steps:.4f}")
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher = old(x)
+        return focal_distillation(model(x), teacher, y, cfg)
+
+    def restore() -> None:
+        with torch.no_grad():
+            for name, (idx, value) in keep.items():
+                params[name][idx] = value
+
+    _fine_tune(model, loss, data, cfg, min_epochs=2, after_step=restore)
     return recalibrate_bn(model, data["calib"].x[:1000])
 
 
@@ -141,3 +174,39 @@ def pct_family(nets: list[nn.Module], data: Dataset, cfg: PCTConfig = PCTConfig(
                     params[name][idx] = prev[name]
         out.append(pct_finetune(net, out[-1], data, cfg, frozen))
     return out
+
+
+def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig = PCTConfig()) -> list[nn.Module]:
+    """The nested family's members fine-tuned together in a copy of the supernet, then extracted (BN recalibrated).
+
+    Each step, the first member learns its labels and every next one learns its labels and
+    focal distillation towards the one before (that member's logits, held fixed for the step).
+    The gradients meet in the weights the members share, so the smaller members move towards
+    agreement too, not only the larger ones' own weights; the members are slices of one set of
+    weights, so the family stays literally nested. About 600 steps (at least one epoch).
+    """
+    if len(archs) < 2:
+        raise RegnasError("a nested fine-tune pulls each member towards the one before it, so it needs 2 or more members")
+    model = copy.deepcopy(supernet.model)
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        prev = model(x, archs[0])
+        total = F.cross_entropy(prev, y)
+        for arch in archs[1:]:
+            logits = model(x, arch)
+            total = total + focal_distillation(logits, prev.detach(), y, cfg)
+            prev = logits
+        return total
+
+    logger.info(f"pct: {len(archs)} members fine-tuned together in the supernet")
+    _fine_tune(model, loss, data, cfg, min_epochs=1)
+    calib = data["calib"].x[:1000]
+    return [recalibrate_bn(supernet.space.extract(model, arch), calib) for arch in archs]
+
+
+def nested_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig, mode: str = "joint") -> list[nn.Module]:
+    """`regnas build --finetune MODE`: the family fine-tuned towards each member's predecessor, still literally nested."""
+    if mode == "joint":
+        return joint_finetune(supernet, archs, data, cfg)
+    calib = data["calib"].x[:1000]
+    return pct_family([recalibrate_bn(supernet.space.extract(supernet.model, a), calib) for a in archs], data, cfg, nested=True)

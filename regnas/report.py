@@ -64,6 +64,14 @@ def markdown_summary(report: dict[str, Any]) -> str:
             "",
             f"Mean NFR between consecutive members: family {_pct(float(np.mean(fam)))}, independent baseline {_pct(float(np.mean(base)))}.",
         ]
+    if report.get("finetune"):
+        before = report["finetune"]["before"]
+        flips = [m["nfr_vs_prev"] for m in before[1:]]
+        lines.append(
+            f"The family is fine-tuned (`--finetune {report['finetune']['mode']}`); before it, top-1 "
+            + " / ".join(_pct(m["top1"]) for m in before)
+            + (f" and mean NFR {_pct(float(np.mean(flips)))}." if flips else ".")
+        )
     if report.get("artifacts"):
         lines += ["", "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + " --- |" * len(ARTIFACT_COLUMNS)]
         lines += ["| " + " | ".join(_artifact_cells(a)) + " |" for a in report["artifacts"]]

@@ -60,6 +60,8 @@ def test_bad_target_files(tmp_path, capsys, toml, message):
         (["build", "--reward=-1,-1"], "a negative λ1 minimises accuracy"),
         (["build", "--reward", "nan,1"], "must be finite"),
         (["build", "--no-export", "--strict"], "--strict judges the artifact check"),
+        (["build", "--finetune", "all"], "unknown --finetune 'all'; use joint"),
+        (["build", "--finetune", "--targets", "phone"], "needs a family of 2 or more targets"),
         (["gate", "--reference", "a.npy", "--candidate", "b.npy", "--data", "digits", "--confidence", "0"], "strictly between 0 and 1"),
         (["gate", "--reference", "a.npy", "--candidate", "b.npy", "--data", "digits", "--confidence", "1.5"], "strictly between 0 and 1"),
         (["gate", "--reference", "a.npy", "--candidate", "b.npy", "--data", "digits", "--std", "nan"], "argument --std"),

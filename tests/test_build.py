@@ -47,9 +47,12 @@ def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, 
     assert [p["members"] for p in cached["reward_sweep"]] == [p["members"] for p in sweep]  # from search.json
 
 
-def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path):
+@pytest.mark.parametrize("mode", ["joint", "own"])
+def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path, mode):
     _, ckpt = digits_supernet
-    report = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1)))
+    report = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1), finetune_mode=mode))
+    assert report["finetune"]["mode"] == mode
+    assert f"fine-tuned (`--finetune {mode}`)" in (tmp_path / "ft" / "summary.md").read_text()
     before = {m["target"]: m for m in report["finetune"]["before"]}
     assert all(n["contains"] and n["literal"] and n["shared_of_smaller"] == 1.0 for n in report["nesting"])
     assert report["nesting"][0]["shared_weight_fraction"] < 1
@@ -61,8 +64,8 @@ def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path):
                 slice((b - s) // 2, (b - s) // 2 + s) for b, s in zip(big[name].shape[2:], p.shape[2:])
             )
             assert torch.equal(big[name][idx], p), name
-    changed = [report["family"][i]["top1"] != before[t]["top1"] for i, t in enumerate(("phone", "edge", "server"))]
-    assert not changed[0]  # the first member is not fine-tuned
+    if mode == "own":  # the first member is not fine-tuned; jointly, it moves with the weights it shares
+        assert report["family"][0]["top1"] == before["phone"]["top1"]
 
 
 def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
@@ -71,6 +74,8 @@ def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
         build(options(ckpt, tmp_path / "x", flips_against="some"))
     with pytest.raises(RegnasError, match="needs a family of 2 or more targets"):
         build(options(ckpt, tmp_path / "x", targets="phone", finetune=PCTConfig()))
+    with pytest.raises(RegnasError, match="unknown --finetune 'all'; use joint"):
+        build(options(ckpt, tmp_path / "x", finetune=PCTConfig(), finetune_mode="all"))
     assert not (tmp_path / "x").exists()
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.io import sha256_json
-from regnas.pct import PCTConfig, focal_distillation, pct_family, pct_finetune
+from regnas.pct import PCTConfig, focal_distillation, joint_finetune, pct_family, pct_finetune
 
 
 def test_focal_distillation_weights_samples_the_old_model_got_right():
@@ -51,3 +51,16 @@ def test_pct_pulls_the_new_model_towards_the_old_one_and_leaves_the_old_untouche
     assert (predict(pct, x) == labels).mean() > (p_old == labels).mean()  # still better than the old model
     assert sha256_json({k: v.tolist() for k, v in old.state_dict().items()}) == old_state
     assert family[0] is old
+
+
+def test_joint_finetune_pulls_each_member_towards_the_one_before_and_leaves_the_supernet(digits_supernet, digits):
+    net, _ = digits_supernet
+    archs = [net.space.smallest(), net.space.largest()]
+    before = sha256_json({k: v.tolist() for k, v in net.model.state_dict().items()})
+    x = torch.cat([digits["val"].x, digits["test"].x])
+    pulled = joint_finetune(net, archs, digits, PCTConfig(epochs=1))
+    plain = joint_finetune(net, archs, digits, PCTConfig(epochs=1, weight=0.0))
+    assert logit_gap(pulled[1], pulled[0], x) < 0.5 * logit_gap(plain[1], plain[0], x)
+    assert sha256_json({k: v.tolist() for k, v in net.model.state_dict().items()}) == before
+    with pytest.raises(RegnasError, match="needs 2 or more members"):
+        joint_finetune(net, archs[:1], digits)
