@@ -27,7 +27,7 @@ from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
-from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune
+from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, nested_finetune
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
@@ -289,10 +289,7 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
     targets = resolve_targets(opts.targets, opts.targets_dir)
     if opts.finetune is not None and len(targets) < 2:
         raise RegnasError("--finetune fine-tunes each member towards the one before it, so it needs a family of 2 or more targets")
-    if opts.finetune_mode not in FINETUNE_MODES:
-        raise RegnasError(
-            f"unknown --finetune {opts.finetune_mode!r}; use joint (all members in the supernet) or own (each member's own weights)"
-        )
+    check_finetune_mode(opts.finetune_mode)
     if opts.ray_address is not None:
         from regnas.parallel import check_ray_address
 

@@ -204,8 +204,15 @@ def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PC
     return [recalibrate_bn(supernet.space.extract(model, arch), calib) for arch in archs]
 
 
+def check_finetune_mode(mode: str) -> None:
+    """Refuse a `--finetune` mode that does not exist, before any work."""
+    if mode not in FINETUNE_MODES:
+        raise RegnasError(f"unknown --finetune {mode!r}; use joint (all members in the supernet) or own (each member's own weights)")
+
+
 def nested_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig, mode: str = "joint") -> list[nn.Module]:
     """`regnas build --finetune MODE`: the family fine-tuned towards each member's predecessor, still literally nested."""
+    check_finetune_mode(mode)
     if mode == "joint":
         return joint_finetune(supernet, archs, data, cfg)
     calib = data["calib"].x[:1000]
