@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from regnas.artifacts import export_family
-from regnas.builddir import SEARCH_CACHE, MemberRecord, read_search_cache, save_member, write_report, write_search_cache
+from regnas.builddir import SEARCH_CACHE, MemberRecord, read_finetuned, read_search_cache, save_member, write_report, write_search_cache
 from regnas.check import check
 from regnas.data import Dataset, load_dataset, load_recorded_split
 from regnas.distributed import init_world, launched_by_torchrun
@@ -27,16 +28,24 @@ from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
-from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, nested_finetune
+from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_seconds, nested_finetune
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import DEFAULT_SPACE, SearchSpace, create_space, space_class
+from regnas.spaces import DEFAULT_SPACE, Arch, SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_REWARD = "1,5"
+"""The family's reward when none is given: flips priced five times top-1. With the joint fine-tune after it
+this flips about a third as often as the independent baseline at its top-1 or better (README, Benchmarks);
+R2 alone flips twice as often."""
+NO_FINETUNE = "none"
+"""`--no-finetune`: the members ship as searched."""
 
 
 @dataclass
@@ -50,7 +59,7 @@ class BuildOptions:
     seed: int = 0
     space: str | None = None
     epochs: int | None = None
-    rewards: tuple[str, ...] = ("R2",)
+    rewards: tuple[str, ...] = (DEFAULT_REWARD,)
     """The family's reward, then any further rewards whose families are searched for the trade-off plot."""
     search: SearchConfig = field(default_factory=SearchConfig)
     export: bool = True
@@ -62,10 +71,11 @@ class BuildOptions:
     time_budget: float | None = None
     strict: bool = False
     flips_against: str = "previous"
-    finetune: PCTConfig | None = None
-    """Nesting-preserving focal distillation after the search (`--finetune`), with these settings."""
-    finetune_mode: str = "joint"
-    """How it keeps the family nested: `joint` (all members at once in the supernet) or `own` (each member's own weights)."""
+    finetune: PCTConfig = field(default_factory=PCTConfig)
+    """The settings of the nesting-preserving focal distillation after the search."""
+    finetune_mode: str | None = None
+    """`joint` (all members at once in the supernet), `own` (each member's own weights) or `none`; by default
+    joint for a family of 2 or more members (`finetune_mode_of`)."""
     val_size: int | None = None
     """Images in the val split the search compares candidates on (default: the split's cap); only when training."""
 
@@ -141,12 +151,25 @@ def _data_for(opts: BuildOptions) -> Dataset:
     return load_recorded_split(opts.data, record, str(opts.supernet))
 
 
+def finetune_mode_of(opts: BuildOptions, n_members: int) -> str | None:
+    """The fine-tune the build runs (None: none): the asked mode, else joint for a family of 2 or more members."""
+    if opts.finetune_mode is None:
+        return "joint" if n_members >= 2 else None
+    return None if opts.finetune_mode == NO_FINETUNE else opts.finetune_mode
+
+
+def median_subnet(space: SearchSpace) -> Arch:
+    """A median-sized subnet (by FLOPs, of 21 drawn with seed 0): what the plan times as a typical member or candidate."""
+    rng = random.Random(0)
+    sample = sorted({space.sample(rng) for _ in range(21)}, key=space.flops)
+    return sample[len(sample) // 2]
+
+
 def eval_seconds(evaluator: Evaluator) -> float:
     """Seconds one candidate evaluation takes here (BN recalibration and val predictions of a median-sized subnet)."""
-    space, rng = evaluator.space, random.Random(0)
-    sample = sorted({space.sample(rng) for _ in range(21)}, key=space.flops)
+    arch = median_subnet(evaluator.space)
     t0 = time.perf_counter()
-    evaluator.predictions(sample[len(sample) // 2], "val")
+    evaluator.predictions(arch, "val")
     return time.perf_counter() - t0
 
 
@@ -165,14 +188,20 @@ def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Pa
     budget_min = opts.time_budget or DEFAULT_TIME_BUDGET_MIN
     from regnas.train import Supernet
 
-    per_eval = eval_seconds(Evaluator(Supernet(space, space.build_supernet(), {}), data))
+    fresh = Supernet(space, space.build_supernet(), {})
+    per_eval = eval_seconds(Evaluator(fresh, data))
     export_s = n_targets * (EXPORT_FIXED_S_PER_TARGET + EXPORT_EVALS_PER_TARGET * per_eval) if opts.export else 0.0
-    reserve = search_reserve_s(per_eval, n_targets, opts.search) + export_s
+    mode = finetune_mode_of(opts, n_targets)
+    finetune_s = 0.0
+    if mode is not None:
+        finetune_s = finetune_seconds(fresh.model, [median_subnet(space)] * n_targets, data, opts.finetune, mode)
+    reserve = search_reserve_s(per_eval, n_targets, opts.search) + export_s + finetune_s
     left = budget_min * 60 - reserve - (time.time() - t0)
-    logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for search and export")
+    after = "search, fine-tune and export" if mode is not None else "search and export"
+    logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for {after}")
     if left <= 0 and opts.time_budget is not None:
         raise RegnasError(
-            f"a time budget of {budget_min:g} min leaves no time to train after search and export (about {reserve / 60:.1f} min here); "
+            f"a time budget of {budget_min:g} min leaves no time to train after {after} (about {reserve / 60:.1f} min here); "
             f"raise --time-budget above {reserve / 60:.0f}, or pass --epochs"
         )
     floor = 0 if opts.time_budget is not None else DEFAULT_MIN_EPOCHS
@@ -204,6 +233,7 @@ def _search(
             return [Member.from_json(space, m) for m in ms]
 
         return {
+            "key": key,
             "family": load(cached["family"]),
             "baseline": load(cached["baseline"]),
             "sweep": {k: load(v) for k, v in cached["sweep"].items()},
@@ -227,7 +257,7 @@ def _search(
     write_search_cache(
         out, {"key": key, "family": dump(family), "baseline": dump(baseline), "sweep": {k: dump(v) for k, v in sweep.items()}}
     )
-    return {"family": family, "baseline": baseline, "sweep": sweep}
+    return {"key": key, "family": family, "baseline": baseline, "sweep": sweep}
 
 
 def _finetune_section(before: dict[str, Any], cfg: PCTConfig, mode: str) -> dict[str, Any]:
@@ -240,17 +270,18 @@ def _finetune_section(before: dict[str, Any], cfg: PCTConfig, mode: str) -> dict
     }
 
 
-def _val_test_agreement(members: list[MemberRecord]) -> dict[str, Any]:
-    """How well the val split the search saw predicted each chosen member's test numbers."""
+def _val_test_agreement(members: list[MemberRecord], val: list[MemberRecord] | None = None) -> dict[str, Any]:
+    """How well the val split predicted each chosen member's test numbers: the search's val numbers, or
+    `val`'s, the fine-tuned members' own on val (the search saw them before the fine-tune)."""
     rows = [
         {
             "target": m.target,
-            "val_top1": m.val_top1,
+            "val_top1": v.top1 if v is not None else m.val_top1,
             "test_top1": m.top1,
-            "val_nfr_vs_prev": m.val_nfr_vs_prev,
+            "val_nfr_vs_prev": v.nfr_vs_prev if v is not None else m.val_nfr_vs_prev,
             "test_nfr_vs_prev": m.nfr_vs_prev,
         }
-        for m in members
+        for m, v in zip(members, val or [None] * len(members))
     ]
     top1 = [abs(r["val_top1"] - r["test_top1"]) for r in rows]
     nfrs = [abs(r["val_nfr_vs_prev"] - r["test_nfr_vs_prev"]) for r in rows if r["test_nfr_vs_prev"] is not None]
@@ -287,9 +318,10 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
         raise RegnasError("--strict judges the artifact check, which --no-export skips; drop one of them")
     rewards = [parse_reward(r, opts.flips_against) for r in dict.fromkeys(opts.rewards)]
     targets = resolve_targets(opts.targets, opts.targets_dir)
-    if opts.finetune is not None and len(targets) < 2:
-        raise RegnasError("--finetune fine-tunes each member towards the one before it, so it needs a family of 2 or more targets")
-    check_finetune_mode(opts.finetune_mode)
+    if opts.finetune_mode not in (None, NO_FINETUNE):
+        check_finetune_mode(opts.finetune_mode)
+        if len(targets) < 2:
+            raise RegnasError("--finetune fine-tunes each member towards the one before it, so it needs a family of 2 or more targets")
     if opts.ray_address is not None:
         from regnas.parallel import check_ray_address
 
@@ -299,23 +331,39 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
     return rewards, targets
 
 
+def _finetuned(
+    opts: BuildOptions, evaluator: Evaluator, family: list[Member], mode: str, search_key: str, out: Path
+) -> tuple[list[nn.Module], str]:
+    """The family's fine-tuned members (an earlier run's, when this build already made them) and the fine-tune's cache key."""
+    key = sha256_json({"search": search_key, "targets": [m.target for m in family], "mode": mode, "config": asdict(opts.finetune)})
+    nets = read_finetuned(out, key)
+    if nets is None:
+        nets = nested_finetune(evaluator.supernet, [m.arch for m in family], evaluator.data, opts.finetune, mode)
+    return nets, key
+
+
 def _family_report(
-    opts: BuildOptions, evaluator: Evaluator, found: dict[str, Any], rewards: list[Reward], luts: Luts
+    opts: BuildOptions, evaluator: Evaluator, found: dict[str, Any], rewards: list[Reward], luts: Luts, out: Path
 ) -> tuple[dict[str, Any], Assessment, Assessment]:
     """The family and the baseline assessed on test, and the report sections that derive from them (fine-tune,
     val/test agreement, reward sweep, LUTs, search candidates); the two assessments' records are complete."""
     family, baseline, space = found["family"], found["baseline"], evaluator.space
     report: dict[str, Any] = {}
     fam = assess(evaluator, family)
-    if opts.finetune is not None:
-        report["finetune"] = _finetune_section(fam.section, opts.finetune, opts.finetune_mode)
-        nets = nested_finetune(evaluator.supernet, [m.arch for m in family], evaluator.data, opts.finetune, opts.finetune_mode)
+    mode = finetune_mode_of(opts, len(family))
+    val = None
+    if mode is not None:
+        t0 = time.time()
+        report["finetune"] = _finetune_section(fam.section, opts.finetune, mode)
+        nets, report["finetune"]["key"] = _finetuned(opts, evaluator, family, mode, found["key"], out)
+        report["finetune"]["seconds"] = time.time() - t0
         fam = assess(evaluator, family, nets=nets)
+        val = assess(evaluator, family, "val", nets=nets).records
     base = assess(evaluator, baseline)
     _latency(fam.records, family, space, luts)
     _latency(base.records, baseline, space, luts)
     flag_repeats(fam.records)
-    report["val_test"] = _val_test_agreement(fam.records)
+    report["val_test"] = _val_test_agreement(fam.records, val)
     if found["sweep"]:
         report["reward_sweep"] = [
             _sweep_point(rewards[0].describe(), fam.records),
@@ -379,7 +427,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
     t_search = time.time()
 
-    sections, fam, base = _family_report(opts, evaluator, found, rewards, luts)
+    sections, fam, base = _family_report(opts, evaluator, found, rewards, luts, out)
     for m, n, rec in zip(found["family"], fam.nets, fam.records):
         rec.weights_sha256 = save_member(out / m.target, net.space, m.arch, n, m.target)
     report = {**fam.section, "baseline": base.section, **sections}
@@ -394,10 +442,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         result = check(out, artifacts, ordered, data, opts.remote)
         report["artifacts"] = [a.to_json() for a in result.artifacts]
         report["check"] = result.section()
+    finetune_s = report.get("finetune", {}).get("seconds", 0.0)
     report["timing_s"] = {
         "train": t_train - t0,
         "search": t_search - t_train,
-        **({"export": t_export - t_search, "check": time.time() - t_export} if opts.export else {}),
+        **({"finetune": finetune_s} if "finetune" in report else {}),
+        **({"export": t_export - t_search - finetune_s, "check": time.time() - t_export} if opts.export else {}),
         "total": time.time() - t0,
     }
     write_report(out, report)

@@ -146,6 +146,27 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
     write_json(out / REPORT, {**report, "format": REPORT_FORMAT})
 
 
+def read_finetuned(out: Path, key: str) -> list[nn.Module] | None:
+    """The fine-tuned members an earlier run of this build saved under the same fine-tune `key`, or None.
+
+    Only when its report names that key and every member's weights still have the bytes it reported.
+    """
+    try:
+        report = read_report(out)
+    except RegnasError:
+        return None
+    if report.get("finetune", {}).get("key") != key:
+        return None
+    nets = []
+    for m in report["family"]:
+        weights = out / m["target"] / WEIGHTS
+        if not weights.is_file() or sha256_file(weights) != m.get("weights_sha256"):
+            return None
+        nets.append(load_member(out / m["target"])[1])
+    logger.info(f"finetune: reusing the fine-tuned members in {out}")
+    return nets
+
+
 def read_search_cache(out: Path) -> dict[str, Any] | None:
     """The build's search cache, or None when there is none or it cannot be read (it is only a cache)."""
     path = out / SEARCH_CACHE

@@ -129,7 +129,7 @@ class Build(Command):
             "--reward",
             action="append",
             default=None,
-            help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: R2); repeat it to also search and plot other rewards",
+            help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: 1,5); repeat it to also search and plot other rewards",
         )
         p.add_argument(
             "--flips-against",
@@ -143,7 +143,11 @@ class Build(Command):
             default=None,
             metavar="MODE",
             help="fine-tune each member towards the one before with focal distillation, keeping the family nested: joint"
-            " (default: all members at once in the supernet) or own (each member on the weights it does not share)",
+            " (all members at once in the supernet; the default for 2 or more targets) or own (each member on the weights it"
+            " does not share)",
+        )
+        p.add_argument(
+            "--no-finetune", dest="finetune", action="store_const", const="none", help="ship the members as searched, without the fine-tune"
         )
         p.add_argument("--population", type=_positive, default=None, help="evolution population size")
         p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
@@ -171,7 +175,7 @@ class Build(Command):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
-        from regnas.build import BuildOptions, build
+        from regnas.build import DEFAULT_REWARD, BuildOptions, build
         from regnas.pct import PCTConfig
         from regnas.report import markdown_summary
         from regnas.search import SearchConfig
@@ -189,7 +193,7 @@ class Build(Command):
             args.seed,
             args.space,
             args.epochs,
-            tuple(args.reward or ["R2"]),
+            tuple(args.reward or [DEFAULT_REWARD]),
             search,
             export=args.export,
             targets_dir=args.targets_dir,
@@ -200,8 +204,8 @@ class Build(Command):
             strict=args.strict,
             lut_dir=args.lut_dir,
             flips_against=args.flips_against,
-            finetune=PCTConfig(seed=args.seed) if args.finetune else None,
-            finetune_mode=args.finetune or "joint",
+            finetune=PCTConfig(seed=args.seed),
+            finetune_mode=args.finetune,
             val_size=args.val_size,
         )
         report = build(opts)

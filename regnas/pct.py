@@ -17,6 +17,7 @@ import copy
 import logging
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,16 +65,20 @@ class PCTConfig:
             raise RegnasError(f"unknown focal distillation {self.kind!r}; use lm (logit matching) or kl")
 
 
-def focal_distillation(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: PCTConfig) -> torch.Tensor:
-    """`CE(new, y) + weight·mean[(α + β·[old right])·D(new, old)]`; D is ½‖z_new − z_old‖² (lm) or T²·KL (kl)."""
-    ce = F.cross_entropy(new, labels)
+def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: PCTConfig) -> torch.Tensor:
+    """`mean[(α + β·[old right])·D(new, old)]`; D is ½‖z_new − z_old‖² (lm) or T²·KL (kl)."""
     focus = cfg.alpha + cfg.beta * (old.argmax(1) == labels).float()
     if cfg.kind == "lm":
         d = 0.5 * (new - old).pow(2).sum(1)
     else:
         t = cfg.temperature
         d = t * t * F.kl_div(F.log_softmax(new / t, 1), F.log_softmax(old / t, 1), reduction="none", log_target=True).sum(1)
-    return ce + cfg.weight * (focus * d).mean()
+    return (focus * d).mean()
+
+
+def focal_distillation(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: PCTConfig) -> torch.Tensor:
+    """PCT's loss: `CE(new, y) + weight·focal_term(new, old)`."""
+    return F.cross_entropy(new, labels) + cfg.weight * focal_term(new, old, labels, cfg)
 
 
 def shared_slices(small: nn.Module, large: nn.Module) -> dict[str, tuple[slice, ...]]:
@@ -84,6 +89,16 @@ def shared_slices(small: nn.Module, large: nn.Module) -> dict[str, tuple[slice, 
         if name in large_params:
             out[name] = crop_slices(tuple(large_params[name].shape), tuple(p.shape))
     return out
+
+
+MIN_EPOCHS = {"joint": 1, "own": 2}
+"""Fewest epochs per fine-tune: two for a member fine-tuned on its own (PCT, and `own`), one for the joint fine-tune."""
+
+
+def _schedule(n_train: int, cfg: PCTConfig, min_epochs: int) -> tuple[int, int]:
+    """(steps per epoch, epochs): about 600 optimizer steps, at least `min_epochs` and at most 10 epochs, unless `cfg.epochs`."""
+    steps = max(1, n_train // cfg.batch_size)
+    return steps, cfg.epochs or min(10, max(min_epochs, math.ceil(600 / steps)))
 
 
 def _fine_tune(
@@ -99,8 +114,7 @@ def _fine_tune(
     x_all, y_all = data["train"].x, data["train"].y
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(y_all)
-    steps = max(1, n // cfg.batch_size)
-    epochs = cfg.epochs or min(10, max(min_epochs, math.ceil(600 / steps)))
+    steps, epochs = _schedule(n, cfg, min_epochs)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps * epochs)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -148,7 +162,7 @@ def pct_finetune(
             for name, (idx, value) in keep.items():
                 params[name][idx] = value
 
-    _fine_tune(model, loss, data, cfg, min_epochs=2, after_step=restore)
+    _fine_tune(model, loss, data, cfg, MIN_EPOCHS["own"], after_step=restore)
     return recalibrate_bn(model, data["calib"].x[:1000])
 
 
@@ -176,11 +190,16 @@ def pct_family(nets: list[nn.Module], data: Dataset, cfg: PCTConfig = PCTConfig(
     return out
 
 
-def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig = PCTConfig()) -> list[nn.Module]:
-    """The nested family's members fine-tuned together in a copy of the supernet, then extracted (BN recalibrated).
+def joint_loss(logits: list[torch.Tensor], labels: torch.Tensor, cfg: PCTConfig) -> torch.Tensor:
+    """The family's loss for one batch: the first member's cross-entropy, then each later member's focal
+    distillation towards the one before it (whose logits are held fixed for the step), as in PCT."""
+    first = F.cross_entropy(logits[0], labels)
+    return sum((focal_distillation(z, prev.detach(), labels, cfg) for z, prev in zip(logits[1:], logits)), first)
 
-    Each step, the first member learns its labels and every next one learns its labels and
-    focal distillation towards the one before (that member's logits, held fixed for the step).
+
+def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig = PCTConfig()) -> list[nn.Module]:
+    """The nested family's members fine-tuned together (`joint_loss`) in a copy of the supernet, then extracted (BN recalibrated).
+
     The gradients meet in the weights the members share, so the smaller members move towards
     agreement too, not only the larger ones' own weights; the members are slices of one set of
     weights, so the family stays literally nested. About 600 steps (at least one epoch).
@@ -188,18 +207,8 @@ def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PC
     if len(archs) < 2:
         raise RegnasError("a nested fine-tune pulls each member towards the one before it, so it needs 2 or more members")
     model = copy.deepcopy(supernet.model)
-
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        prev = model(x, archs[0])
-        total = F.cross_entropy(prev, y)
-        for arch in archs[1:]:
-            logits = model(x, arch)
-            total = total + focal_distillation(logits, prev.detach(), y, cfg)
-            prev = logits
-        return total
-
     logger.info(f"pct: {len(archs)} members fine-tuned together in the supernet")
-    _fine_tune(model, loss, data, cfg, min_epochs=1)
+    _fine_tune(model, lambda x, y: joint_loss([model(x, arch) for arch in archs], y, cfg), data, cfg, MIN_EPOCHS["joint"])
     calib = data["calib"].x[:1000]
     return [recalibrate_bn(supernet.space.extract(model, arch), calib) for arch in archs]
 
@@ -208,6 +217,25 @@ def check_finetune_mode(mode: str) -> None:
     """Refuse a `--finetune` mode that does not exist, before any work."""
     if mode not in FINETUNE_MODES:
         raise RegnasError(f"unknown --finetune {mode!r}; use joint (all members in the supernet) or own (each member's own weights)")
+
+
+def finetune_seconds(model: nn.Module, archs: list[Arch], data: Dataset, cfg: PCTConfig, mode: str) -> float:
+    """About how long `nested_finetune` of `archs` takes here: its steps times a timed step of `archs` in a copy of `model`.
+
+    The own-weights mode trains one member against its fixed predecessor at a time, about
+    (members − 1)/members of a joint step, for its longer schedule.
+    """
+    check_finetune_mode(mode)
+    model = copy.deepcopy(model).train()
+    x, y = data["train"].x[: cfg.batch_size], data["train"].y[: cfg.batch_size]
+    timings = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        joint_loss([model(x, arch) for arch in archs], y, cfg).backward()
+        timings.append(time.perf_counter() - t0)
+    steps, epochs = _schedule(len(data["train"]), cfg, MIN_EPOCHS[mode])
+    share = 1.0 if mode == "joint" else (len(archs) - 1) / len(archs)
+    return min(timings[1:]) * steps * epochs * share
 
 
 def nested_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: PCTConfig, mode: str = "joint") -> list[nn.Module]:

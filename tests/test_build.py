@@ -11,6 +11,7 @@ from regnas.build import BuildOptions, build, flag_repeats
 from regnas.builddir import MemberRecord, load_member
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
+from regnas.evaluate import predict
 from regnas.pct import PCTConfig
 from regnas.search import SearchConfig
 
@@ -23,7 +24,8 @@ def options(ckpt, out, **kw) -> BuildOptions:
 
 def test_a_given_supernet_brings_its_own_split_and_seed_only_seeds_the_search(digits_supernet, tmp_path):
     _, ckpt = digits_supernet
-    report = build(options(ckpt, tmp_path / "s1", seed=1))
+    report = build(options(ckpt, tmp_path / "s1", seed=1, finetune_mode="none"))
+    assert "finetune" not in report
     split = json.loads((ckpt / "supernet.json").read_text())["split"]
     assert report["config"]["data"]["split"] == split and split["seed"] == 0
     assert report["config"]["seed"] == 1  # the search's seed
@@ -32,7 +34,7 @@ def test_a_given_supernet_brings_its_own_split_and_seed_only_seeds_the_search(di
 
 def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, tmp_path):
     _, ckpt = digits_supernet
-    report = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5")))
+    report = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5"), finetune_mode="none"))
     assert report["config"]["reward"]["against"] == "all"
     sweep = report["reward_sweep"]
     assert [p["reward"] for p in sweep] == ["R2+all", "R0+all", "1,5+all", "baseline (R0, each target alone)"]
@@ -43,15 +45,15 @@ def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, 
     assert "Flips against top-1, per reward" in html
     agreement = report["val_test"]
     assert [r["target"] for r in agreement["members"]] == ["phone", "edge", "server"] and agreement["max_abs_top1_gap"] < 0.2
-    cached = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5")))
+    cached = build(options(ckpt, tmp_path / "all", flips_against="all", rewards=("R2", "R0", "1,5"), finetune_mode="none"))
     assert [p["members"] for p in cached["reward_sweep"]] == [p["members"] for p in sweep]  # from search.json
 
 
 @pytest.mark.parametrize("mode", ["joint", "own"])
-def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path, mode):
+def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, tmp_path, mode):
     _, ckpt = digits_supernet
     report = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1), finetune_mode=mode))
-    assert report["finetune"]["mode"] == mode
+    assert report["finetune"]["mode"] == mode and report["timing_s"]["finetune"] == report["finetune"]["seconds"] > 0
     assert f"fine-tuned (`--finetune {mode}`)" in (tmp_path / "ft" / "summary.md").read_text()
     before = {m["target"]: m for m in report["finetune"]["before"]}
     assert all(n["contains"] and n["literal"] and n["shared_of_smaller"] == 1.0 for n in report["nesting"])
@@ -64,6 +66,8 @@ def test_finetune_keeps_the_family_literally_nested(digits_supernet, tmp_path, m
                 slice((b - s) // 2, (b - s) // 2 + s) for b, s in zip(big[name].shape[2:], p.shape[2:])
             )
             assert torch.equal(big[name][idx], p), name
+    for row, net in zip(report["val_test"]["members"], members):  # val/test agreement of the members as shipped
+        assert row["val_top1"] == pytest.approx(float((predict(net, digits["val"].x) == digits["val"].y.numpy()).mean()))
     if mode == "own":  # the first member is not fine-tuned; jointly, it moves with the weights it shares
         assert report["family"][0]["top1"] == before["phone"]["top1"]
 
@@ -73,10 +77,20 @@ def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
     with pytest.raises(RegnasError, match="unknown --flips-against 'some'"):
         build(options(ckpt, tmp_path / "x", flips_against="some"))
     with pytest.raises(RegnasError, match="needs a family of 2 or more targets"):
-        build(options(ckpt, tmp_path / "x", targets="phone", finetune=PCTConfig()))
+        build(options(ckpt, tmp_path / "x", targets="phone", finetune_mode="joint"))
     with pytest.raises(RegnasError, match="unknown --finetune 'all'; use joint"):
-        build(options(ckpt, tmp_path / "x", finetune=PCTConfig(), finetune_mode="all"))
+        build(options(ckpt, tmp_path / "x", finetune_mode="all"))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_time_plan_keeps_time_for_the_finetune(tmp_path, monkeypatch):
+    import regnas.build as build_mod
+
+    monkeypatch.setattr(build_mod, "finetune_seconds", lambda *a: 3600.0)
+    opts = BuildOptions(out=tmp_path / "b", data="digits", time_budget=30.0, search=FAST, export=False)  # fine-tuned by default
+    with pytest.raises(RegnasError, match="leaves no time to train after search, fine-tune and export"):
+        build(opts)
+    assert not (tmp_path / "b" / "supernet.safetensors").exists()
 
 
 def test_a_member_that_repeats_its_predecessor_is_flagged(caplog):

@@ -28,6 +28,7 @@ def test_latency_budget_is_met_and_reported(digits_supernet, tmp_path):
         supernet=ckpt / "supernet.safetensors",
         search=SearchConfig(population=4, generations=2),
         export=False,
+        finetune_mode="none",
     )
     report = build(opts)
     fast = next(m for m in report["family"] if m["target"] == "fast")

@@ -35,6 +35,7 @@ def family_dir(digits_supernet, tmp_path_factory):
         search=SearchConfig(population=4, generations=1),
         export=False,
         targets_dir=root / "targets",
+        finetune_mode="none",
     )
     build(opts)
     return out

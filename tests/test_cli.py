@@ -29,6 +29,7 @@ def test_build_writes_the_report_contract(built):
     assert "search: generation" in stderr and "train: epoch 1/1" in stderr
     assert "family" in stdout and "report.json" in stdout
     assert all("predicted_latency_ms" in m for m in fam)
+    assert report["config"]["reward"]["name"] == "1,5" and report["finetune"]["mode"] == "joint"  # the defaults
 
 
 @pytest.mark.slow
@@ -83,10 +84,13 @@ def test_saved_models_are_standalone_and_nested(built, digits):
 @pytest.mark.slow
 def test_same_seed_same_archs_with_a_given_supernet(built, tmp_path):
     out, _, _ = built
-    code, _, stderr = run("build", "--out", str(tmp_path), "--supernet", str(out / "supernet.safetensors"), "--no-export", *FAST)
+    code, _, stderr = run(
+        "build", "--out", str(tmp_path), "--supernet", str(out / "supernet.safetensors"), "--no-export", "--no-finetune", *FAST
+    )
     assert code == 0, stderr
     a = json.loads((out / "report.json").read_text())
     b = json.loads((tmp_path / "report.json").read_text())
+    assert "finetune" not in b and "pct: " not in stderr
     assert [m["arch"] for m in a["family"]] == [m["arch"] for m in b["family"]]
     assert [m["arch"] for m in a["baseline"]["family"]] == [m["arch"] for m in b["baseline"]["family"]]
     assert not (tmp_path / "supernet.safetensors").exists()
@@ -99,10 +103,11 @@ def test_rerun_resumes_from_the_cache(built, tmp_path):
     code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", *FAST)
     assert code == 0, stderr
     assert "search: reusing" in stderr and "train: epoch" not in stderr
+    assert "finetune: reusing" in stderr and "pct: epoch" not in stderr
     before = json.loads((out / "report.json").read_text())
     (out / "search.json").write_text("{truncated")
-    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", *FAST)
-    assert code == 0 and "ignoring unreadable cache" in stderr
+    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", "--no-finetune", *FAST)
+    assert code == 0 and "ignoring unreadable cache" in stderr and "pct: epoch" not in stderr
     after = json.loads((out / "report.json").read_text())
     assert [m["arch"] for m in after["family"]] == [m["arch"] for m in before["family"]]
 

@@ -25,6 +25,7 @@ def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, caplog):
         "supernet": ckpt / "supernet.safetensors",
         "search": SearchConfig(population=4, generations=2),
         "export": False,
+        "finetune_mode": "none",
     }
     serial = build(BuildOptions(out=tmp_path / "serial", **common))
     with caplog.at_level("INFO", logger="regnas"):

@@ -1,5 +1,7 @@
 """PCT focal distillation: the loss itself, and fine-tuning towards the old model on digits (its flip numbers: benchmarks/nfr_family.py)."""
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,16 @@ import torch.nn.functional as F
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.io import sha256_json
-from regnas.pct import PCTConfig, focal_distillation, joint_finetune, pct_family, pct_finetune
+from regnas.pct import (
+    PCTConfig,
+    finetune_seconds,
+    focal_distillation,
+    focal_term,
+    joint_finetune,
+    joint_loss,
+    pct_family,
+    pct_finetune,
+)
 
 
 def test_focal_distillation_weights_samples_the_old_model_got_right():
@@ -53,6 +64,22 @@ def test_pct_pulls_the_new_model_towards_the_old_one_and_leaves_the_old_untouche
     assert family[0] is old
 
 
+def test_joint_loss_is_the_first_members_labels_and_each_later_ones_pull_back():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (16,))
+    logits = [torch.randn(16, 10, requires_grad=True) for _ in range(3)]
+    cfg = PCTConfig(weight=0.5)
+    joint_loss(logits, labels, cfg).backward()
+    expected = [F.cross_entropy(logits[0], labels)]
+    expected += [focal_distillation(logits[i], logits[i - 1].detach(), labels, cfg) for i in (1, 2)]
+    for i in range(3):
+        z = logits[i].detach().requires_grad_()
+        (F.cross_entropy(z, labels) if i == 0 else focal_distillation(z, logits[i - 1].detach(), labels, cfg)).backward()
+        assert torch.allclose(logits[i].grad, z.grad, atol=1e-6)
+    assert joint_loss(logits, labels, cfg).item() == pytest.approx(sum(e.item() for e in expected), rel=1e-6)
+    assert focal_term(logits[0], logits[0], labels, cfg).item() == 0.0
+
+
 def test_joint_finetune_pulls_each_member_towards_the_one_before_and_leaves_the_supernet(digits_supernet, digits):
     net, _ = digits_supernet
     archs = [net.space.smallest(), net.space.largest()]
@@ -64,3 +91,15 @@ def test_joint_finetune_pulls_each_member_towards_the_one_before_and_leaves_the_
     assert sha256_json({k: v.tolist() for k, v in net.model.state_dict().items()}) == before
     with pytest.raises(RegnasError, match="needs 2 or more members"):
         joint_finetune(net, archs[:1], digits)
+
+
+def test_the_finetune_estimate_is_the_right_order_of_magnitude(digits_supernet, digits):
+    net, _ = digits_supernet
+    archs = [net.space.smallest(), net.space.largest()]
+    cfg = PCTConfig(epochs=1)
+    estimate = finetune_seconds(net.model, archs, digits, cfg, "joint")
+    t0 = time.perf_counter()
+    joint_finetune(net, archs, digits, cfg)
+    took = time.perf_counter() - t0
+    assert took / 5 < estimate < took * 5  # a plan, not a stopwatch: within a factor of 5 even on a busy runner
+    assert finetune_seconds(net.model, archs, digits, PCTConfig(epochs=10), "own") > estimate
