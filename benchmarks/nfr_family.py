@@ -116,7 +116,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     cfg = SearchConfig(**report["config"]["search"])
     pct = PCTConfig(epochs=args.pct_epochs)
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
-    built_with = report["config"]["reward"]["name"]
+    built_with = report["config"]["reward"]
     kept = kept_rows(old, report, pct, args)
 
     runs = []
@@ -126,7 +126,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
         for name, reward in rewards.items():
             if name == args.reward and "family" in kept.get(seed, {}):
                 continue
-            if seed == first and reward.name == built_with:
+            if seed == first and asdict(reward) == built_with:
                 members = [Member.from_json(net.space, m) for m in read_search_cache(work)["family"]]
             else:
                 members = search_family(evaluator, budgets, reward, cfg, seed)

@@ -29,7 +29,8 @@ def test_build_writes_the_report_contract(built):
     assert "search: generation" in stderr and "train: epoch 1/1" in stderr
     assert "family" in stdout and "report.json" in stdout
     assert all("predicted_latency_ms" in m for m in fam)
-    assert report["config"]["reward"]["name"] == "1,5" and report["finetune"]["mode"] == "joint"  # the defaults
+    reward = report["config"]["reward"]
+    assert (reward["top1"], reward["nfr"]) == (1.0, 5.0) and report["finetune"]["mode"] == "joint"  # the defaults
 
 
 @pytest.mark.slow
