@@ -41,13 +41,16 @@ def digits_supernet(digits, tmp_path_factory):
 @pytest.fixture(scope="session")
 def built(tmp_path_factory):
     """The built-in targets, with a lax flip limit: a 1-epoch supernet's int8 models flip often, and searching
-    quantization options for each is tested in tests/exporters, not here."""
+    quantization options for each is tested in tests/exporters, not here. Without the fine-tune (70 s on
+    digits): tests/test_build.py runs it, and its reuse, on a short schedule."""
     out = tmp_path_factory.mktemp("build")
     lax = out.parent / "lax-targets"
     lax.mkdir(exist_ok=True)
     for toml in BUILTIN_DIR.glob("*.toml"):
         (lax / toml.name).write_text(toml.read_text().replace("max_nfr_vs_fp32 = 0.002", "max_nfr_vs_fp32 = 0.5"))
-    code, stdout, stderr = run("build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), *FAST)
+    code, stdout, stderr = run(
+        "build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), "--no-finetune", *FAST
+    )
     assert (out / "report.json").is_file(), stderr
     report = json.loads((out / "report.json").read_text())
     assert code == (0 if report["check"]["passed"] else 1), stderr

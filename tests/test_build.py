@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from regnas.build import BuildOptions, build, flag_repeats
+from regnas.build import BuildOptions, build, finetune_mode_of, flag_repeats
 from regnas.builddir import MemberRecord, load_member
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
@@ -50,7 +50,7 @@ def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, 
 
 
 @pytest.mark.parametrize("mode", ["joint", "own"])
-def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, tmp_path, mode):
+def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, tmp_path, caplog, mode):
     _, ckpt = digits_supernet
     report = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1), finetune_mode=mode))
     assert report["finetune"]["mode"] == mode and report["timing_s"]["finetune"] == report["finetune"]["seconds"] > 0
@@ -68,6 +68,10 @@ def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, tmp
             assert torch.equal(big[name][idx], p), name
     for row, net in zip(report["val_test"]["members"], members):  # val/test agreement of the members as shipped
         assert row["val_top1"] == pytest.approx(float((predict(net, digits["val"].x) == digits["val"].y.numpy()).mean()))
+    with caplog.at_level("INFO", logger="regnas"):
+        again = build(options(ckpt, tmp_path / "ft", finetune=PCTConfig(epochs=1), finetune_mode=mode))
+    assert "finetune: reusing" in caplog.text and "pct: epoch" not in caplog.text
+    assert [(m["top1"], m["nfr_vs_prev"]) for m in again["family"]] == [(m["top1"], m["nfr_vs_prev"]) for m in report["family"]]
     if mode == "own":  # the first member is not fine-tuned; jointly, it moves with the weights it shares
         assert report["family"][0]["top1"] == before["phone"]["top1"]
 
@@ -81,6 +85,13 @@ def test_family_options_that_cannot_work_are_refused(digits_supernet, tmp_path):
     with pytest.raises(RegnasError, match="unknown --finetune 'all'; use joint"):
         build(options(ckpt, tmp_path / "x", finetune_mode="all"))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_default_build_fine_tunes_a_family_jointly_and_a_single_target_not_at_all():
+    opts = BuildOptions()
+    assert opts.rewards == ("1,5",) and finetune_mode_of(opts, 3) == "joint" and finetune_mode_of(opts, 1) is None
+    assert finetune_mode_of(BuildOptions(finetune_mode="none"), 3) is None
+    assert finetune_mode_of(BuildOptions(finetune_mode="own"), 3) == "own"
 
 
 def test_the_time_plan_keeps_time_for_the_finetune(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def test_build_writes_the_report_contract(built):
     assert "family" in stdout and "report.json" in stdout
     assert all("predicted_latency_ms" in m for m in fam)
     reward = report["config"]["reward"]
-    assert (reward["top1"], reward["nfr"]) == (1.0, 5.0) and report["finetune"]["mode"] == "joint"  # the defaults
+    assert (reward["top1"], reward["nfr"]) == (1.0, 5.0) and "finetune" not in report  # the default reward; --no-finetune
 
 
 @pytest.mark.slow
@@ -101,10 +101,9 @@ def test_same_seed_same_archs_with_a_given_supernet(built, tmp_path):
 def test_rerun_resumes_from_the_cache(built, tmp_path):
     out = tmp_path / "rerun"
     shutil.copytree(built[0], out)
-    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", *FAST)
+    code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", "--no-finetune", *FAST)
     assert code == 0, stderr
     assert "search: reusing" in stderr and "train: epoch" not in stderr
-    assert "finetune: reusing" in stderr and "pct: epoch" not in stderr
     before = json.loads((out / "report.json").read_text())
     (out / "search.json").write_text("{truncated")
     code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", "--no-finetune", *FAST)
