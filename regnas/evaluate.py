@@ -25,7 +25,7 @@ BATCH = 128
 
 
 @contextlib.contextmanager
-def _channels_last(net: nn.Module) -> Iterator[None]:
+def channels_last(net: nn.Module) -> Iterator[None]:
     """Run `net` channels-last (CPU convolutions are several times faster so), then give it back as it was.
 
     Exporters trace the same module afterwards, and some (ExecuTorch's XNNPACK passes) reject
@@ -54,7 +54,7 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    with torch.no_grad(), _channels_last(net):
+    with torch.no_grad(), channels_last(net):
         for batch in _batches(x):
             net(batch)
     for m in bns:
@@ -66,7 +66,7 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
 def predict(net: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Predicted class per sample (batch norm folded into the convolutions, as the exported models compute)."""
     net = fold_bn(net)
-    with _channels_last(net):
+    with channels_last(net):
         return np.concatenate([net(b).argmax(1).numpy() for b in _batches(x)]).astype(np.int64)
 
 

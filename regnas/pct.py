@@ -27,7 +27,7 @@ from torch import nn
 
 from regnas.data import Dataset
 from regnas.errors import RegnasError
-from regnas.evaluate import recalibrate_bn
+from regnas.evaluate import channels_last, recalibrate_bn
 from regnas.nn import crop_slices
 from regnas.spaces import Arch
 from regnas.train import Supernet
@@ -109,7 +109,11 @@ def _fine_tune(
     min_epochs: int,
     after_step: Callable[[], None] | None = None,
 ) -> None:
-    """Minimise `loss(x, y)` over train batches in place: AdamW, cosine schedule, about 600 steps unless `cfg.epochs`."""
+    """Minimise `loss(x, y)` over train batches in place: AdamW, cosine schedule, about 600 steps unless `cfg.epochs`.
+
+    Channels-last, as the supernet trains (twice as fast on CPU for the depthwise convolutions of
+    mbv3); the model is given back contiguous, since exporters reject channels-last weights.
+    """
     model.train()
     x_all, y_all = data["train"].x, data["train"].y
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -118,20 +122,21 @@ def _fine_tune(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps * epochs)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    for epoch in range(epochs):
-        order = torch.tensor(rng.sample(range(n), n))
-        total = torch.zeros(())
-        for step in range(steps):
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            value = loss(x_all[idx], y_all[idx])
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            schedule.step()
-            if after_step is not None:
-                after_step()
-            total += value.detach()
-        logger.info(f"pct: epoch {epoch + 1}/{epochs} loss {total.item() / steps:.4f}")
+    with channels_last(model):
+        for epoch in range(epochs):
+            order = torch.tensor(rng.sample(range(n), n))
+            total = torch.zeros(())
+            for step in range(steps):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                value = loss(x_all[idx].contiguous(memory_format=torch.channels_last), y_all[idx])
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+                schedule.step()
+                if after_step is not None:
+                    after_step()
+                total += value.detach()
+            logger.info(f"pct: epoch {epoch + 1}/{epochs} loss {total.item() / steps:.4f}")
 
 
 def pct_finetune(
@@ -226,8 +231,9 @@ def finetune_seconds(model: nn.Module, archs: list[Arch], data: Dataset, cfg: PC
     (members − 1)/members of a joint step, for its longer schedule.
     """
     check_finetune_mode(mode)
-    model = copy.deepcopy(model).train()
-    x, y = data["train"].x[: cfg.batch_size], data["train"].y[: cfg.batch_size]
+    model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    x = data["train"].x[: cfg.batch_size].contiguous(memory_format=torch.channels_last)
+    y = data["train"].y[: cfg.batch_size]
     timings = []
     for _ in range(3):
         t0 = time.perf_counter()
