@@ -8,7 +8,6 @@ settings, seed) and reused only when that hash matches. report.json is written l
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -32,7 +31,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import DEFAULT_SPACE, Arch, SearchSpace, create_space, space_class
+from regnas.spaces import DEFAULT_SPACE, SearchSpace, create_space, space_class
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
@@ -158,16 +157,9 @@ def finetune_mode_of(opts: BuildOptions, n_members: int) -> str | None:
     return None if opts.finetune_mode == NO_FINETUNE else opts.finetune_mode
 
 
-def median_subnet(space: SearchSpace) -> Arch:
-    """A median-sized subnet (by FLOPs, of 21 drawn with seed 0): what the plan times as a typical member or candidate."""
-    rng = random.Random(0)
-    sample = sorted({space.sample(rng) for _ in range(21)}, key=space.flops)
-    return sample[len(sample) // 2]
-
-
 def eval_seconds(evaluator: Evaluator) -> float:
     """Seconds one candidate evaluation takes here (BN recalibration and val predictions of a median-sized subnet)."""
-    arch = median_subnet(evaluator.space)
+    arch = evaluator.space.median()
     t0 = time.perf_counter()
     evaluator.predictions(arch, "val")
     return time.perf_counter() - t0
@@ -194,7 +186,7 @@ def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Pa
     mode = finetune_mode_of(opts, n_targets)
     finetune_s = 0.0
     if mode is not None:
-        finetune_s = finetune_seconds(fresh.model, [median_subnet(space)] * n_targets, data, opts.finetune, mode)
+        finetune_s = finetune_seconds(fresh.model, [space.median()] * n_targets, data, opts.finetune, mode)
     reserve = search_reserve_s(per_eval, n_targets, opts.search) + export_s + finetune_s
     left = budget_min * 60 - reserve - (time.time() - t0)
     after = "search, fine-tune and export" if mode is not None else "search and export"

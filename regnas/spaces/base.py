@@ -188,6 +188,13 @@ class SearchSpace(ABC):
         """The arch every other arch contains."""
         return self._uniform(min)
 
+    def median(self, samples: int = 21, seed: int = 0) -> Arch:
+        """The middle by FLOPs of `samples` archs drawn with `seed`: a typical subnet, to time the build's
+        plan with and for benchmarks to report beside the largest and the smallest."""
+        rng = random.Random(seed)
+        drawn = sorted({self.sample(rng) for _ in range(samples)}, key=lambda a: (self.flops(a), self.encode(a)))
+        return drawn[len(drawn) // 2]
+
     def _complete(self, genome: Genome, rng: random.Random, lower: Genome | None) -> Genome:
         """Block genes for every slot up to the largest depth: the genome's where set, random (⊇ lower) elsewhere."""
         full = {k: [list(v) for v in vs] if isinstance(vs[0], list) else list(vs) for k, vs in genome.items()}

@@ -96,6 +96,19 @@ def test_contains_is_a_partial_order_bounded_by_smallest_and_largest(name):
 
 
 @pytest.mark.parametrize("name", space_names())
+def test_median_is_the_middle_by_flops_of_its_draw_and_the_same_every_time(name):
+    space = make(name)
+    rng = random.Random(7)
+    drawn = {space.sample(rng) for _ in range(21)}
+    median = space.median(21, 7)
+    assert median in drawn and median == space.median(21, 7)
+    below = sum(space.flops(a) < space.flops(median) for a in drawn)
+    above = sum(space.flops(a) > space.flops(median) for a in drawn)
+    assert below <= len(drawn) // 2 and above <= len(drawn) - len(drawn) // 2 - 1
+    assert space.flops(space.smallest()) < space.flops(median) < space.flops(space.largest())
+
+
+@pytest.mark.parametrize("name", space_names())
 def test_operators_stay_supersets_of_the_lower_bound(name):
     """Sample, mutate and crossover stay ⊇ lower; shrinking lowers one gene by one choice per step and ends at lower."""
     space = make(name)
