@@ -14,10 +14,11 @@ every seed then searches, on that supernet, split and budgets, with its own sear
 Test-split numbers only. Writes JSON, a Pareto plot (mean NFR vs mean top-1, every row) and a table.
 `--keep ROW ...` copies those rows from the existing `--out` for the same space, seed and supernet
 instead of recomputing them (baseline, pct and finetune depend on neither the reward nor the
-fine-tune mode; family, which brings family_finetune along, needs the same reward and mode).
+fine-tune mode; family needs the same reward, family_finetune also the same mode, and sweep keeps
+the other rewards' families). A kept row is only as current as the code that measured it.
 
     python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet] [--seeds 0 1 2] [--reward 1,5]
-        [--sweep [REWARD ...]] [--finetune joint|own] [--keep baseline pct finetune family] [--time-budget 45]
+        [--sweep [REWARD ...]] [--finetune joint|own] [--keep baseline pct finetune family family_finetune sweep] [--time-budget 45]
         [--work build/bench] [--out FILE]
 
 Targets: family_finetune mean NFR <= 0.5 x baseline and <= 0.6 x PCT, each member's top-1 within 0.3 points of the baseline's.
@@ -52,7 +53,7 @@ from regnas.train import load_checkpoint
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))
 SWEEP = ("R0", "R2", "1,2", "1,5", "1,10", "R1")
-KEEPABLE = ("baseline", "pct", "finetune", "family")
+KEEPABLE = ("baseline", "pct", "finetune", "family", "family_finetune", "sweep")
 TARGET_BASELINE, TARGET_PCT, TARGET_TOP1_POINTS = 0.5, 0.6, 0.3
 
 
@@ -79,19 +80,24 @@ def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str]) -> d
 def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Namespace) -> dict[int, dict]:
     """Per seed, the `--keep` rows of an earlier result on the same supernet and settings (nothing when it differs).
 
-    `family` keeps the family and family_finetune rows, which also need the same reward and fine-tune mode.
+    `family` (the searched family) needs the same reward; `family_finetune` also the same fine-tune mode, and
+    the family kept with it; `sweep` keeps every other reward's family row.
     """
     if not args.keep or old is None:
         return {}
     same_supernet = old["supernet_train"] == report["config"]["train"] and old["build_seconds"] == report["timing_s"]["total"]
     if not same_supernet or old["pct"] != asdict(pct):
         sys.exit("--keep: the earlier result was measured on another supernet or fine-tune settings; drop --keep")
-    rows = list(args.keep)
-    if "family" in rows:
-        if (old["reward"], old["finetune_mode"]) != (args.reward, args.finetune):
-            sys.exit(f"--keep family: the earlier family was searched at {old['reward']} and fine-tuned {old['finetune_mode']}; drop it")
-        rows.append("family_finetune")
-    return {r["seed"]: {k: r[k] for k in rows} for r in old["runs"]}
+    rows = set(args.keep)
+    if rows & {"family", "family_finetune"} and old["reward"] != args.reward:
+        sys.exit(f"--keep family: the earlier family was searched at {old['reward']}; drop it")
+    if "family_finetune" in rows and ("family" not in rows or old["finetune_mode"] != args.finetune):
+        sys.exit(f"--keep family_finetune: needs --keep family and the same mode (the earlier one: {old['finetune_mode']})")
+
+    def wanted(row: str) -> bool:
+        return row in rows or ("sweep" in rows and row.startswith("family_") and row != "family_finetune")
+
+    return {r["seed"]: {k: v for k, v in r.items() if wanted(k)} for r in old["runs"]}
 
 
 def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
@@ -122,26 +128,29 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     runs = []
     for seed in args.seeds:
         t = time.time()
-        run: dict = {"seed": seed}
+        run: dict = {"seed": seed, **kept.get(seed, {})}
         for name, reward in rewards.items():
-            if name == args.reward and "family" in kept.get(seed, {}):
+            key = "family" if name == args.reward else f"family_{name}"
+            if key in run:
                 continue
             if seed == first and asdict(reward) == built_with:
                 members = [Member.from_json(net.space, m) for m in read_search_cache(work)["family"]]
             else:
                 members = search_family(evaluator, budgets, reward, cfg, seed)
             fam = assess(evaluator, members)
-            run["family" if name == args.reward else f"family_{name}"] = row(names, fam.preds, labels, fam.section)
-            if name == args.reward:
-                nets = nested_finetune(net, [m.arch for m in members], data, replace(pct, seed=seed), args.finetune)
-                run["family_finetune"] = row(names, [predict(n, data["test"].x) for n in nets], labels)
-        if seed in kept:
-            run |= kept[seed]
-        else:
+            run[key] = row(names, fam.preds, labels, fam.section)
+        if "family_finetune" not in run:
+            archs = [net.space.from_json(run["family"]["archs"][n]) for n in names]
+            nets = nested_finetune(net, archs, data, replace(pct, seed=seed), args.finetune)
+            run["family_finetune"] = row(names, [predict(n, data["test"].x) for n in nets], labels)
+        if not {"baseline", "pct", "finetune"} <= run.keys():
             base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed))
-            run["baseline"] = row(names, base.preds, labels, base.section)
-            run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
-            run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
+            if "baseline" not in run:
+                run["baseline"] = row(names, base.preds, labels, base.section)
+            if "pct" not in run:
+                run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
+            if "finetune" not in run:
+                run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
         run["seconds"] = time.time() - t
         runs.append(run)
         print(f"{space}: seed {seed} done in {run['seconds']:.0f}s", file=sys.stderr)

@@ -85,6 +85,7 @@ def test_joint_finetune_pulls_each_member_towards_the_one_before_and_leaves_the_
     x = torch.cat([digits["val"].x, digits["test"].x])
     pulled = joint_finetune(net, archs, digits, PCTConfig(epochs=1))
     plain = joint_finetune(net, archs, digits, PCTConfig(epochs=1, weight=0.0))
+    assert all(p.is_contiguous() for m in pulled for p in m.parameters())  # trained channels-last, handed back as exporters need
     assert logit_gap(pulled[1], pulled[0], x) < 0.5 * logit_gap(plain[1], plain[0], x)
     assert sha256_json({k: v.tolist() for k, v in net.model.state_dict().items()}) == before
     with pytest.raises(RegnasError, match="needs 2 or more members"):
