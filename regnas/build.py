@@ -27,7 +27,7 @@ from regnas.evaluate import Evaluator
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
-from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_seconds, nested_finetune
+from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_schedule, finetune_seconds, nested_finetune
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
@@ -327,7 +327,10 @@ def _finetuned(
     opts: BuildOptions, evaluator: Evaluator, family: list[Member], mode: str, search_key: str, out: Path
 ) -> tuple[list[nn.Module], str]:
     """The family's fine-tuned members (an earlier run's, when this build already made them) and the fine-tune's cache key."""
-    key = sha256_json({"search": search_key, "targets": [m.target for m in family], "mode": mode, "config": asdict(opts.finetune)})
+    schedule = finetune_schedule(len(evaluator.data["train"]), opts.finetune)
+    key = sha256_json(
+        {"search": search_key, "targets": [m.target for m in family], "mode": mode, "config": asdict(opts.finetune), "schedule": schedule}
+    )
     nets = read_finetuned(out, key)
     if nets is None:
         nets = nested_finetune(evaluator.supernet, [m.arch for m in family], evaluator.data, opts.finetune, mode)

@@ -97,8 +97,10 @@ session 13: on a resnet Fashion-MNIST family (search seed 0) a second epoch took
 0.27% and test from 0.39 to 0.25%, with top-1 up 0.2–0.4 points; a third did not lower it further."""
 
 
-def _schedule(n_train: int, cfg: PCTConfig) -> tuple[int, int]:
-    """(steps per epoch, epochs): about 600 optimizer steps, at least MIN_EPOCHS and at most 10 epochs, unless `cfg.epochs`."""
+def finetune_schedule(n_train: int, cfg: PCTConfig) -> tuple[int, int]:
+    """(steps per epoch, epochs): about 600 optimizer steps, at least MIN_EPOCHS and at most 10 epochs, unless `cfg.epochs`.
+
+    Part of the build's fine-tune cache key, so members fine-tuned on another schedule are not reused."""
     steps = max(1, n_train // cfg.batch_size)
     return steps, cfg.epochs or min(10, max(MIN_EPOCHS, math.ceil(600 / steps)))
 
@@ -119,7 +121,7 @@ def _fine_tune(
     x_all, y_all = data["train"].x, data["train"].y
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(y_all)
-    steps, epochs = _schedule(n, cfg)
+    steps, epochs = finetune_schedule(n, cfg)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps * epochs)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -240,7 +242,7 @@ def finetune_seconds(model: nn.Module, archs: list[Arch], data: Dataset, cfg: PC
         t0 = time.perf_counter()
         joint_loss([model(x, arch) for arch in archs], y, cfg).backward()
         timings.append(time.perf_counter() - t0)
-    steps, epochs = _schedule(len(data["train"]), cfg)
+    steps, epochs = finetune_schedule(len(data["train"]), cfg)
     share = 1.0 if mode == "joint" else (len(archs) - 1) / len(archs)
     return min(timings[1:]) * steps * epochs * share
 
