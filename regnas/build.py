@@ -338,20 +338,23 @@ def _finetuned(
 
 
 def _family_report(
-    opts: BuildOptions, evaluator: Evaluator, found: dict[str, Any], rewards: list[Reward], luts: Luts, out: Path
+    opts: BuildOptions,
+    evaluator: Evaluator,
+    found: dict[str, Any],
+    rewards: list[Reward],
+    luts: Luts,
+    tuned: tuple[list[nn.Module], dict[str, Any]] | None,
 ) -> tuple[dict[str, Any], Assessment, Assessment]:
-    """The family and the baseline assessed on test, and the report sections that derive from them (fine-tune,
-    val/test agreement, reward sweep, LUTs, search candidates); the two assessments' records are complete."""
+    """The family (its fine-tuned members where `tuned` holds them, with the fine-tune's section) and the baseline
+    assessed on test, and the report sections that derive from them (fine-tune, val/test agreement, reward sweep,
+    LUTs, search candidates); the two assessments' records are complete."""
     family, baseline, space = found["family"], found["baseline"], evaluator.space
     report: dict[str, Any] = {}
     fam = assess(evaluator, family)
-    mode = finetune_mode_of(opts, len(family))
     val = None
-    if mode is not None:
-        t0 = time.time()
-        report["finetune"] = _finetune_section(fam.section, opts.finetune, mode)
-        nets, report["finetune"]["key"] = _finetuned(opts, evaluator, family, mode, found["key"], out)
-        report["finetune"]["seconds"] = time.time() - t0
+    if tuned is not None:
+        nets, section = tuned
+        report["finetune"] = {**_finetune_section(fam.section, opts.finetune, section["mode"]), **section}
         fam = assess(evaluator, family, nets=nets)
         val = assess(evaluator, family, "val", nets=nets).records
     base = assess(evaluator, baseline)
@@ -421,8 +424,15 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     evaluator = Evaluator(net, data)
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
     t_search = time.time()
+    mode = finetune_mode_of(opts, len(found["family"]))
+    tuned = None
+    if mode is not None:
+        nets, key = _finetuned(opts, evaluator, found["family"], mode, found["key"], out)
+    t_finetune = time.time()
+    if mode is not None:
+        tuned = (nets, {"mode": mode, "key": key, "seconds": t_finetune - t_search})
 
-    sections, fam, base = _family_report(opts, evaluator, found, rewards, luts, out)
+    sections, fam, base = _family_report(opts, evaluator, found, rewards, luts, tuned)
     for m, n, rec in zip(found["family"], fam.nets, fam.records):
         rec.weights_sha256 = save_member(out / m.target, net.space, m.arch, n, m.target)
     report = {**fam.section, "baseline": base.section, **sections}
@@ -437,12 +447,11 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         result = check(out, artifacts, ordered, data, opts.remote)
         report["artifacts"] = [a.to_json() for a in result.artifacts]
         report["check"] = result.section()
-    finetune_s = report.get("finetune", {}).get("seconds", 0.0)
     report["timing_s"] = {
         "train": t_train - t0,
         "search": t_search - t_train,
-        **({"finetune": finetune_s} if "finetune" in report else {}),
-        **({"export": t_export - t_search - finetune_s, "check": time.time() - t_export} if opts.export else {}),
+        **({"finetune": t_finetune - t_search} if tuned is not None else {}),
+        **({"export": t_export - t_finetune, "check": time.time() - t_export} if opts.export else {}),
         "total": time.time() - t0,
     }
     write_report(out, report)
