@@ -373,11 +373,16 @@ class SearchSpace(ABC):
         return tuple(self.config["input_shape"])
 
     def extract(self, supernet: nn.Module, arch: Arch) -> nn.Module:
-        """A standalone copy of the subnet `arch`, every tensor a literal slice of the supernet's."""
-        net = self.build_subnet(arch)
+        """A standalone copy of the subnet `arch` on the CPU, every tensor a literal slice of the supernet's.
+
+        The subnet is built on the meta device and handed the slices, so its weights are never
+        initialised only to be overwritten (that was half of an mbv3 extraction's time).
+        """
+        net = self.build_subnet(arch, device="meta")
         full = supernet.state_dict()
-        sub = {k: crop_to(full[k], v.shape).clone() for k, v in net.state_dict().items()}
-        net.load_state_dict(sub)
+        own = {k: v.shape for k, v in net.state_dict().items()}
+        sub = {k: crop_to(full[k], shape).to("cpu", memory_format=torch.contiguous_format, copy=True) for k, shape in own.items()}
+        net.load_state_dict(sub, assign=True)
         return net
 
     def flops(self, arch: Arch) -> int:
