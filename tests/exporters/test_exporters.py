@@ -114,12 +114,15 @@ def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_
     assert sorted(r["unit"] for r in ranking) == sorted(units)
     assert [(-r["changed"], -r["drift"]) for r in ranking] == sorted((-r["changed"], -r["drift"]) for r in ranking)
     assert all(r["drift"] > 0 for r in ranking)  # quantizing any one unit moves the scores
-    assert record["kept_float"] == exported[0].options["keep_float"] and set(record["kept_float"]) <= set(units)
+    # the fully quantized configuration may tie with the fallback's (it does under onnxruntime 1.32); then none stays float
+    assert record["kept_float"] == exported[0].options.get("keep_float", []) and set(record["kept_float"]) <= set(units)
     assert record["latency_ms"]["chosen"] > 0 and record["latency_ms"]["fully_quantized"] > 0
     assert record["after"]["slowdown"] == pytest.approx(record["latency_ms"]["chosen"] / record["latency_ms"]["fully_quantized"])
     kept = load_runtime("onnxruntime", exported[0].path).predict(val.x.numpy())
     assert nfr(fp32, kept, val.y.numpy()) == pytest.approx(record["after"]["nfr_val"])
-    assert record["after"]["flips_val"] == min(t["flips_val"] for t in record["tried"])
+    fewest = min(t["flips_val"] for t in record["tried"])
+    assert record["after"]["flips_val"] == fewest
+    assert len(record["kept_float"]) == min(len(t["options"].get("keep_float", [])) for t in record["tried"] if t["flips_val"] == fewest)
 
 
 def test_the_latency_cap_keeps_the_fewest_flips_among_configurations_fast_enough(monkeypatch):
