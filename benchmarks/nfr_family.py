@@ -11,6 +11,8 @@ every seed then searches, on that supernet, split and budgets, with its own sear
   --finetune MODE`: joint, all members at once in the supernet, or own, each member on the weights
   it does not share with the one before). At the default reward and mode this is what a default
   `regnas build` ships, and what the targets are judged on.
+Seed 0's family, baseline and family fine-tune are the build's own (its search cache and saved
+members; the same calls with the same seed), so only PCT and the control are computed for it.
 Test-split numbers only. Writes JSON, a Pareto plot (mean NFR vs mean top-1, every row) and a table.
 `--keep ROW ...` copies those rows from the existing `--out` for the same space, seed and supernet
 instead of recomputing them (baseline, pct and finetune depend on neither the reward nor the
@@ -18,7 +20,8 @@ fine-tune mode; family needs the same reward, family_finetune also the same mode
 the other rewards' families). A kept row is only as current as the code that measured it.
 
     python benchmarks/nfr_family.py [--data fashion-mnist] [--spaces mbv3 resnet] [--seeds 0 1 2] [--reward 1,5]
-        [--sweep [REWARD ...]] [--finetune joint|own] [--keep baseline pct finetune family family_finetune sweep] [--time-budget 45]
+        [--sweep [REWARD ...]] [--finetune joint|own] [--no-control]
+        [--keep baseline pct finetune family family_finetune sweep] [--time-budget 45]
         [--work build/bench] [--out FILE]
 
 Targets: family_finetune mean NFR <= 0.5 x baseline and <= 0.6 x PCT, each member's top-1 within 0.3 points of the baseline's.
@@ -39,7 +42,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from regnas.build import DEFAULT_REWARD, BuildOptions, build
-from regnas.builddir import is_build, read_report, read_search_cache
+from regnas.builddir import is_build, load_member, read_report, read_search_cache
 from regnas.data import load_recorded_split
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
@@ -100,6 +103,13 @@ def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Nam
     return {r["seed"]: {k: v for k, v in r.items() if wanted(k)} for r in old["runs"]}
 
 
+def built_finetune(report: dict, space, archs: list, cfg: PCTConfig, mode: str) -> bool:
+    """Whether the seed-0 build already fine-tuned these archs in this mode with these settings (its members are then the result)."""
+    done = report.get("finetune", {})
+    same_archs = [space.from_json(m["arch"]) for m in report["family"]] == archs
+    return done.get("mode") == mode and done.get("config") == asdict(cfg) and same_archs
+
+
 def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     """Every seed's rows for one search space, and their means."""
     first = args.seeds[0]
@@ -124,6 +134,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
     built_with = report["config"]["reward"]
     kept = kept_rows(old, report, pct, args)
+    cache = read_search_cache(work)
 
     runs = []
     for seed in args.seeds:
@@ -134,22 +145,29 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
             if key in run:
                 continue
             if seed == first and asdict(reward) == built_with:
-                members = [Member.from_json(net.space, m) for m in read_search_cache(work)["family"]]
+                members = [Member.from_json(net.space, m) for m in cache["family"]]
             else:
                 members = search_family(evaluator, budgets, reward, cfg, seed)
             fam = assess(evaluator, members)
             run[key] = row(names, fam.preds, labels, fam.section)
         if "family_finetune" not in run:
             archs = [net.space.from_json(run["family"]["archs"][n]) for n in names]
-            nets = nested_finetune(net, archs, data, replace(pct, seed=seed), args.finetune)
+            if seed == first and built_finetune(report, net.space, archs, replace(pct, seed=seed), args.finetune):
+                nets = [load_member(work / n)[1] for n in names]  # the build ran this very fine-tune (deterministic)
+            else:
+                nets = nested_finetune(net, archs, data, replace(pct, seed=seed), args.finetune)
             run["family_finetune"] = row(names, [predict(n, data["test"].x) for n in nets], labels)
-        if not {"baseline", "pct", "finetune"} <= run.keys():
-            base = assess(evaluator, search_baseline(evaluator, budgets, cfg, seed))
+        if not {"baseline", "pct", *(() if args.no_control else ("finetune",))} <= run.keys():
+            if seed == first:  # the build searched the baseline with this seed and these settings
+                baseline = [Member.from_json(net.space, m) for m in cache["baseline"]]
+            else:
+                baseline = search_baseline(evaluator, budgets, cfg, seed)
+            base = assess(evaluator, baseline)
             if "baseline" not in run:
                 run["baseline"] = row(names, base.preds, labels, base.section)
             if "pct" not in run:
                 run["pct"] = tuned(base.nets, data, replace(pct, seed=seed), labels, names)
-            if "finetune" not in run:
+            if "finetune" not in run and not args.no_control:
                 run["finetune"] = tuned(base.nets, data, replace(pct, seed=seed, weight=0.0), labels, names)
         run["seconds"] = time.time() - t
         runs.append(run)
@@ -273,6 +291,7 @@ def main() -> int:
     )
     ap.add_argument("--finetune", default="joint", choices=list(FINETUNE_MODES), help="the family_finetune row's mode (default: joint)")
     ap.add_argument("--keep", nargs="*", default=[], choices=KEEPABLE, help="rows copied from the existing --out (same supernet)")
+    ap.add_argument("--no-control", action="store_true", help="skip the plain fine-tune row (the control for PCT; not in the targets)")
     ap.add_argument("--targets", default="phone,edge,server")
     ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the seed-0 build (default: 45)")
     ap.add_argument("--pct-epochs", type=int, default=PCTConfig.epochs)
