@@ -39,6 +39,7 @@ def _timed_build(space: str, data: str, work: Path) -> dict:
         "seconds": seconds,
         "exit": proc.returncode,
         "stages_s": report["timing_s"],
+        "plan_s": report.get("plan_s"),
         "epochs": report["config"]["train"]["epochs"],
         "time_budget_min": report["config"]["train"]["time_budget_min"],
         "top1": {m["target"]: m["top1"] for m in report["family"]},

@@ -171,12 +171,15 @@ def search_reserve_s(per_eval_s: float, n_targets: int, cfg: SearchConfig) -> fl
     return 2 * n_targets * per_search * per_eval_s
 
 
-def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, n_targets: int, t0: float) -> TrainConfig:
-    """The supernet's training settings, its epochs given or planned so the whole build fits --time-budget."""
+def _train_config(
+    opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, n_targets: int, t0: float
+) -> tuple[TrainConfig, dict[str, float]]:
+    """The supernet's training settings, its epochs given or planned so the whole build fits --time-budget,
+    and the plan: seconds set aside for each later stage (empty when --epochs was given)."""
     n = len(data["train"])
     cfg = TrainConfig(epochs=opts.epochs or 1, batch_size=default_batch_size(n), seed=opts.seed)
     if opts.epochs:
-        return cfg
+        return cfg, {}
     budget_min = opts.time_budget or DEFAULT_TIME_BUDGET_MIN
     from regnas.train import Supernet
 
@@ -187,7 +190,8 @@ def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Pa
     finetune_s = 0.0
     if mode is not None:
         finetune_s = finetune_seconds(fresh.model, [space.median()] * n_targets, data, opts.finetune, mode)
-    reserve = search_reserve_s(per_eval, n_targets, opts.search) + export_s + finetune_s
+    search_s = search_reserve_s(per_eval, n_targets, opts.search)
+    reserve = search_s + export_s + finetune_s
     left = budget_min * 60 - reserve - (time.time() - t0)
     after = "search, fine-tune and export" if mode is not None else "search and export"
     logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for {after}")
@@ -197,7 +201,29 @@ def _train_config(opts: BuildOptions, data: Dataset, space: SearchSpace, out: Pa
             f"raise --time-budget above {reserve / 60:.0f}, or pass --epochs"
         )
     floor = 0 if opts.time_budget is not None else DEFAULT_MIN_EPOCHS
-    return planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), min_epochs=floor)
+    cfg = planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), min_epochs=floor)
+    stages = {"search": search_s, "finetune": finetune_s if mode is not None else None}
+    stages["export_and_check"] = export_s if opts.export else None
+    return cfg, {"budget": budget_min * 60, "train": max(left, 0.0), **{k: v for k, v in stages.items() if v is not None}}
+
+
+def warn_overrun(plan: dict[str, float], timing: dict[str, float]) -> list[str]:
+    """The stages that took over 20% more than planned, warned about when the whole build overran its budget.
+
+    The plan times a fresh supernet's median subnet on this host before training; a slower host, a
+    busier one, or a trained supernet that keeps more units in float at export can each cost more.
+    A build at its epoch floor also overruns by design when the floor alone takes longer than planned.
+    """
+    if not plan or timing["total"] <= plan["budget"]:
+        return []
+    spent = {**timing, "export_and_check": timing.get("export", 0.0) + timing.get("check", 0.0)}
+    over = [f"{k} {spent[k] / 60:.1f} min (planned {v / 60:.1f})" for k, v in plan.items() if k != "budget" and spent.get(k, 0.0) > 1.2 * v]
+    logger.warning(
+        f"the build took {timing['total'] / 60:.1f} min against its {plan['budget'] / 60:g}-min budget"
+        + (f": {', '.join(over)}" if over else "")
+        + "; raise --time-budget, or pass --epochs to train for a fixed number of epochs"
+    )
+    return over
 
 
 def _search(
@@ -413,10 +439,11 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)
     logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")
 
+    plan: dict[str, float] = {}
     if net is not None:
         ckpt = Path(opts.supernet)
     else:
-        cfg = _train_config(opts, data, fresh, out, len(budgets), t0)
+        cfg, plan = _train_config(opts, data, fresh, out, len(budgets), t0)
         net = train_supernet(data, out, cfg, name, world=init_world())
         ckpt = out / CHECKPOINT
     t_train = time.time()
@@ -454,6 +481,8 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         **({"export": t_export - t_finetune, "check": time.time() - t_export} if opts.export else {}),
         "total": time.time() - t0,
     }
+    if plan:
+        report["plan_s"] = {**plan, "overrun": warn_overrun(plan, report["timing_s"])}
     write_report(out, report)
     write_reports(out, report)
     return report

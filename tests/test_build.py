@@ -105,6 +105,20 @@ def test_the_time_plan_keeps_time_for_the_finetune(tmp_path, monkeypatch):
     assert not (tmp_path / "b" / "supernet.safetensors").exists()
 
 
+def test_a_build_over_its_budget_names_the_stages_that_overran_their_plan(caplog):
+    from regnas.build import warn_overrun
+
+    plan = {"budget": 2400.0, "train": 600.0, "search": 600.0, "finetune": 480.0, "export_and_check": 720.0}
+    within = {"train": 600.0, "search": 600.0, "finetune": 480.0, "export": 600.0, "check": 100.0, "total": 2380.0}
+    assert warn_overrun(plan, within) == []
+    over = {"train": 900.0, "search": 1000.0, "finetune": 500.0, "export": 1270.0, "check": 210.0, "total": 3880.0}
+    with caplog.at_level("WARNING", logger="regnas"):
+        stages = warn_overrun(plan, over)
+    assert [s.split()[0] for s in stages] == ["train", "search", "export_and_check"]
+    assert "64.7 min against its 40-min budget" in caplog.text and "search 16.7 min (planned 10.0)" in caplog.text
+    assert warn_overrun({}, over) == []  # --epochs: no plan to overrun
+
+
 def test_a_member_that_repeats_its_predecessor_is_flagged(caplog):
     members = [MemberRecord(t, {"d": d}, 1, None, 1, 0.9, None) for t, d in (("a", [2]), ("b", [2]), ("c", [3]))]
     with caplog.at_level("WARNING", logger="regnas"):
