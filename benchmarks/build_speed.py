@@ -1,10 +1,11 @@
 """Wall time of `regnas build --targets phone,edge,server` from scratch, exports and check included, per dataset.
 
-    python benchmarks/build_speed.py [--data digits fashion-mnist] [--space mbv3] [--work build/bench] [--out FILE] [--repeats N]
+    python benchmarks/build_speed.py [--data digits fashion-mnist] [--space NAME] [--work build/bench] [--out FILE] [--repeats N]
 
 Targets (2 CPU cores): the default digits build under 3 minutes, Fashion-MNIST under 45 minutes.
 Each run builds into a fresh `WORK/<space>-<data>` directory through the real command line with its
-default options but `--space` (the time budget plans the supernet's epochs), and leaves it there:
+default options (the time budget plans the supernet's epochs; the space is the build's default for
+the data unless `--space` names one), and leaves it there:
 `supernet_quality.py`, `nfr_family.py` and `quant_flips.py` reuse those builds.
 """
 
@@ -25,11 +26,11 @@ from regnas.io import read_json, write_json
 LIMITS_S = {"digits": 180, "fashion-mnist": 2700}
 
 
-def _timed_build(space: str, data: str, work: Path) -> dict:
+def _timed_build(space: str | None, data: str, work: Path) -> dict:
     """One `regnas build` in a fresh process, timed from the outside, with its report's stage times."""
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.time()
-    cmd = [sys.executable, "-m", "regnas", "build", "--data", data, "--space", space, "--out", str(work)]
+    cmd = [sys.executable, "-m", "regnas", "build", "--data", data, *(["--space", space] if space else []), "--out", str(work)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.time() - t0
     if proc.returncode not in (0, 1):
@@ -37,6 +38,7 @@ def _timed_build(space: str, data: str, work: Path) -> dict:
     report = read_report(work)
     return {
         "seconds": seconds,
+        "space": report["config"]["space"],
         "exit": proc.returncode,
         "stages_s": report["timing_s"],
         "plan_s": report.get("plan_s"),
@@ -47,10 +49,18 @@ def _timed_build(space: str, data: str, work: Path) -> dict:
     }
 
 
+def _default_space(data: str) -> str:
+    """The space `regnas build --data DATA` picks when none is named (it names the work folder and the JSON rows)."""
+    from regnas.data import load_dataset
+    from regnas.spaces import default_space
+
+    return default_space(load_dataset(data, 0).input_shape)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=["digits"])
-    ap.add_argument("--space", default="mbv3", help="search space of the builds (default: mbv3, the build's default)")
+    ap.add_argument("--space", default=None, help="search space of the builds (default: the build's default for each dataset)")
     ap.add_argument("--work", type=Path, default=Path("build/bench"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/build_speed.json"))
     ap.add_argument(
@@ -61,18 +71,20 @@ def main() -> int:
     )
     args = ap.parse_args()
     old = read_json(args.out) if args.out.is_file() else {}
-    runs = [r for r in old.get("runs", []) if (r.get("space", "mbv3"), r["data"]) not in {(args.space, d) for d in args.data}]
+    runs = old.get("runs", [])
     for data in args.data:
         limit = LIMITS_S.get(data)
+        space = args.space or _default_space(data)
+        runs = [r for r in runs if (r.get("space", "mbv3"), r["data"]) != (space, data)]
         for repeat in range(args.repeats):
-            run = _timed_build(args.space, data, args.work / f"{args.space}-{data}")
+            run = _timed_build(args.space, data, args.work / f"{space}-{data}")
             if "error" in run:
                 print(run["error"], file=sys.stderr)
                 return run["exit"]
             met = None if limit is None else run["seconds"] <= limit
-            runs.append({"space": args.space, "data": data, "repeat": repeat, **run, "limit_s": limit, "met": met})
+            runs.append({"data": data, "repeat": repeat, **run, "limit_s": limit, "met": met})
             print(
-                f"{args.space} {data} run {repeat + 1}/{args.repeats}: {run['seconds']:.0f}s (limit {limit}s): "
+                f"{run['space']} {data} run {repeat + 1}/{args.repeats}: {run['seconds']:.0f}s (limit {limit}s): "
                 + ", ".join(f"{k} {v:.0f}s" for k, v in run["stages_s"].items())
                 + f"; {run['epochs']} epochs; top-1 "
                 + ", ".join(f"{k} {100 * v:.2f}%" for k, v in run["top1"].items())

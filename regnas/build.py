@@ -31,7 +31,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import DEFAULT_SPACE, SearchSpace, create_space, space_class
+from regnas.spaces import SearchSpace, create_space, default_space, space_class
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
@@ -433,8 +433,10 @@ def build(opts: BuildOptions) -> dict[str, Any]:
             for name in t.exporters:
                 create_exporter(name).check_available()
     net = load_checkpoint(opts.supernet, opts.space, data) if opts.supernet is not None else None
-    name = opts.space or DEFAULT_SPACE
+    name = opts.space or default_space(data.input_shape)
     fresh = net.space if net is not None else create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
+    if net is None and opts.space is None:
+        logger.info(f"space: {name}, the default for {'x'.join(map(str, data.input_shape[1:]))} px inputs (--space picks another)")
     budgets, luts = _budgets(fresh, targets, opts.lut_dir)
     sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)
     logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")

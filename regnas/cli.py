@@ -104,7 +104,7 @@ def _json_option(p: argparse.ArgumentParser, help: str = "also write the result 
 def _add_data_options(p: argparse.ArgumentParser, seeds: str) -> None:
     _data_option(p, "dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
     _seed_option(p, seeds)
-    p.add_argument("--space", default=None, help="search space (default: mbv3, or the checkpoint's)")
+    p.add_argument("--space", default=None, help="search space (default: the checkpoint's, else mbv3 under 16 px, resnet from 16)")
     p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
     p.add_argument(
         "--val-size",
@@ -302,13 +302,14 @@ class Train(Command):
         from regnas.data import load_dataset
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
-        from regnas.spaces import DEFAULT_SPACE, create_space, space_class
+        from regnas.spaces import create_space, default_space, space_class
         from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, planned, train_supernet
 
-        space = args.space or DEFAULT_SPACE
-        space_class(space)
+        if args.space:
+            space_class(args.space)
         ensure_writable_dir(args.out, "--out")
         data = load_dataset(args.data, args.seed, val_size=args.val_size)
+        space = args.space or default_space(data.input_shape)
         n = len(data["train"])
         cfg = TrainConfig(
             epochs=args.epochs or 1,
@@ -353,16 +354,16 @@ class Report(Command):
 def _space_for(data_spec: str, seed: int, space_name: str | None):
     """The search space (default config) for a dataset's input shape and classes."""
     from regnas.data import load_dataset
-    from regnas.spaces import DEFAULT_SPACE, create_space, space_class
+    from regnas.spaces import create_space, default_space, space_class
 
     data = load_dataset(data_spec, seed)
-    name = space_name or DEFAULT_SPACE
+    name = space_name or default_space(data.input_shape)
     return create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
 
 
 def _add_space_options(p: argparse.ArgumentParser) -> None:
     _data_option(p, "the dataset the LUT is for (fixes the input size; default: digits)")
-    p.add_argument("--space", default=None, help="search space (default: mbv3)")
+    p.add_argument("--space", default=None, help="search space (default: mbv3 for inputs under 16 px, resnet from 16 px)")
     p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
 
 

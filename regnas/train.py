@@ -39,7 +39,7 @@ from regnas.data import Dataset
 from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
-from regnas.spaces import DEFAULT_SPACE, Arch, SearchSpace, create_space, space_class
+from regnas.spaces import Arch, SearchSpace, create_space, default_space, space_class
 
 logger = logging.getLogger(__name__)
 
@@ -301,14 +301,13 @@ class _Loop:
         return {"optimizer": self.optimizer, "schedule": self.schedule}
 
 
-def train_supernet(
-    data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str = DEFAULT_SPACE, world: World = World()
-) -> Supernet:
+def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str | None = None, world: World = World()) -> Supernet:
     """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
     out_dir = Path(out_dir)
     if cfg.batch_size < world.size:
         raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
     world.assert_same("the training data", data.digest)
+    space_name = space_name or default_space(data.input_shape)
     space = create_space(space_name, space_class(space_name).default_config(data.input_shape, data.num_classes))
     torch.manual_seed(cfg.seed)
     net = Supernet(space, space.build_supernet(), {})

@@ -146,3 +146,11 @@ def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs
     assert pick(1, rng) == [space.largest()]
     late = pick(2, rng)
     assert late[:2] == [space.largest(), space.smallest()] and len(late) == 4
+
+
+def test_training_without_a_space_takes_the_default_for_the_input_size(digits, tmp_path):
+    data = small(digits, 64)
+    up = {name: Split(F.interpolate(s.x, size=(16, 16)), s.y, s.index) for name, s in data.splits.items()}
+    data16 = Dataset(data.name + "-16px", up, data.class_names, data.digest + "-16px")
+    net = train_supernet(data16, tmp_path, TrainConfig(epochs=1, batch_size=32, seed=0))
+    assert net.space.name == "resnet" and json.loads((tmp_path / "supernet.json").read_text())["space"] == "resnet"

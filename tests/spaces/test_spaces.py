@@ -163,3 +163,11 @@ def test_all_units_cover_every_arch_and_build(name):
         module, shape = space.build_unit(unit)
         with torch.no_grad():
             assert module.eval()(torch.zeros(2, *shape)).shape[0] == 2
+
+
+def test_the_default_space_follows_the_input_size():
+    from regnas.spaces import default_space
+
+    assert default_space((1, 8, 8)) == "mbv3"  # digits: the built-in LUTs are mbv3's at 8x8
+    assert default_space((1, 28, 28)) == default_space((3, 32, 32)) == "resnet"
+    assert default_space((3, 64, 12)) == "mbv3"  # the smaller side decides
