@@ -31,7 +31,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import SearchSpace, create_space, default_space, space_class
+from regnas.spaces import SearchSpace, space_class, space_for
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
@@ -202,9 +202,12 @@ def _train_config(
         )
     floor = 0 if opts.time_budget is not None else DEFAULT_MIN_EPOCHS
     cfg = planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), min_epochs=floor)
-    stages = {"search": search_s, "finetune": finetune_s if mode is not None else None}
-    stages["export_and_check"] = export_s if opts.export else None
-    return cfg, {"budget": budget_min * 60, "train": max(left, 0.0), **{k: v for k, v in stages.items() if v is not None}}
+    plan = {"budget": budget_min * 60, "train": max(left, 0.0), "search": search_s}
+    if mode is not None:
+        plan["finetune"] = finetune_s
+    if opts.export:
+        plan["export_and_check"] = export_s
+    return cfg, plan
 
 
 def warn_overrun(plan: dict[str, float], timing: dict[str, float]) -> list[str]:
@@ -433,10 +436,9 @@ def build(opts: BuildOptions) -> dict[str, Any]:
             for name in t.exporters:
                 create_exporter(name).check_available()
     net = load_checkpoint(opts.supernet, opts.space, data) if opts.supernet is not None else None
-    name = opts.space or default_space(data.input_shape)
-    fresh = net.space if net is not None else create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
+    fresh = net.space if net is not None else space_for(data.input_shape, data.num_classes, opts.space)
     if net is None and opts.space is None:
-        logger.info(f"space: {name}, the default for {'x'.join(map(str, data.input_shape[1:]))} px inputs (--space picks another)")
+        logger.info(f"space: {fresh.name}, the default for {'x'.join(map(str, data.input_shape[1:]))} px inputs (--space picks another)")
     budgets, luts = _budgets(fresh, targets, opts.lut_dir)
     sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)
     logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")
@@ -446,7 +448,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         ckpt = Path(opts.supernet)
     else:
         cfg, plan = _train_config(opts, data, fresh, out, len(budgets), t0)
-        net = train_supernet(data, out, cfg, name, world=init_world())
+        net = train_supernet(data, out, cfg, fresh.name, world=init_world())
         ckpt = out / CHECKPOINT
     t_train = time.time()
 

@@ -302,14 +302,14 @@ class Train(Command):
         from regnas.data import load_dataset
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
-        from regnas.spaces import create_space, default_space, space_class
+        from regnas.spaces import space_class, space_for
         from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, planned, train_supernet
 
         if args.space:
             space_class(args.space)
         ensure_writable_dir(args.out, "--out")
         data = load_dataset(args.data, args.seed, val_size=args.val_size)
-        space = args.space or default_space(data.input_shape)
+        space = space_for(data.input_shape, data.num_classes, args.space)
         n = len(data["train"])
         cfg = TrainConfig(
             epochs=args.epochs or 1,
@@ -322,9 +322,8 @@ class Train(Command):
         try:
             if not args.epochs:
                 budget = args.time_budget or DEFAULT_TRAIN_MINUTES
-                fresh = create_space(space, space_class(space).default_config(data.input_shape, data.num_classes))
-                cfg = planned(args.out, data, fresh, replace(cfg, time_budget_min=budget), budget * 60, world)
-            train_supernet(data, args.out, cfg, space, world=world)
+                cfg = planned(args.out, data, space, replace(cfg, time_budget_min=budget), budget * 60, world)
+            train_supernet(data, args.out, cfg, space.name, world=world)
         finally:
             world.close()
         if world.main:
@@ -354,11 +353,10 @@ class Report(Command):
 def _space_for(data_spec: str, seed: int, space_name: str | None):
     """The search space (default config) for a dataset's input shape and classes."""
     from regnas.data import load_dataset
-    from regnas.spaces import create_space, default_space, space_class
+    from regnas.spaces import space_for
 
     data = load_dataset(data_spec, seed)
-    name = space_name or default_space(data.input_shape)
-    return create_space(name, space_class(name).default_config(data.input_shape, data.num_classes))
+    return space_for(data.input_shape, data.num_classes, space_name)
 
 
 def _add_space_options(p: argparse.ArgumentParser) -> None:

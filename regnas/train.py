@@ -39,7 +39,7 @@ from regnas.data import Dataset
 from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
-from regnas.spaces import Arch, SearchSpace, create_space, default_space, space_class
+from regnas.spaces import Arch, SearchSpace, create_space, space_for
 
 logger = logging.getLogger(__name__)
 
@@ -307,12 +307,11 @@ def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_n
     if cfg.batch_size < world.size:
         raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
     world.assert_same("the training data", data.digest)
-    space_name = space_name or default_space(data.input_shape)
-    space = create_space(space_name, space_class(space_name).default_config(data.input_shape, data.num_classes))
+    space = space_for(data.input_shape, data.num_classes, space_name)
     torch.manual_seed(cfg.seed)
     net = Supernet(space, space.build_supernet(), {})
     loop = _Loop(space, net.model, data, cfg, world)
-    start, history = _resume(out_dir, net, loop, data, cfg, space_name, world)
+    start, history = _resume(out_dir, net, loop, data, cfg, space.name, world)
     subnets = sandwich(cfg, space)
     for epoch in range(start, cfg.epochs):
         sampled = hashlib.sha256()

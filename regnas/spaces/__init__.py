@@ -9,22 +9,19 @@ from regnas.spaces.base import Arch, SearchSpace
 
 _SPACES: dict[str, type[SearchSpace]] = {}
 
-SMALL_INPUT_SPACE, LARGE_INPUT_SPACE = "mbv3", "resnet"
 LARGE_INPUT_PX = 16
-"""Inputs with a side of this many pixels or more default to `LARGE_INPUT_SPACE`."""
+"""Inputs whose smaller side has this many pixels or more default to `resnet`, smaller ones to `mbv3`."""
 
 
 def default_space(input_shape: tuple[int, ...]) -> str:
-    """The space a build, a training run or a LUT profile uses when none is named, by the input's smaller side:
-    `mbv3` under 16 px, `resnet` from 16 px, the same on every host so a seed means one family everywhere.
+    """The space a build, a training run or a LUT profile uses when none is named, by the input's smaller side,
+    the same on every host so a seed means one family everywhere.
 
-    Measured on 2 CPU cores (README, benchmarks/): on 8 px digits the default build is about as fast either
-    way (mbv3 about 140 s, resnet 108 s) and mbv3's members are more accurate (99.3% against 98.1% for the
-    largest), and the built-in LUTs are mbv3's at 8x8; on 28 px Fashion-MNIST mbv3's 7x7 depthwise
-    convolutions make a training step 1.5x dearer, so the budgeted build trains 3 epochs instead of 8 and
-    reaches 90.1% in 71 minutes where resnet reaches 92.4% in 45.
+    Measured on 2 CPU cores (README, Benchmarks): on 8 px digits mbv3's members are the more accurate and the
+    built-in LUTs are mbv3's; on 28 px Fashion-MNIST mbv3's 7x7 depthwise convolutions make training so much
+    dearer that the budgeted build affords 3 epochs to resnet's 7-8, and resnet's members are 2 points better.
     """
-    return LARGE_INPUT_SPACE if min(input_shape[1:]) >= LARGE_INPUT_PX else SMALL_INPUT_SPACE
+    return "resnet" if min(input_shape[1:]) >= LARGE_INPUT_PX else "mbv3"
 
 
 def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:
@@ -49,6 +46,12 @@ def create_space(name: str, config: dict[str, Any]) -> SearchSpace:
     return space_class(name)(config)
 
 
+def space_for(input_shape: tuple[int, ...], num_classes: int, name: str | None = None) -> SearchSpace:
+    """The space `name` (else the default for these inputs), in its default config for this input shape and class count."""
+    name = name or default_space(input_shape)
+    return create_space(name, space_class(name).default_config(input_shape, num_classes))
+
+
 from regnas.spaces import mbv3, resnet, vit  # noqa: E402,F401  (registers the built-in spaces)
 
-__all__ = ["Arch", "SearchSpace", "create_space", "default_space", "register_space", "space_class", "space_names"]
+__all__ = ["Arch", "SearchSpace", "create_space", "default_space", "register_space", "space_class", "space_for", "space_names"]
