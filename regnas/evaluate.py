@@ -63,9 +63,10 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(net: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Predicted class per sample (batch norm folded into the convolutions, as the exported models compute)."""
-    net = fold_bn(net)
+def predict(net: nn.Module, x: torch.Tensor, inplace: bool = False) -> np.ndarray:
+    """Predicted class per sample (batch norm folded into the convolutions, as the exported models compute;
+    into `net` itself if `inplace`, for a network nothing else will use)."""
+    net = fold_bn(net, inplace)
     with channels_last(net):
         return np.concatenate([net(b).argmax(1).numpy() for b in _batches(x)]).astype(np.int64)
 
@@ -92,7 +93,7 @@ class Evaluator:
     def predictions(self, arch: Arch, split: str = "val") -> np.ndarray:
         key = (arch, split)
         if key not in self._cache:
-            self._cache[key] = predict(self.subnet(arch), self.data[split].x)
+            self._cache[key] = predict(self.subnet(arch), self.data[split].x, inplace=True)
         return self._cache[key]
 
     def prefetch(self, archs: list[Arch], split: str = "val") -> None:

@@ -63,15 +63,17 @@ class ConvBN(nn.Sequential):
         super().__init__(layers)
 
 
-def fold_bn(net: nn.Module) -> nn.Module:
-    """An eval-mode copy of `net` with each `ConvBN`'s batch norm folded into its convolution.
+def fold_bn(net: nn.Module, inplace: bool = False) -> nn.Module:
+    """`net` in eval mode with each `ConvBN`'s batch norm folded into its convolution: a copy, or `net` itself if `inplace`.
 
     The same function up to float rounding, about a sixth faster on CPU (measured: 5,000 Fashion-MNIST
-    images through a median mbv3 subnet, 2.0 s to 1.7 s), and what ONNX export computes anyway.
+    images through a median mbv3 subnet, 2.0 s to 1.7 s), and what ONNX export computes anyway. In place
+    is for a network made only to be scored (a search candidate): copying an 8 px mbv3 subnet took 26 ms
+    of its 130 ms evaluation.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    net = copy.deepcopy(net).eval()
+    net = (net if inplace else copy.deepcopy(net)).eval()
     for m in net.modules():
         if isinstance(m, ConvBN) and isinstance(m.bn, nn.BatchNorm2d):
             m.conv = fuse_conv_bn_eval(m.conv, m.bn)

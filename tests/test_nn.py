@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regnas.nn import FOLD_CHUNK, DynamicConv2d, count_macs, crop_to, depthwise_conv, make_divisible
+from regnas.nn import FOLD_CHUNK, ConvBN, DynamicConv2d, count_macs, crop_to, depthwise_conv, fold_bn, make_divisible
 
 
 def test_crop_is_prefix_on_channels_and_centre_on_kernels():
@@ -68,3 +68,21 @@ def test_count_macs_of_a_known_network():
 def test_make_divisible_is_monotone():
     values = [make_divisible(v) for v in range(1, 400)]
     assert values == sorted(values) and all(v % 8 == 0 for v in values)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_folding_batch_norm_keeps_the_function_and_copies_unless_in_place(inplace):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(ConvBN(3, 8, 3, act="relu"), ConvBN(8, 4, 1))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(5, 3, 6, 6)
+    want = net.eval()(x)
+    folded = fold_bn(net, inplace=inplace)
+    torch.testing.assert_close(folded(x), want, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert (folded is net) == inplace
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) != inplace
