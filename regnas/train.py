@@ -415,7 +415,7 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
     if budget_s < cost(1):
         need = math.ceil(cost(1) / 60)
         raise RegnasError(
-            f"a time budget of {budget_s / 60:.1f} min is too small for one training epoch here (about {need} min); "
+            f"a time budget of {budget_s / 60:.2g} min is too small for one training epoch here (about {need} min); "
             f"raise --time-budget to at least {need}, or pass --epochs"
         )
     epochs = 1
