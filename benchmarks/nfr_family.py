@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import io
+import json
 import platform
 import sys
 import time
@@ -80,18 +82,43 @@ def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str]) -> d
     return row(names, [predict(n, data["test"].x) for n in out], labels)
 
 
-def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Namespace) -> dict[int, dict]:
+def weights_digest(net) -> str:
+    """sha256 of the supernet's weights: two results measured on the same weights share it, however long their builds took."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def same_supernet(old: dict, report: dict, digest: str, seed0_baseline: dict) -> bool:
+    """Whether `old` was measured on these very weights: the same digest, or (for a result from before digests were
+    kept) the same training settings and a seed-0 baseline that reproduces exactly on this supernet."""
+    if "supernet_sha256" in old:
+        return old["supernet_sha256"] == digest
+    settings = [{k: v for k, v in t.items() if k != "time_budget_min"} for t in (old["supernet_train"], report["config"]["train"])]
+    first = old["runs"][0]
+    reproduced = first.get("baseline") == json.loads(json.dumps(seed0_baseline))  # as the JSON holds it: lists, not tuples
+    return settings[0] == settings[1] and first["seed"] == report["config"]["seed"] and reproduced
+
+
+def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Namespace, same: bool) -> dict[int, dict]:
     """Per seed, the `--keep` rows of an earlier result on the same supernet and settings (nothing when it differs).
 
-    `family` (the searched family) needs the same reward; `family_finetune` also the same fine-tune mode, and
-    the family kept with it; `sweep` keeps every other reward's family row.
+    `family` (the searched family) needs the same reward; `family_finetune` also the same fine-tune mode and
+    settings, and the family kept with it; `sweep` keeps every other reward's family row. `ensemble` weighs
+    only the joint fine-tune, so the baseline, PCT and control rows do not depend on it.
     """
     if not args.keep or old is None:
         return {}
-    same_supernet = old["supernet_train"] == report["config"]["train"] and old["build_seconds"] == report["timing_s"]["total"]
-    if not same_supernet or old["pct"] != asdict(pct):
-        sys.exit("--keep: the earlier result was measured on another supernet or fine-tune settings; drop --keep")
     rows = set(args.keep)
+    settings = asdict(pct)
+    earlier = dict(old["pct"])
+    if "family_finetune" not in rows:
+        settings.pop("ensemble")
+        earlier.pop("ensemble", None)
+    if not same or earlier != settings:
+        sys.exit("--keep: the earlier result was measured on another supernet or fine-tune settings; drop --keep")
     if rows & {"family", "family_finetune"} and old["reward"] != args.reward:
         sys.exit(f"--keep family: the earlier family was searched at {old['reward']}; drop it")
     if "family_finetune" in rows and ("family" not in rows or old["finetune_mode"] != args.finetune):
@@ -133,8 +160,13 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     pct = PCTConfig(epochs=args.pct_epochs)
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
     built_with = report["config"]["reward"]
-    kept = kept_rows(old, report, pct, args)
     cache = read_search_cache(work)
+    digest = weights_digest(net)
+    kept = {}
+    if args.keep and old is not None:
+        built_baseline = assess(evaluator, [Member.from_json(net.space, m) for m in cache["baseline"]])
+        same = same_supernet(old, report, digest, row(names, built_baseline.preds, labels, built_baseline.section))
+        kept = kept_rows(old, report, pct, args, same)
 
     runs = []
     for seed in args.seeds:
@@ -219,6 +251,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
         "finetune_mode": args.finetune,
         "kept_rows": sorted(args.keep) if kept else [],
         "build_seconds": build_seconds,
+        "supernet_sha256": digest,
         "supernet_train": report["config"]["train"],
         "pct": asdict(pct),
         "runs": runs,
