@@ -56,3 +56,16 @@ def test_a_smaller_kernel_is_the_centre_crop_of_the_larger():
             pad = (full.shape[-1] - k) // 2
             got = net.stages[s][j].dw[0].weight
             assert torch.equal(got, full[: got.shape[0], :, pad : pad + k, pad : pad + k])
+
+
+def test_residual_blocks_start_as_the_identity():
+    """Zero-γ: a fresh supernet computes the same function at every depth, so skipped blocks start harmless."""
+    space = make((1, 8, 8))
+    torch.manual_seed(0)
+    supernet = space.build_supernet().eval()
+    deep, shallow = space.largest(), space.smallest()
+    shallow_same_blocks = type(deep)(tuple(k[:2] for k in deep.kernel), tuple(e[:2] for e in deep.expand))
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(supernet(x, deep), supernet(x, shallow_same_blocks))
+        assert not torch.equal(supernet(x, deep), supernet(x, shallow))
