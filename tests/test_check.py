@@ -2,6 +2,7 @@
 
 import json
 
+import onnx
 import pytest
 
 from regnas.build import BuildOptions, build
@@ -67,11 +68,23 @@ def test_export_then_check_fills_the_artifact_contract(family_dir, capsys):
     assert report["check"]["passed"] and "onnx-int8.onnx" in (family_dir / "summary.md").read_text()
 
 
+def _negated(path):
+    """The ONNX model at `path` with its logits negated: it predicts its least likely class, wrong almost everywhere."""
+    model = onnx.load(str(path))
+    name = model.graph.output[0].name
+    for node in model.graph.node:
+        for i, out in enumerate(node.output):
+            if out == name:
+                node.output[i] = f"{name}_raw"
+    model.graph.node.append(onnx.helper.make_node("Neg", [f"{name}_raw"], [name]))
+    return model.SerializeToString()
+
+
 def test_check_fails_naming_an_artifact_over_its_threshold(family_dir, capsys):
     report = json.loads((family_dir / "report.json").read_text())
-    small, large = (family_dir / "small" / "onnx-fp32.onnx"), (family_dir / "large" / "onnx-fp32.onnx")
+    small = family_dir / "small" / "onnx-fp32.onnx"
     original = small.read_bytes()
-    small.write_bytes(large.read_bytes())  # the small target now ships the large model: many flips vs its fp32
+    small.write_bytes(_negated(small))  # the small target now ships a broken model: flips on most test images
     strict = json.loads(json.dumps(report))
     next(a for a in strict["artifacts"] if a["path"] == "small/onnx-fp32.onnx")["sha256"] = sha256_file(small)
     next(t for t in strict["targets"] if t["name"] == "small")["max_nfr_vs_fp32"] = 0.0
