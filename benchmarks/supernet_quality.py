@@ -157,7 +157,8 @@ def summarize(builds: list[dict], rows: list[dict], gpu: dict) -> dict:
     """The benchmark's JSON: per space, the Fashion-MNIST largest subnet and build time; the headline is the best space.
 
     The target couples accuracy, time and the gap to standalone twins, so `met.by_space` says for each
-    space what its own build and subnets met. Gaps are judged on Fashion-MNIST: digits is reported,
+    space what its own build and subnets met; a build without export and check is not a whole build, so
+    it never meets the time target. Gaps are judged on Fashion-MNIST: digits is reported,
     but one of its 269 test images is 0.37 points.
     """
     fashion = {b["space"]: b for b in builds if b["data"] == "fashion-mnist"}
@@ -168,7 +169,7 @@ def summarize(builds: list[dict], rows: list[dict], gpu: dict) -> dict:
     def meets(space: str) -> dict[str, bool]:
         return {
             "largest_top1_fashion": largest[space] >= TARGET_LARGEST,
-            "fashion_build_minutes": fashion[space]["seconds"] <= BUILD_LIMIT_MIN * 60,
+            "fashion_build_minutes": fashion[space]["export"] and fashion[space]["seconds"] <= BUILD_LIMIT_MIN * 60,
             "every_subnet_within_gap": all(x["gap_points"] <= 100 * TARGET_GAP for x in fashion_rows if x["space"] == space),
         }
 
