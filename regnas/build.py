@@ -34,7 +34,7 @@ from regnas.search import Budget, Reward, SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, space_class, space_for
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
-from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, train_supernet
+from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, recipe, train_supernet
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _train_config(
     """The supernet's training settings, its epochs given or planned so the whole build fits --time-budget,
     and the plan: seconds set aside for each later stage (empty when --epochs was given)."""
     n = len(data["train"])
-    cfg = TrainConfig(epochs=opts.epochs or 1, batch_size=default_batch_size(n), seed=opts.seed)
+    cfg = recipe(space, epochs=opts.epochs or 1, batch_size=default_batch_size(n), seed=opts.seed)
     if opts.epochs:
         return cfg, {}
     budget_min = opts.time_budget or DEFAULT_TIME_BUDGET_MIN

@@ -303,7 +303,7 @@ class Train(Command):
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
         from regnas.spaces import space_class, space_for
-        from regnas.train import CHECKPOINT, TrainConfig, default_batch_size, planned, train_supernet
+        from regnas.train import CHECKPOINT, default_batch_size, planned, recipe, train_supernet
 
         if args.space:
             space_class(args.space)
@@ -311,7 +311,8 @@ class Train(Command):
         data = load_dataset(args.data, args.seed, val_size=args.val_size)
         space = space_for(data.input_shape, data.num_classes, args.space)
         n = len(data["train"])
-        cfg = TrainConfig(
+        cfg = recipe(
+            space,
             epochs=args.epochs or 1,
             batch_size=args.batch_size or default_batch_size(n),
             lr=args.lr,

@@ -61,10 +61,17 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warm_fraction: float = 0.4
     """Share of the epochs that train the largest subnet alone before the sandwich starts (a warm start)."""
+    student_labels: float = 0.0
+    """Weight of the labels in each distilled subnet's loss (the rest is distillation from the largest)."""
     sort_channels: bool = False
     seed: int = 0
     time_budget_min: float | None = None
     """The budget the epochs were planned for (None: given explicitly)."""
+
+
+def recipe(space: SearchSpace, **settings: Any) -> TrainConfig:
+    """The training settings for `space`: its recipe over the defaults, `settings` over both."""
+    return TrainConfig(**{**space.recipe, **settings})
 
 
 def warm_epochs(cfg: TrainConfig, epochs: int | None = None) -> int:
@@ -258,7 +265,11 @@ class _Loop:
         for arch in archs[1:]:
             with _autocast(self.world.device):
                 student = self.ddp(x, arch)
-            _distill(student, teacher).backward()
+            loss_s = _distill(student, teacher)
+            if self.cfg.student_labels:
+                own = F.cross_entropy(student.float(), y, label_smoothing=self.cfg.label_smoothing)
+                loss_s = (1 - self.cfg.student_labels) * loss_s + self.cfg.student_labels * own
+            loss_s.backward()
         self.optimizer.step()
         self.schedule.step()
         return loss.detach(), (logits.argmax(1) == y).sum()
@@ -347,7 +358,7 @@ def _resume(
     except RegnasError as exc:
         logger.info(f"train: ignoring unusable checkpoint in {out_dir} ({exc})")
         return 0, []
-    same = old.meta.get("data", {}).get("digest") == data.digest and old.meta.get("train") == asdict(cfg)
+    same = old.meta.get("data", {}).get("digest") == data.digest and _stored_config(old.meta) == cfg
     if not (same and old.meta["config"] == net.space.config):
         logger.info(f"train: {ckpt} was trained on other data or settings; training from scratch")
         return 0, []
@@ -443,13 +454,21 @@ def planned(
     if ckpt.is_file():
         try:
             meta = _header(ckpt, "supernet")
-            old = TrainConfig(**meta["train"])
-        except (RegnasError, KeyError, TypeError):
-            old = None
+        except RegnasError:
+            meta = {}
+        old = _stored_config(meta)
         if old is not None and meta.get("data", {}).get("digest") == data.digest and replace(old, epochs=cfg.epochs) == cfg:
             logger.info(f"train: keeping the plan of {ckpt} for this budget ({old.epochs} epochs)")
             return old
     return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world, min_epochs))
+
+
+def _stored_config(meta: dict[str, Any]) -> TrainConfig | None:
+    """The training settings a checkpoint's metadata records (fields added since take their defaults); None if unreadable."""
+    try:
+        return TrainConfig(**meta["train"])
+    except (KeyError, TypeError):
+        return None
 
 
 def _sync(device: torch.device) -> None:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from regnas.cli import main
-from regnas.spaces import create_space
+from regnas.spaces import create_space, space_class
 from tests.conftest import FAST, run
 
 
@@ -199,6 +199,8 @@ def test_every_space_builds_with_every_exporter(space, tmp_path):
     out = tmp_path / "build"
     code, _, stderr = run("build", "--targets", str(target), "--space", space, "--out", str(out), *FAST)
     assert code == 0, stderr
+    trained = json.loads((out / "supernet.json").read_text())["train"]
+    assert trained == {**trained, **space_class(space).recipe}  # the space's own training recipe was used
     report = json.loads((out / "report.json").read_text())
     formats = {(a["format"], a["precision"]) for a in report["artifacts"]}
     assert formats == {

@@ -154,3 +154,41 @@ def test_training_without_a_space_takes_the_default_for_the_input_size(digits, t
     data16 = Dataset(data.name + "-16px", up, data.class_names, data.digest + "-16px")
     net = train_supernet(data16, tmp_path, TrainConfig(epochs=1, batch_size=32, seed=0))
     assert net.space.name == "resnet" and json.loads((tmp_path / "supernet.json").read_text())["space"] == "resnet"
+
+
+def test_students_on_the_labels_follow_the_labels_not_the_teacher(digits):
+    """At student_labels=1 a sandwich step's gradient is the sum of each subnet's own label loss."""
+    from regnas.distributed import World
+    from regnas.train import _Loop
+
+    space = create_space("vit", space_class("vit").default_config(digits.input_shape, digits.num_classes))
+    x, y = digits["val"].x[:32], digits["val"].y[:32]
+    archs = [space.largest(), space.smallest()]
+    grads = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        loop = _Loop(space, space.build_supernet(), small(digits, 64), TrainConfig(epochs=1, student_labels=weight), World())
+        loop.optimizer.step = lambda: None  # keep the gradients of the step, not its update
+        loop.step(x.contiguous(memory_format=torch.channels_last), y, archs)
+        grads[weight] = {n: p.grad.clone() for n, p in loop.model.named_parameters() if p.grad is not None}
+        if weight == 1.0:
+            loop.model.zero_grad()
+            for arch in archs:
+                F.cross_entropy(loop.model(x, arch), y, label_smoothing=loop.cfg.label_smoothing).backward()
+            for n, p in loop.model.named_parameters():
+                if p.grad is not None:
+                    torch.testing.assert_close(grads[1.0][n], p.grad, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(grads[0.0][n], grads[1.0][n]) for n in grads[1.0])  # distillation is a different loss
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_with_its_default(digits, tmp_path, caplog):
+    from regnas.train import save_checkpoint
+
+    data = small(digits, 128)
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    net = train_supernet(data, tmp_path, cfg)
+    del net.meta["train"]["student_labels"]  # as written before the setting existed
+    save_checkpoint(tmp_path / CHECKPOINT, net)
+    with caplog.at_level("INFO", logger="regnas"):
+        again = train_supernet(data, tmp_path, cfg)
+    assert "from scratch" not in caplog.text and "ignoring" not in caplog.text and again.meta["epochs_done"] == 1

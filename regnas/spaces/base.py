@@ -113,12 +113,15 @@ class SearchSpace(ABC):
     A space declares its genes (`genes`: elastic depth per stage is implicit, from the config's
     `depths`) and the dataclass of its archs (`arch_type`, one field per gene); sampling, mutation,
     crossover, shrinking, containment, encoding and JSON are defined on that table once, here.
-    `flat` spaces have a single stage whose arch fields are plain tuples (vit).
+    `flat` spaces have a single stage whose arch fields are plain tuples (vit). `recipe` holds the
+    supernet training settings (`TrainConfig` fields) where this space's benchmark found others
+    than the defaults better.
     """
 
     name: ClassVar[str]
     arch_type: ClassVar[type]
     flat: ClassVar[bool] = False
+    recipe: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
