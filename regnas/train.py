@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "supernet.safetensors"
 OPTIMIZER = "supernet.optim.safetensors"
-MAX_EPOCHS = 10
-"""The most epochs a time budget buys: a ceiling for small data, where the whole digits build must stay within 3 minutes."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +61,9 @@ class TrainConfig:
     """Share of the epochs that train the largest subnet alone before the sandwich starts (a warm start)."""
     student_labels: float = 0.0
     """Weight of the labels in each distilled subnet's loss (the rest is distillation from the largest)."""
+    max_epochs: int = 10
+    """The most epochs a time budget buys: 10 keeps the whole digits build within 3 minutes; a space whose
+    subnets keep gaining raises it in its recipe."""
     sort_channels: bool = False
     seed: int = 0
     time_budget_min: float | None = None
@@ -389,12 +390,12 @@ def train_standalone(data: Dataset, space: SearchSpace, arch: Arch, cfg: TrainCo
 
 
 def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> int:
-    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most MAX_EPOCHS).
+    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most `cfg.max_epochs`).
 
     A budget too small for one epoch is bad input: the message names the minimum. With `min_epochs`
     (a default budget, not the user's), fewer never happen: the build then overruns the default, and says so.
     """
-    probe = _Loop(space, space.build_supernet(), data, replace(cfg, epochs=MAX_EPOCHS), world)
+    probe = _Loop(space, space.build_supernet(), data, replace(cfg, epochs=cfg.max_epochs), world)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     subnets = sandwich(replace(cfg, epochs=2, warm_fraction=0.5), space)
 
@@ -430,7 +431,7 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
             f"raise --time-budget to at least {need}, or pass --epochs"
         )
     epochs = 1
-    while epochs < MAX_EPOCHS and cost(epochs + 1) <= budget_s:
+    while epochs < cfg.max_epochs and cost(epochs + 1) <= budget_s:
         epochs += 1
     logger.info(f"train: {epochs} epochs fit {budget_s / 60:.1f} min (about {sandwich_epoch:.0f} s per sandwich epoch here)")
     return epochs

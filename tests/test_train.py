@@ -120,12 +120,13 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     data = small(digits, 128)
     space = create_space("mbv3", space_class("mbv3").default_config(data.input_shape, data.num_classes))
     cfg = TrainConfig(epochs=1, batch_size=64)
-    assert train_mod.plan_epochs(data, space, cfg, 1e6) == train_mod.MAX_EPOCHS  # a huge budget stops at the recipe's ceiling
+    assert train_mod.plan_epochs(data, space, cfg, 1e6) == cfg.max_epochs  # a huge budget stops at the recipe's ceiling
+    assert train_mod.plan_epochs(data, space, replace(cfg, max_epochs=13), 1e6) == 13  # a space's recipe may move it
     with pytest.raises(RegnasError, match="too small for one training epoch"):
         train_mod.plan_epochs(data, space, cfg, 1e-4)
     assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
     first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0)
-    assert 1 <= first.epochs <= train_mod.MAX_EPOCHS and first.time_budget_min == 0.5
+    assert 1 <= first.epochs <= cfg.max_epochs and first.time_budget_min == 0.5
     train_supernet(data, tmp_path, first)
 
     def no_timing(*_args, **_kw):
