@@ -335,6 +335,11 @@ def main() -> int:
 
     old = read_json(args.out) if args.out.is_file() else {}
     spaces = {k: v for k, v in old.get("spaces", {}).items() if old.get("data") == args.data and k not in args.spaces}
+    stale = [k for k, v in spaces.items() if any("mean_top1" not in row for row in v["summary"].values())]
+    if stale:
+        rerun = " ".join(stale)
+        print(f"dropping {', '.join(stale)} from {args.out}: an older version's format; re-run with --spaces {rerun}", file=sys.stderr)
+        spaces = {k: v for k, v in spaces.items() if k not in stale}
     for space in args.spaces:
         earlier = old.get("spaces", {}).get(space) if old.get("data") == args.data else None
         spaces[space] = bench_space(args, space, earlier)
