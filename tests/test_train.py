@@ -137,11 +137,12 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
 
 
 def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs(digits):
-    from regnas.train import sandwich, warm_epochs
+    from regnas.train import recipe, sandwich, warm_epochs
 
     assert [warm_epochs(TrainConfig(epochs=n)) for n in (1, 2, 5, 7, 20)] == [0, 1, 2, 3, 8]
     assert warm_epochs(TrainConfig(epochs=4, warm_fraction=0.0, sort_channels=True)) == 1  # sorting needs a trained largest
     space = create_space("mbv3", space_class("mbv3").default_config(digits.input_shape, digits.num_classes))
+    assert [warm_epochs(recipe(space, epochs=n)) for n in (3, 5, 7, 10)] == [1, 1, 1, 2]  # mbv3's teacher needs one warm epoch
     pick = sandwich(TrainConfig(epochs=5, random_subnets=2), space)
     rng = random.Random(0)
     assert pick(1, rng) == [space.largest()]
