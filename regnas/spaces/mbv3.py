@@ -164,7 +164,7 @@ class MBV3Space(SearchSpace):
 
     name = "mbv3"
     arch_type = MBV3Arch
-    # One warm epoch (from 3 to 7 epochs) trains a teacher good enough to distil from; more only take
+    # One warm epoch (up to 7 epochs) trains a teacher good enough to distil from; more only take
     # sandwich epochs from the subnets it trains through one random draw a step. At 7 epochs on
     # Fashion-MNIST, 1 warm epoch instead of 3 brought the median within 0.6-0.8 points of its twin
     # (1.0-1.2 before) with fewer flips, on two seeds (the README's mbv3 trials).
