@@ -282,7 +282,13 @@ class Train(Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
         p.add_argument("--batch-size", type=_positive, default=None, help="default: 32 below 4096 training images, else 128")
-        p.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate of the one-cycle schedule (default: 0.003)")
+        p.add_argument(
+            "--lr",
+            type=_positive_float,
+            default=3e-3,
+            help="peak learning rate of the one-cycle schedule for a net trained alone; the supernet's is the space's multiple of it "
+            "(resnet: 2x) (default: 0.003)",
+        )
         p.add_argument(
             "--time-budget",
             type=_minutes,

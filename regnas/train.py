@@ -54,6 +54,11 @@ class TrainConfig:
     epochs: int
     batch_size: int = 128
     lr: float = 3e-3
+    """Peak learning rate of a network trained alone (a standalone twin)."""
+    supernet_lr_scale: float = 1.0
+    """The supernet's peak learning rate over `lr`. Each sandwich step sums several subnets' gradients into the
+    shared weights and Adam normalizes the sum, so a subnet moves less per step than the same net trained alone;
+    a space whose subnets underfit so raises it in its recipe."""
     weight_decay: float = 1e-4
     random_subnets: int = 1
     label_smoothing: float = 0.1
@@ -240,13 +245,15 @@ def _autocast(device: torch.device):
 class _Loop:
     """One training run's moving parts: model (maybe DDP-wrapped), optimizer, schedule, data on the device."""
 
-    def __init__(self, space: SearchSpace, model: nn.Module, data: Dataset, cfg: TrainConfig, world: World):
+    def __init__(self, space: SearchSpace, model: nn.Module, data: Dataset, cfg: TrainConfig, world: World, lr: float | None = None):
+        """`lr`: the peak learning rate (default `cfg.lr`, a standalone net's)."""
         self.space, self.cfg, self.world = space, cfg, world
+        lr = cfg.lr if lr is None else lr
         self.model = model.to(world.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.n = len(data["train"])
         self.steps = max(1, self.n // cfg.batch_size)
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, cfg.lr, total_steps=self.steps * cfg.epochs, pct_start=0.1)
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, lr, total_steps=self.steps * cfg.epochs, pct_start=0.1)
         self.x = data["train"].x.to(world.device)
         self.y = data["train"].y.to(world.device)
         self.ddp = self.model
@@ -328,7 +335,7 @@ def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_n
     space = space_for(data.input_shape, data.num_classes, space_name)
     torch.manual_seed(cfg.seed)
     net = Supernet(space, space.build_supernet(), {})
-    loop = _Loop(space, net.model, data, cfg, world)
+    loop = _Loop(space, net.model, data, cfg, world, cfg.lr * cfg.supernet_lr_scale)
     start, history = _resume(out_dir, net, loop, data, cfg, space.name, world)
     subnets = sandwich(cfg, space)
     for epoch in range(start, cfg.epochs):

@@ -195,3 +195,23 @@ def test_a_checkpoint_from_before_a_new_setting_resumes_with_its_default(digits,
     with caplog.at_level("INFO", logger="regnas"):
         again = train_supernet(data, tmp_path, cfg)
     assert "from scratch" not in caplog.text and "ignoring" not in caplog.text and again.meta["epochs_done"] == 1
+
+
+def test_the_supernet_trains_at_its_multiple_of_a_standalone_nets_learning_rate(digits, tmp_path, monkeypatch):
+    """The sandwich's peak learning rate is `supernet_lr_scale` × `lr`; a standalone twin keeps `lr`."""
+    from regnas import train as train_mod
+
+    peaks = []
+    init = train_mod._Loop.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        peaks.append(self.optimizer.param_groups[0]["max_lr"])
+
+    monkeypatch.setattr(train_mod._Loop, "__init__", spy)
+    data = small(digits, 64)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, supernet_lr_scale=2.0)
+    net = train_supernet(data, tmp_path, cfg)
+    train_mod.train_standalone(data, net.space, net.space.smallest(), cfg)
+    assert peaks == [pytest.approx(2e-3), pytest.approx(1e-3)]
+    assert json.loads((tmp_path / "supernet.json").read_text())["train"]["supernet_lr_scale"] == 2.0  # part of the checkpoint
