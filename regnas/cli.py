@@ -286,8 +286,8 @@ class Train(Command):
             "--lr",
             type=_positive_float,
             default=3e-3,
-            help="peak learning rate of the one-cycle schedule for a net trained alone; the supernet's is the space's multiple of it "
-            "(resnet: 2x) (default: 0.003)",
+            help="peak learning rate of the one-cycle schedule for a net trained alone; a space's recipe may train its supernet "
+            "at a multiple of it (default: 0.003)",
         )
         p.add_argument(
             "--time-budget",

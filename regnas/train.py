@@ -57,8 +57,8 @@ class TrainConfig:
     """Peak learning rate of a network trained alone (a standalone twin)."""
     supernet_lr_scale: float = 1.0
     """The supernet's peak learning rate over `lr`. Each sandwich step sums several subnets' gradients into the
-    shared weights and Adam normalizes the sum, so a subnet moves less per step than the same net trained alone;
-    a space whose subnets underfit so raises it in its recipe."""
+    shared weights and Adam normalizes the sum, so a subnet can move less per step than the same net trained
+    alone; a space whose subnets underfit their twins raises it in its recipe."""
     weight_decay: float = 1e-4
     random_subnets: int = 1
     label_smoothing: float = 0.1
