@@ -412,9 +412,10 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     subnets = sandwich(replace(cfg, epochs=2, warm_fraction=0.5), space)
 
-    def seconds_per_step(epoch: int, repeats: int = 4) -> float:
+    def seconds_per_step(epoch: int, warmup: int = 2, repeats: int = 6) -> float:
         idx = torch.arange(min(cfg.batch_size, probe.n))
-        probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
+        for _ in range(warmup):
+            probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
         _sync(world.device)
         t0 = time.perf_counter()
         for _ in range(repeats):
