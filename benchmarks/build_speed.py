@@ -22,6 +22,7 @@ from pathlib import Path
 
 from regnas.builddir import read_report
 from regnas.io import read_json, write_json
+from workdirs import work_dir
 
 LIMITS_S = {"digits": 180, "fashion-mnist": 2700}
 
@@ -77,7 +78,7 @@ def main() -> int:
         space = args.space or _default_space(data)
         runs = [r for r in runs if (r.get("space", "mbv3"), r["data"]) != (space, data)]
         for repeat in range(args.repeats):
-            run = _timed_build(args.space, data, args.work / f"{space}-{data}")
+            run = _timed_build(args.space, data, work_dir(args.work, space, data))
             if "error" in run:
                 print(run["error"], file=sys.stderr)
                 return run["exit"]

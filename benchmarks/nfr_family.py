@@ -45,7 +45,6 @@ from scipy.stats import pearsonr, spearmanr
 
 from regnas.build import DEFAULT_REWARD, BuildOptions, build
 from regnas.builddir import is_build, load_member, read_report, read_search_cache
-from regnas.data import load_recorded_split
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
 from regnas.flips import nfr
@@ -55,6 +54,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune, pct_family
 from regnas.report import trade_off_plot
 from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
+from workdirs import build_split, work_dir
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))
 SWEEP = ("R0", "R2", "1,2", "1,5", "1,10", "R1")
@@ -140,7 +140,7 @@ def built_finetune(report: dict, space, archs: list, cfg: PCTConfig, mode: str) 
 def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     """Every seed's rows for one search space, and their means."""
     first = args.seeds[0]
-    work = args.work / f"{space}-{args.data}"
+    work = work_dir(args.work, space, args.data)
     if is_build(work):  # a build made by build_speed.py / supernet_quality.py, or an earlier run
         report = read_report(work)
         if report["config"]["seed"] != first:
@@ -149,8 +149,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
         opts = BuildOptions(targets=args.targets, data=args.data, out=work, seed=first, space=space, export=False)
         report = build(replace(opts, rewards=(args.reward,), time_budget=args.time_budget))
     build_seconds = report["timing_s"]["total"]
-    header = read_json(work / "supernet.json")
-    data = load_recorded_split(args.data, header["split"], str(work / "supernet.json"))
+    data = build_split(work, args.data)
     net = load_checkpoint(work / "supernet.safetensors", space, data)
     evaluator = Evaluator(net, data)
     labels = evaluator.labels("test")

@@ -35,12 +35,12 @@ import time
 from pathlib import Path
 
 from regnas.builddir import is_build, read_report
-from regnas.data import load_recorded_split
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.io import read_json, write_json
 from regnas.logs import configure
 from regnas.spaces import SearchSpace
 from regnas.train import TrainConfig, load_checkpoint, train_standalone
+from workdirs import build_split, work_dir
 
 TARGET_LARGEST = 0.92
 TARGET_GAP = 0.01
@@ -59,7 +59,7 @@ def test_top1(net, data) -> float:
 
 def bench(data_spec: str, space_name: str, seed: int, args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """One timed build, then every named subnet against its standalone twin."""
-    work = args.work / (f"{space_name}-{data_spec}" + (f"-seed{seed}" if seed else ""))
+    work = work_dir(args.work, space_name, data_spec, seed)
     code = None
     if not is_build(work):
         cmd = [sys.executable, "-m", "regnas", "build", "--data", data_spec, "--space", space_name, "--out", str(work)]
@@ -72,8 +72,7 @@ def bench(data_spec: str, space_name: str, seed: int, args: argparse.Namespace) 
     report = read_report(work)
     seconds = report["timing_s"]["total"]
     ckpt = work / "supernet.safetensors"
-    header = json.loads((work / "supernet.json").read_text())
-    data = load_recorded_split(data_spec, header["split"], str(ckpt))
+    data = build_split(work, data_spec)
     net = load_checkpoint(ckpt, space_name, data)
     cfg = TrainConfig(**net.meta["train"])
     build = {

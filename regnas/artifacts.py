@@ -21,18 +21,19 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
-from regnas.builddir import load_member
-from regnas.data import Dataset
+from regnas.builddir import inside, load_member, member_dir
+from regnas.data import Dataset, to_float
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
 from regnas.exporters import Exported, Exporter, ExportJob, create_exporter
 from regnas.flips import lower_bound, negative_flips, nfr, top1, upper_bound
 from regnas.io import sha256_file
+from regnas.quantsim import unit_sensitivity
 from regnas.runtimes import load_runtime, runtime_class
 from regnas.targets import Target
 
@@ -147,21 +148,20 @@ class _QuantSearch:
         }
 
     def rank(self, options: dict[str, Any], units: list[str]) -> list[dict[str, Any]]:
-        """Each unit's sensitivity: how far quantizing it alone moves the predictions (changed labels, then mean |Δscore|)."""
+        """Each unit's sensitivity: how far quantizing it alone moves the predictions (changed labels, then mean |Δscore|),
+        simulated in PyTorch where the exporter names each unit's module, else by exporting the unit alone."""
         import torch
 
-        x = self.job.calib[:RANK_SAMPLES]
+        x = to_float(self.job.calib[:RANK_SAMPLES])
+        modules = self.exporter.unit_modules(self.job, units)
+        if len(modules) == len(units):
+            return unit_sensitivity(self.job.model, modules, to_float(self.job.calib[:RANK_CALIB]), x)
         with torch.no_grad():
-            ref = self.job.model.eval()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            ref = self.job.model.eval()(torch.from_numpy(x)).numpy()
         out = []
         for unit in units:
-            trial = {**options, "quantize_only": [unit], "calib_samples": RANK_CALIB}
-            simulated = self.exporter.simulate(self.job, self.precision, trial)
-            if simulated is not None:
-                scores = simulated(x)
-            else:
-                _, run = self.export(trial)
-                scores = _scores(self.runtime, run.path, x)
+            _, run = self.export({**options, "quantize_only": [unit], "calib_samples": RANK_CALIB})
+            scores = _scores(self.runtime, run.path, x)
             changed = int((scores.argmax(1) != ref.argmax(1)).sum())
             out.append({"unit": unit, "changed": changed, "drift": float(np.abs(scores - ref).mean())})
         return sorted(out, key=lambda r: (-r["changed"], -r["drift"]))
@@ -283,11 +283,13 @@ def flip_aware(
         return exported, record
     logger.info(f"export: {label} flips {before['nfr_val']:.2%} of val; searching quantization options")
     best, best_opts = before, grid[0]
-    for opts in grid[1:]:
+    for opts in grid[1:]:  # in the exporter's order, the likeliest to hold first: the first that holds is kept
         score = search.score(opts)
         record["tried"].append(score)
         if _better(score, best):
             best, best_opts = score, opts
+        if best["flips_val"] <= allowed:
+            break
     if best["flips_val"] > allowed and units:
         logger.info(f"export: {label} still flips {best['nfr_val']:.2%} of val; ranking its {len(units)} units by flip sensitivity")
         full = {**{k: v for k, v in best_opts.items() if k != "keep_float"}, **({"keep_float": forced} if forced else {})}
@@ -348,17 +350,30 @@ def _companions(runtime: str, path: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in runtime_class(runtime).companions(path) if p.is_file()}
 
 
+def artifact_path(out: Path, artifact: Artifact) -> Path:
+    """Where an artifact is: inside its member's folder of the build (anything else is refused, and never opened)."""
+    path = inside(out, artifact.path, f"artifact of {artifact.target}")
+    if member_dir(out, artifact.target).resolve() not in path.resolve().parents:
+        raise RegnasError(
+            f"artifact {artifact.path!r} in {out / 'report.json'} is not in its member's folder {artifact.target}/; rebuild it"
+        )
+    return path
+
+
 def verify_artifact(out: Path, artifact: Artifact) -> None:
-    """Fail unless an exported artifact (and the files beside it that decide how it runs) has the bytes report.json recorded."""
+    """Fail unless an exported artifact (and the files beside it that decide how it runs) is inside its member's folder
+    and has the bytes report.json recorded; nothing is opened but to hash it."""
     if artifact.sha256 is None:
         return
-    path = out / artifact.path
+    path = artifact_path(out, artifact)
     if not path.exists():
         raise RegnasError(f"artifact {artifact.label} is missing ({path}); re-run regnas export {out}")
     if sha256_file(path) != artifact.sha256:
         raise RegnasError(f"artifact {artifact.label} no longer matches its sha256 in report.json; re-run regnas export {out}")
     for name, digest in artifact.companions.items():
-        side = path.with_name(name)
+        if not isinstance(name, str) or len(PurePath(name).parts) != 1:
+            raise RegnasError(f"companion {name!r} of {artifact.label} in report.json is not a file name; rebuild it")
+        side = inside(out, PurePath(artifact.path).with_name(name), f"companion of {artifact.label}")
         if not side.is_file() or sha256_file(side) != digest:
             raise RegnasError(f"{side} (which decides how {artifact.label} runs) changed since export; re-run regnas export {out}")
 
@@ -368,4 +383,4 @@ def open_artifact(out: Path, artifact: Artifact, threads: int = 1, remote=None):
     if artifact.status != "ok" and artifact.sha256 is None:
         raise Unavailable(artifact.status.removeprefix("skipped: "))
     verify_artifact(out, artifact)
-    return load_runtime(artifact.runtime, out / artifact.path, threads, remote)
+    return load_runtime(artifact.runtime, artifact_path(out, artifact), threads, remote)

@@ -15,13 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from regnas.artifacts import export_family
-from regnas.builddir import SEARCH_CACHE, MemberRecord, read_finetuned, read_search_cache, save_member, write_report, write_search_cache
+from regnas.augment import create_augment
+from regnas.builddir import (
+    DATA_CACHE,
+    SEARCH_CACHE,
+    MemberRecord,
+    locked,
+    read_finetuned,
+    read_search_cache,
+    save_member,
+    write_report,
+    write_search_cache,
+)
 from regnas.check import check
 from regnas.data import Dataset, load_dataset, load_recorded_split
-from regnas.distributed import init_world, launched_by_torchrun
+from regnas.distributed import World, init_world, launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.exporters import create_exporter
@@ -34,14 +46,25 @@ from regnas.search import Budget, Reward, SearchConfig, parse_reward
 from regnas.spaces import SearchSpace, space_class, space_for
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
-from regnas.train import CHECKPOINT, TrainConfig, checkpoint_header, default_batch_size, load_checkpoint, planned, recipe, train_supernet
+from regnas.train import (
+    CHECKPOINT,
+    TrainConfig,
+    check_precision,
+    checkpoint_header,
+    default_batch_size,
+    load_checkpoint,
+    planned,
+    recipe,
+    settle_precision,
+    train_supernet,
+)
 
 logger = logging.getLogger(__name__)
 
 
 DEFAULT_REWARD = "1,5"
 """The family's reward when none is given: flips priced five times top-1. With the joint fine-tune after it
-this flips about a third as often as the independent baseline at its top-1 or better (README, Benchmarks);
+this flips about a third as often as the independent baseline at its top-1 or better (docs/notes/family-flips.md);
 R2 alone flips twice as often."""
 NO_FINETUNE = "none"
 """`--no-finetune`: the members ship as searched."""
@@ -77,12 +100,21 @@ class BuildOptions:
     joint for a family of 2 or more members (`finetune_mode_of`)."""
     val_size: int | None = None
     """Images in the val split the search compares candidates on (default: the split's cap); only when training."""
+    image_size: int | None = None
+    """The side an image folder's images are resized to (shorter side, then a centre crop); None keeps them as they are."""
+    augment: str | None = None
+    """The supernet's augmentation policy (`regnas.augment`); None picks the one that fits the data."""
+    precision: str | None = None
+    """The supernet's training precision (bf16 or fp32); None: bf16 where the device computes it natively."""
 
 
 Luts = dict[str, tuple[Path, LUT]]
 
 DEFAULT_TIME_BUDGET_MIN = 40.0
-"""The whole build's budget when neither --epochs nor --time-budget is given."""
+"""The whole build's budget when neither --epochs nor --time-budget is given ..."""
+POLICY_TIME_BUDGET_MIN = {"photo": 60.0}
+"""... unless the data's augmentation policy has its own: colour photographs need more epochs than glyphs to be
+learnt (the natural-images benchmark), and a family of them is worth the wait."""
 DEFAULT_MIN_EPOCHS = 3
 """The fewest epochs a build under the default budget trains (one given by the user is kept, or refused)."""
 EXPORT_FIXED_S_PER_TARGET = 10.0
@@ -133,12 +165,15 @@ def _latency(records: list[MemberRecord], members: list[Member], space: SearchSp
 
 def _data_for(opts: BuildOptions) -> Dataset:
     """The data split the build uses: a given supernet's own split (its recorded seed), else split by --seed."""
+    cache = opts.out / DATA_CACHE
     if opts.supernet is None:
-        return load_dataset(opts.data, opts.seed, val_size=opts.val_size)
+        return load_dataset(opts.data, opts.seed, val_size=opts.val_size, image_size=opts.image_size, cache=cache)
     if opts.val_size is not None:
         raise RegnasError(f"--val-size applies when the supernet is trained; {opts.supernet} records its own split, so drop --val-size")
     header = checkpoint_header(opts.supernet)
     record = header.get("split")
+    if opts.image_size is not None and opts.image_size != (record or {}).get("image_size"):
+        raise RegnasError(f"{opts.supernet} was trained on images of another size than --image-size {opts.image_size}; drop --image-size")
     if record is None:  # a checkpoint from before splits were recorded: only --seed's split can be checked
         data = load_dataset(opts.data, opts.seed)
         if header.get("data", {}).get("digest") != data.digest:
@@ -147,7 +182,7 @@ def _data_for(opts: BuildOptions) -> Dataset:
                 "pass the data and --seed it was trained with, or retrain"
             )
         return data
-    return load_recorded_split(opts.data, record, str(opts.supernet))
+    return load_recorded_split(opts.data, record, str(opts.supernet), cache=cache)
 
 
 def finetune_mode_of(opts: BuildOptions, n_members: int) -> str | None:
@@ -157,15 +192,15 @@ def finetune_mode_of(opts: BuildOptions, n_members: int) -> str | None:
     return None if opts.finetune_mode == NO_FINETUNE else opts.finetune_mode
 
 
-def eval_seconds(evaluator: Evaluator, repeats: int = 2) -> float:
-    """Seconds one candidate evaluation takes here (BN recalibration and val predictions of a median-sized subnet).
+def eval_seconds(evaluator: Evaluator, split: str = "val", repeats: int = 2) -> float:
+    """Seconds one candidate evaluation on `split` takes here (BN recalibration and predictions of a median-sized subnet).
 
     The plan multiplies this by about a thousand evaluations, and a process's first forward pass also
     pays for paging in the kernels (seconds on a machine just started), so one untimed evaluation
     comes first and the fastest of `repeats` counts.
     """
     arch = evaluator.space.median()
-    x = evaluator.data["val"].x
+    x = evaluator.images(split)
 
     def once() -> float:
         t0 = time.perf_counter()
@@ -176,49 +211,67 @@ def eval_seconds(evaluator: Evaluator, repeats: int = 2) -> float:
     return min(once() for _ in range(repeats))
 
 
-def search_reserve_s(per_eval_s: float, n_targets: int, cfg: SearchConfig) -> float:
-    """Seconds the family and baseline searches may take: the most candidates they can evaluate."""
+def search_reserve_s(screen_s: float, full_s: float, n_targets: int, cfg: SearchConfig) -> float:
+    """Seconds the family and baseline searches may take: the most candidates they can screen (`screen_s` each),
+    and their finalists on all of val (`full_s` each; none when the screen is all of val)."""
     per_search = cfg.population + (cfg.generations - 1) * (cfg.population - max(2, round(cfg.parent_ratio * cfg.population)))
-    return 2 * n_targets * per_search * per_eval_s
+    finals = cfg.finalists * full_s if screen_s != full_s else 0.0
+    return 2 * n_targets * (per_search * screen_s + finals)
 
 
-def _train_config(
-    opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, n_targets: int, t0: float
-) -> tuple[TrainConfig, dict[str, float]]:
-    """The supernet's training settings, its epochs given or planned so the whole build fits --time-budget,
-    and the plan: seconds set aside for each later stage (empty when --epochs was given)."""
-    n = len(data["train"])
-    cfg = recipe(space, epochs=opts.epochs or 1, batch_size=default_batch_size(n), seed=opts.seed)
-    if opts.epochs:
-        return cfg, {}
-    budget_min = opts.time_budget or DEFAULT_TIME_BUDGET_MIN
+def _reserve(opts: BuildOptions, data: Dataset, space: SearchSpace, n_targets: int, world: World) -> dict[str, float]:
+    """Seconds set aside for each stage after training, timed here on a fresh supernet: the search (its screened and
+    final candidate evaluations), the fine-tune (its steps) and export with its check (on the CPU, where runtimes run)."""
     from regnas.train import Supernet
 
     fresh = Supernet(space, space.build_supernet(), {})
-    per_eval = eval_seconds(Evaluator(fresh, data))
-    export_s = n_targets * (EXPORT_FIXED_S_PER_TARGET + EXPORT_EVALS_PER_TARGET * per_eval) if opts.export else 0.0
+    evaluator = Evaluator(fresh, data, device=world.device)
+    per_eval = eval_seconds(evaluator)
+    screen = opts.search.screen_split(len(data["val"]))
+    per_screen = eval_seconds(evaluator, screen) if screen != "val" else per_eval
+    reserve = {"search": search_reserve_s(per_screen, per_eval, n_targets, opts.search)}
     mode = finetune_mode_of(opts, n_targets)
-    finetune_s = 0.0
     if mode is not None:
-        finetune_s = finetune_seconds(fresh.model, [space.median()] * n_targets, data, opts.finetune, mode)
-    search_s = search_reserve_s(per_eval, n_targets, opts.search)
-    reserve = search_s + export_s + finetune_s
-    left = budget_min * 60 - reserve - (time.time() - t0)
-    after = "search, fine-tune and export" if mode is not None else "search and export"
-    logger.info(f"plan: {budget_min:g} min for the build, about {reserve / 60:.1f} min of it kept for {after}")
+        reserve["finetune"] = finetune_seconds(fresh.model, [space.median()] * n_targets, data, opts.finetune, mode)
+    if opts.export:
+        on_cpu = per_eval if world.device.type == "cpu" else eval_seconds(Evaluator(fresh, data, device=torch.device("cpu")))
+        reserve["export_and_check"] = n_targets * (EXPORT_FIXED_S_PER_TARGET + EXPORT_EVALS_PER_TARGET * on_cpu)
+    return reserve
+
+
+def _train_config(
+    opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, budgets: list[tuple[str, Budget]], t0: float, world: World
+) -> tuple[TrainConfig, dict[str, float]]:
+    """The supernet's training settings (its random subnets aimed at the targets' budgets), its epochs given or planned
+    so the whole build fits --time-budget, and the plan: seconds set aside for each later stage (empty when --epochs
+    was given)."""
+    n, n_targets, largest = len(data["train"]), len(budgets), space.largest()
+    cfg = recipe(
+        space,
+        epochs=opts.epochs or 1,
+        batch_size=default_batch_size(n),
+        seed=opts.seed,
+        augment=opts.augment,
+        precision=opts.precision,
+        subnet_flops=tuple(sorted({round(b.limit / b.cost(largest), 4) for _, b in budgets})),
+    )
+    cfg = settle_precision(out, data, space, cfg, world)
+    if opts.epochs:
+        return cfg, {}
+    budget_min = opts.time_budget or POLICY_TIME_BUDGET_MIN.get(cfg.augment, DEFAULT_TIME_BUDGET_MIN)
+    reserve = _reserve(opts, data, space, n_targets, world)
+    kept = sum(reserve.values())
+    left = budget_min * 60 - kept - (time.time() - t0)
+    after = "search, fine-tune and export" if "finetune" in reserve else "search and export"
+    logger.info(f"plan: {budget_min:g} min for the build, about {kept / 60:.1f} min of it kept for {after}")
     if left <= 0 and opts.time_budget is not None:
         raise RegnasError(
-            f"a time budget of {budget_min:g} min leaves no time to train after {after} (about {reserve / 60:.1f} min here); "
-            f"raise --time-budget above {reserve / 60:.0f}, or pass --epochs"
+            f"a time budget of {budget_min:g} min leaves no time to train after {after} (about {kept / 60:.1f} min here); "
+            f"raise --time-budget above {kept / 60:.0f}, or pass --epochs"
         )
     floor = 0 if opts.time_budget is not None else DEFAULT_MIN_EPOCHS
-    cfg = planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), min_epochs=floor)
-    plan = {"budget": budget_min * 60, "train": max(left, 0.0), "search": search_s}
-    if mode is not None:
-        plan["finetune"] = finetune_s
-    if opts.export:
-        plan["export_and_check"] = export_s
-    return cfg, plan
+    cfg = planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), world, floor)
+    return cfg, {"budget": budget_min * 60, "train": max(left, 0.0), **reserve}
 
 
 def warn_overrun(plan: dict[str, float], timing: dict[str, float]) -> list[str]:
@@ -274,7 +327,7 @@ def _search(
         from regnas.parallel import RayPool
 
         pool = RayPool(evaluator.supernet, evaluator.data, len(evaluator.calib_x), opts.workers, opts.ray_address)
-        evaluator = Evaluator(evaluator.supernet, evaluator.data, len(evaluator.calib_x), pool)
+        evaluator = Evaluator(evaluator.supernet, evaluator.data, len(evaluator.calib_x), pool, evaluator.device)
         logger.info(f"search: evaluating candidates on {pool.workers} Ray workers")
     try:
         family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed)
@@ -360,6 +413,9 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
         check_ray_address(opts.ray_address)
     if opts.space is not None:
         space_class(opts.space)
+    if opts.augment is not None:
+        create_augment(opts.augment)
+    check_precision(opts.precision)
     return rewards, targets
 
 
@@ -437,11 +493,17 @@ def _config_section(opts: BuildOptions, data: Dataset, net: Any, ckpt: Path, rew
 
 
 def build(opts: BuildOptions) -> dict[str, Any]:
-    """Run the whole build and return the report (also written to `out/report.json`)."""
+    """Run the whole build and return the report (also written to `out/report.json`); the build directory is locked meanwhile."""
     t0 = time.time()
     rewards, targets = _validate_options(opts)
     out = ensure_writable_dir(opts.out, "--out")
+    with locked(out, "build"):
+        return _build(opts, rewards, targets, out, t0)
+
+
+def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out: Path, t0: float) -> dict[str, Any]:
     data = _data_for(opts)
+    world = init_world()
     if opts.export:  # after the cheap checks: this imports every backend the targets ask for
         for t in targets:
             for name in t.exporters:
@@ -458,12 +520,12 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     if net is not None:
         ckpt = Path(opts.supernet)
     else:
-        cfg, plan = _train_config(opts, data, fresh, out, len(budgets), t0)
-        net = train_supernet(data, out, cfg, fresh.name, world=init_world())
+        cfg, plan = _train_config(opts, data, fresh, out, budgets, t0, world)
+        net = train_supernet(data, out, cfg, fresh.name, world=world)
         ckpt = out / CHECKPOINT
     t_train = time.time()
 
-    evaluator = Evaluator(net, data)
+    evaluator = Evaluator(net, data, device=world.device)
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
     t_search = time.time()
     mode = finetune_mode_of(opts, len(found["family"]))

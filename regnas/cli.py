@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a gate or check failed, 2 bad input or environment (one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -87,6 +88,14 @@ def _remote(args: argparse.Namespace):
 
 def _data_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
     p.add_argument("--data", required=required, default=None if required else "digits", help=help)
+    p.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="an image folder's images: shorter side resized to N px, then centre-cropped to NxN (default: as they are; they "
+        "must then share one size)",
+    )
 
 
 def _seed_option(p: argparse.ArgumentParser, seeds: str) -> None:
@@ -106,6 +115,18 @@ def _add_data_options(p: argparse.ArgumentParser, seeds: str) -> None:
     _seed_option(p, seeds)
     p.add_argument("--space", default=None, help="search space (default: the checkpoint's, else mbv3 under 16 px, resnet from 16)")
     p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="the supernet's training steps: bf16 (autocast) or fp32 (default: bf16 on a GPU; on a CPU with AVX512-BF16 or AMX, "
+        "bf16 where its timed steps are faster here; else fp32)",
+    )
+    p.add_argument(
+        "--augment",
+        default=None,
+        help="the supernet's augmentation: photo (random crops and mirroring), glyph (shifts) or none (default: photo for "
+        "colour images, glyph for grayscale ones)",
+    )
     p.add_argument(
         "--val-size",
         type=_positive,
@@ -165,7 +186,8 @@ class Build(Command):
             type=_minutes,
             default=None,
             metavar="MIN",
-            help="minutes for the whole build; the supernet trains for the epochs that fit (default: 40)",
+            help="minutes for the whole build; the supernet trains for the epochs that fit (default: 60 for colour photos, 40 "
+            "for other data)",
         )
         p.add_argument("--strict", action="store_true", help="exit 1 when an artifact's flip check is inconclusive, not only when it fails")
         _add_rpc_options(p)
@@ -207,6 +229,9 @@ class Build(Command):
             finetune=PCTConfig(seed=args.seed),
             finetune_mode=args.finetune,
             val_size=args.val_size,
+            image_size=args.image_size,
+            augment=args.augment,
+            precision=args.precision,
         )
         report = build(opts)
         print(markdown_summary(report), end="")
@@ -285,9 +310,9 @@ class Train(Command):
         p.add_argument(
             "--lr",
             type=_positive_float,
-            default=3e-3,
+            default=None,
             help="peak learning rate of the one-cycle schedule for a net trained alone; a space's recipe may train its supernet "
-            "at a multiple of it (default: 0.003)",
+            "at a multiple of it (default: the recipe's, 0.003 for AdamW)",
         )
         p.add_argument(
             "--time-budget",
@@ -305,18 +330,24 @@ class Train(Command):
     def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
+        from regnas.augment import create_augment
+        from regnas.builddir import DATA_CACHE, locked
         from regnas.data import load_dataset
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
         from regnas.spaces import space_class, space_for
-        from regnas.train import CHECKPOINT, default_batch_size, planned, recipe, train_supernet
+        from regnas.train import CHECKPOINT, check_precision, default_batch_size, planned, recipe, settle_precision, train_supernet
 
         if args.space:
             space_class(args.space)
+        check_precision(args.precision)
+        if args.augment:
+            create_augment(args.augment)
         ensure_writable_dir(args.out, "--out")
-        data = load_dataset(args.data, args.seed, val_size=args.val_size)
+        data = load_dataset(args.data, args.seed, val_size=args.val_size, image_size=args.image_size, cache=args.out / DATA_CACHE)
         space = space_for(data.input_shape, data.num_classes, args.space)
         n = len(data["train"])
+        world = init_world()
         cfg = recipe(
             space,
             epochs=args.epochs or 1,
@@ -324,13 +355,16 @@ class Train(Command):
             lr=args.lr,
             sort_channels=args.sort_channels,
             seed=args.seed,
+            augment=args.augment,
+            precision=args.precision,
         )
-        world = init_world()
         try:
+            cfg = settle_precision(args.out, data, space, cfg, world)
             if not args.epochs:
                 budget = args.time_budget or DEFAULT_TRAIN_MINUTES
                 cfg = planned(args.out, data, space, replace(cfg, time_budget_min=budget), budget * 60, world)
-            train_supernet(data, args.out, cfg, space.name, world=world)
+            with locked(args.out, "train") if world.main else contextlib.nullcontext():
+                train_supernet(data, args.out, cfg, space.name, world=world)
         finally:
             world.close()
         if world.main:
@@ -349,21 +383,24 @@ class Report(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.builddir import read_report
+        from regnas.builddir import locked, read_report
         from regnas.report import write_reports
 
-        for path in write_reports(args.build_dir, read_report(args.build_dir)):
+        report = read_report(args.build_dir)
+        with locked(args.build_dir, "report"):
+            paths = write_reports(args.build_dir, report)
+        for path in paths:
             print(f"wrote {path}")
         return 0
 
 
-def _space_for(data_spec: str, seed: int, space_name: str | None):
-    """The search space (default config) for a dataset's input shape and classes."""
+def _space_for(args: argparse.Namespace):
+    """The search space (default config) for the input shape and classes of the dataset `args` name."""
     from regnas.data import load_dataset
     from regnas.spaces import space_for
 
-    data = load_dataset(data_spec, seed)
-    return space_for(data.input_shape, data.num_classes, space_name)
+    data = load_dataset(args.data, 0, image_size=args.image_size)
+    return space_for(data.input_shape, data.num_classes, args.space)
 
 
 def _add_space_options(p: argparse.ArgumentParser) -> None:
@@ -422,7 +459,7 @@ def _validate(target, args: argparse.Namespace) -> int:
     from regnas.targets.profile import validate_lut
 
     ensure_writable_file(args.json, "--json")
-    space = _space_for(args.data, 0, args.space)
+    space = _space_for(args)
     path, result = validate_lut(target, space, args.lut, args.lut_dir, args.n, args.n_fit, args.seed, _remote(args), sys.stderr.isatty())
     if args.json:
         write_json(args.json, {"target": target.name, "lut": str(path), **result})
@@ -458,7 +495,7 @@ class Profile(Command):
         (target,) = resolve_targets(args.target, args.targets_dir)
         if args.threads:
             target = replace(target, threads=args.threads)
-        space = _space_for(args.data, 0, args.space)
+        space = _space_for(args)
         out = args.out or Path("luts") / lut_filename(target.name, space.name, space.input_shape)
         cores = os.cpu_count() or 1
         if args.rpc is None and target.threads >= cores:
@@ -571,7 +608,9 @@ class Gate(Command):
 
         for option in ("json", "junit", "markdown"):
             ensure_writable_file(getattr(args, option), f"--{option}")
-        data = load_dataset(args.data, args.seed)
+        if Path(args.reference).resolve() == Path(args.candidate).resolve():
+            raise RegnasError(f"--reference and --candidate are the same ({args.reference}); pass the new model as --candidate")
+        data = load_dataset(args.data, args.seed, image_size=args.image_size)
         split = data.split(args.split)
         prep = Preprocess(tuple(args.mean), tuple(args.std))
         ref = predictions(args.reference, split, data.num_classes, prep, args.threads)
@@ -648,6 +687,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `regnas` console script."""
+    from regnas.io import FULL_DISK, full_disk
     from regnas.logs import configure
 
     args = make_parser().parse_args(argv)
@@ -656,6 +696,11 @@ def main(argv: list[str] | None = None) -> int:
         return args._command.run(args)
     except RegnasError as exc:
         print(f"regnas: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk anywhere (a library's own write included) is the environment, not a bug
+        if exc.errno not in FULL_DISK:
+            raise
+        print(f"regnas: error: {full_disk(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("regnas: interrupted; re-run the same command to resume", file=sys.stderr)

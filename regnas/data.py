@@ -1,16 +1,18 @@
 """Datasets and their seeded, stratified splits.
 
 A dataset is named (`digits`, `fashion-mnist`) or a path (`.npz` with `x` and `y`, or an image
-folder with one subfolder per class). Every source becomes float32 images in [0, 1] shaped
-N×C×H×W and contiguous integer labels, split into train / calib / val / test. calib feeds BN
-recalibration (and later quantization calibration), val drives the search, test is only reported;
-val and test never overlap.
+folder with one subfolder per class, decoded by `regnas.images`). Every source becomes uint8 images
+shaped N×C×H×W (an image folder's memory-mapped from its decoded cache) and contiguous integer
+labels, split into train / calib / val / test; `to_float` turns a batch into model inputs in [0, 1].
+calib feeds BN recalibration (and quantization calibration), val drives the search, test is only
+reported; no image is in two splits.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,15 +21,15 @@ import numpy as np
 import torch
 
 from regnas.errors import RegnasError
+from regnas.images import check_image_size, load_folder, scan_folder
 
 SPLITS = ("train", "calib", "val", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 @dataclass
 class Split:
-    """One split: images N×C×H×W float32 in [0, 1], int64 labels, and their indices in the source."""
+    """One split: images N×C×H×W uint8, int64 labels, and their indices in the source."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -58,10 +60,14 @@ class Dataset:
     digest: str = field(default="")
     seed: int = 0
     fractions: SplitFractions = field(default_factory=SplitFractions)
+    image_size: int | None = None
+    """The side an image folder's images were resized to (None: as they are)."""
 
     def split_record(self) -> dict:
-        """What fixes the split (seed, fractions) and its digest: a supernet records it, and what is built on it reuses it."""
-        return {"seed": self.seed, "fractions": asdict(self.fractions), "digest": self.digest}
+        """What fixes the split (seed, fractions, image size) and its digest: a supernet records it, and what is built on it
+        reuses it."""
+        record = {"seed": self.seed, "fractions": asdict(self.fractions), "digest": self.digest}
+        return record | ({"image_size": self.image_size} if self.image_size is not None else {})
 
     @property
     def num_classes(self) -> int:
@@ -113,8 +119,7 @@ def _digits():
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)
-    return x, d.target.astype(np.int64), [str(c) for c in d.target_names], None
+    return d.images / 16.0, d.target.astype(np.int64), [str(c) for c in d.target_names], None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -143,8 +148,13 @@ def _fashion_mnist():
     return xtr, ytr.astype(np.int64), classes, (xte, yte.astype(np.int64))
 
 
-def _to_float_images(x: np.ndarray, source: str) -> np.ndarray:
-    """N×H×W or N×H×W×C, uint8 or float → float32 N×C×H×W in [0, 1] (floats are kept as given)."""
+UINT8_CHUNK = 4096
+"""Images converted to uint8 at a time, so a float source never has a second full-size copy."""
+
+
+def _to_uint8_images(x: np.ndarray, source: str) -> np.ndarray:
+    """N×H×W or N×H×W×C images → uint8 N×C×H×W: uint8 as is, uint16 scaled by its range, other integers in 0..255 as
+    they are, floats from [0, 1]; anything else is refused in one line."""
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -154,14 +164,36 @@ def _to_float_images(x: np.ndarray, source: str) -> np.ndarray:
     else:
         raise RegnasError(f"{source}: x must be N×H×W or N×H×W×C, got shape {x.shape}")
     if x.dtype == np.uint8:
-        out = x.astype(np.float32) / 255.0
-    elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
-        out = x.astype(np.float32)
+        out = np.ascontiguousarray(x)
+        return out if out.flags.writeable else out.copy()
+    if x.dtype == np.uint16:
+        scale, lo, hi = 255 / 65535, 0, 65535
+    elif np.issubdtype(x.dtype, np.integer):
+        scale, lo, hi = 1.0, 0, 255
+    elif np.issubdtype(x.dtype, np.floating):
+        scale, lo, hi = 255.0, 0.0, 1.0
     else:
-        raise RegnasError(f"{source}: x has dtype {x.dtype}; give uint8 or float images")
-    if not np.isfinite(out).all():
-        raise RegnasError(f"{source}: x contains NaN or infinite values; clean the data")
-    return np.ascontiguousarray(out)
+        raise RegnasError(f"{source}: x has dtype {x.dtype}; give uint8, uint16 or float images in [0, 1]")
+    out = np.empty(x.shape, np.uint8)
+    for i in range(0, len(x), UINT8_CHUNK):
+        part = x[i : i + UINT8_CHUNK]
+        if np.issubdtype(part.dtype, np.floating) and not np.isfinite(part).all():
+            raise RegnasError(f"{source}: x contains NaN or infinite values; clean the data")
+        if len(part) and (part.min() < lo or part.max() > hi):
+            kind = "floats" if hi == 1.0 else f"{x.dtype} values"
+            raise RegnasError(
+                f"{source}: x has {kind} from {part.min():g} to {part.max():g}, outside {lo:g}..{hi:g}; "
+                "give uint8 (0-255), uint16 or floats in [0, 1]"
+            )
+        out[i : i + UINT8_CHUNK] = np.rint(part * scale) if scale != 1.0 else part
+    return out
+
+
+def to_float(x: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """A batch of stored images as model inputs: uint8 → float32 in [0, 1] (floats pass through as float32)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else np.asarray(x, dtype=np.float32)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 def _check_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
@@ -192,36 +224,6 @@ def _load_npz(path: Path):
     return x, y, classes, None
 
 
-def _load_image_folder(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise RegnasError(f"{path}: an image folder needs one subfolder per class; found none")
-    images, labels, sizes, modes = [], [], set(), set()
-    for label, d in enumerate(class_dirs):
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    modes.add("L" if im.mode in ("1", "L", "I", "I;16", "F") else "RGB")
-                    images.append(im.copy())
-            except (UnidentifiedImageError, OSError) as exc:
-                raise RegnasError(f"{f} is not a readable image ({exc}); remove or replace it") from exc
-            labels.append(label)
-            sizes.add(images[-1].size)
-        if not labels or labels[-1] != label:
-            raise RegnasError(f"{d} has no images (class {d.name!r}); add images to it or remove the folder")
-    if len(sizes) > 1:
-        s = sorted(sizes)
-        raise RegnasError(f"{path}: images have different sizes ({s[0][0]}x{s[0][1]} and {s[1][0]}x{s[1][1]}); resize them to one size")
-    mode = "RGB" if "RGB" in modes else "L"
-    x = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in images]) if images else np.zeros((0, 1, 1), np.uint8)
-    return x, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs], None
-
-
 def _stratified_split(y: np.ndarray, fractions: dict[str, float], caps: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-class seeded split; every class appears in every split. Unlisted remainder goes to train."""
     classes, counts = np.unique(y, return_counts=True)
@@ -243,14 +245,17 @@ def _stratified_split(y: np.ndarray, fractions: dict[str, float], caps: dict[str
     return {s: np.sort(np.concatenate(v)) for s, v in out.items()}
 
 
-def load_recorded_split(spec: str, record: dict, source: str) -> Dataset:
-    """The dataset `spec`, split as `record` (a supernet's `split_record`) says; other data or another split is bad input."""
+def load_recorded_split(spec: str, record: dict, source: str, cache: Path | None = None) -> Dataset:
+    """The dataset `spec`, split (and decoded) as `record` (a supernet's `split_record`) says; other data or another split
+    is bad input."""
     try:
         fractions = SplitFractions(**record["fractions"])
         seed, digest = int(record["seed"]), record["digest"]
+        image_size = record.get("image_size")
+        image_size = None if image_size is None else int(image_size)
     except (KeyError, TypeError, ValueError) as exc:
         raise RegnasError(f"{source} records no usable data split ({exc}); retrain it with this regnas") from exc
-    data = load_dataset(spec, seed, fractions)
+    data = load_dataset(spec, seed, fractions, image_size=image_size, cache=cache)
     if data.digest != digest:
         raise RegnasError(
             f"{source} was trained on other data or another split than {spec} split with seed {seed}; "
@@ -261,33 +266,70 @@ def load_recorded_split(spec: str, record: dict, source: str) -> Dataset:
 
 MAX_VAL_SHARE = 0.3
 """The most of a dataset `val_size` may take: the rest trains the supernet (and calibrates, and tests)."""
+DIGEST_CHUNK = 2048
+"""Images hashed at a time."""
 
 
-def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFractions(), val_size: int | None = None) -> Dataset:
-    """Load a dataset by name or path and split it, deterministically for a given seed.
-
-    `val_size` asks for a larger (or smaller) val split than the default cap, so the search compares
-    candidates on more samples; it becomes part of the recorded fractions.
-    """
+def _source(spec: str) -> tuple[str, Path | None]:
+    """What `spec` names: ("named", None), ("npz", path) or ("folder", path); anything else is bad input."""
     path = Path(spec)
     if spec in _LOADERS:
-        x, y, classes, official_test = _LOADERS[spec]()
-        name = spec
-    elif path.suffix == ".npz":
+        return "named", None
+    if path.suffix == ".npz":
         if not path.is_file():
             raise RegnasError(f"dataset file not found: {path}; check the path")
-        x, y, classes, official_test = _load_npz(path)
-        name = path.name
-    elif path.is_dir():
-        x, y, classes, official_test = _load_image_folder(path)
-        name = path.name
-    elif path.suffix or "/" in spec or path.exists():
+        return "npz", path
+    if path.is_dir():
+        return "folder", path
+    if path.suffix or "/" in spec or path.exists():
         raise RegnasError(f"dataset path not found or not an .npz file / image folder: {spec}; check the path")
-    else:
-        raise RegnasError(f"unknown dataset {spec!r}; use one of {', '.join(dataset_names())}, an .npz file or an image folder")
+    raise RegnasError(f"unknown dataset {spec!r}; use one of {', '.join(dataset_names())}, an .npz file or an image folder")
 
-    x = _to_float_images(np.asarray(x), name)
-    if len(x) == 0:
+
+def _digest(splits: dict[str, Split]) -> str:
+    """SHA-256 of every split's images and labels, in split order, read a chunk at a time."""
+    h = hashlib.sha256()
+    for s in SPLITS:
+        h.update(s.encode())
+        x = splits[s].x
+        for i in range(0, len(x), DIGEST_CHUNK):
+            h.update(x[i : i + DIGEST_CHUNK].numpy().tobytes())
+        h.update(splits[s].y.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_dataset(
+    spec: str,
+    seed: int = 0,
+    fractions: SplitFractions = SplitFractions(),
+    val_size: int | None = None,
+    image_size: int | None = None,
+    cache: Path | None = None,
+) -> Dataset:
+    """Load a dataset by name or path and split it, deterministically for a given seed; images stay uint8.
+
+    `val_size` asks for a larger (or smaller) val split than the default cap, so the search compares
+    candidates on more samples; it becomes part of the recorded fractions. `image_size` resizes an image
+    folder's images (shorter side, then a centre crop); `cache` is the folder its decoded images are kept in
+    (a build's own; default: the user cache).
+    """
+    kind, path = _source(spec)
+    check_image_size(image_size)
+    if image_size is not None and kind != "folder":
+        raise RegnasError(f"--image-size resizes the images of an image folder; {spec} is not one, so drop --image-size")
+    official_test = None
+    if kind == "named":
+        x, y, classes, official_test = _LOADERS[spec]()
+        name = spec
+    elif kind == "npz":
+        x, y, classes, _ = _load_npz(path)
+        name = path.name
+    else:
+        folder = scan_folder(path)
+        x, y, classes, name = None, folder.labels, folder.class_names, path.name
+    if x is not None:
+        x = _to_uint8_images(np.asarray(x), name)
+    if len(y) == 0:
         raise RegnasError(f"dataset {name} is empty; give at least a few images per class")
     labels, y = np.unique(y, return_inverse=True)
     if len(labels) < 2:
@@ -296,29 +338,36 @@ def load_dataset(spec: str, seed: int = 0, fractions: SplitFractions = SplitFrac
         classes = [str(c) for c in labels]
 
     if val_size is not None:
-        if val_size > MAX_VAL_SHARE * len(x):
+        if val_size > MAX_VAL_SHARE * len(y):
             raise RegnasError(
-                f"--val-size {val_size} takes more than {MAX_VAL_SHARE:.0%} of {name}'s {len(x)} images; "
-                f"use at most {int(MAX_VAL_SHARE * len(x))}"
+                f"--val-size {val_size} takes more than {MAX_VAL_SHARE:.0%} of {name}'s {len(y)} images; "
+                f"use at most {int(MAX_VAL_SHARE * len(y))}"
             )
-        fractions = replace(fractions, val=max(fractions.val, val_size / len(x)), val_cap=val_size)
+        fractions = replace(fractions, val=max(fractions.val, val_size / len(y)), val_cap=val_size)
     rng = np.random.default_rng(seed)
     fr = {"calib": fractions.calib, "val": fractions.val}
     caps = {"calib": fractions.calib_cap, "val": fractions.val_cap}
     if official_test is None:
         fr["test"] = fractions.test
     idx = _stratified_split(y, fr, caps, rng)
-    splits = {s: Split(torch.from_numpy(x[idx[s]]), torch.from_numpy(y[idx[s]].astype(np.int64)), idx[s]) for s in idx}
+    idx = {s: idx[s] for s in SPLITS if s in idx}
+    if x is None:
+        arrays = load_folder(folder, idx, json.dumps([seed, asdict(fractions)]), image_size, cache)
+    else:
+        arrays = {s: x[i] for s, i in idx.items()}
+    splits = {s: Split(torch.from_numpy(arrays[s]), torch.from_numpy(y[i].astype(np.int64)), i) for s, i in idx.items()}
     if official_test is not None:
         xt, yt = official_test
-        xt = _to_float_images(np.asarray(xt), name)
+        xt = _to_uint8_images(np.asarray(xt), name)
         yt = np.searchsorted(labels, yt)
-        splits["test"] = Split(torch.from_numpy(xt), torch.from_numpy(yt.astype(np.int64)), len(x) + np.arange(len(xt)))
+        splits["test"] = Split(torch.from_numpy(xt), torch.from_numpy(yt.astype(np.int64)), len(y) + np.arange(len(xt)))
     splits = {s: splits[s] for s in SPLITS}
-
-    h = hashlib.sha256()
-    for s in SPLITS:
-        h.update(s.encode())
-        h.update(splits[s].x.numpy().tobytes())
-        h.update(splits[s].y.numpy().tobytes())
-    return Dataset(name=name, splits=splits, class_names=list(classes), digest=h.hexdigest(), seed=seed, fractions=fractions)
+    return Dataset(
+        name=name,
+        splits=splits,
+        class_names=list(classes),
+        digest=_digest(splits),
+        seed=seed,
+        fractions=fractions,
+        image_size=image_size,
+    )

@@ -2,7 +2,8 @@
 
 BN running statistics in a supernet are a blend over every subnet trained, so each subnet's are
 re-estimated on calib data before it predicts (OFA). Predictions, not scores, are cached: flips
-need the per-sample labels.
+need the per-sample labels. Networks run where their weights are: with a GPU, the evaluator moves
+the supernet and the splits it scores there once, and each batch becomes floats on the device.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from regnas.data import Dataset
+from regnas.data import Dataset, to_float
 from regnas.nn import fold_bn
 from regnas.spaces import Arch
 from regnas.train import Supernet
@@ -38,12 +39,18 @@ def channels_last(net: nn.Module) -> Iterator[None]:
         net.to(memory_format=torch.contiguous_format)
 
 
-def _batches(x: torch.Tensor, size: int = BATCH) -> Iterator[torch.Tensor]:
-    """`x` in equal channels-last batches of at most `size` images (equal, so averaging batch statistics is exact)."""
+def device_of(net: nn.Module) -> torch.device:
+    """The device `net`'s weights are on."""
+    return next(net.parameters()).device
+
+
+def _batches(x: torch.Tensor, device: torch.device, size: int = BATCH) -> Iterator[torch.Tensor]:
+    """Stored images `x` as model inputs on `device`, in equal channels-last batches of at most `size` images (equal, so
+    averaging batch statistics is exact)."""
     n = max(1, math.ceil(len(x) / size))
     step = math.ceil(len(x) / n)
     for i in range(0, len(x), step):
-        yield x[i : i + step].contiguous(memory_format=torch.channels_last)
+        yield to_float(x[i : i + step].to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
 
 
 def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -55,7 +62,7 @@ def recalibrate_bn(net: nn.Module, x: torch.Tensor) -> nn.Module:
         m.momentum = None
         m.train()
     with torch.no_grad(), channels_last(net):
-        for batch in _batches(x):
+        for batch in _batches(x, device_of(net)):
             net(batch)
     for m in bns:
         m.momentum = 0.1
@@ -68,17 +75,22 @@ def predict(net: nn.Module, x: torch.Tensor, inplace: bool = False) -> np.ndarra
     into `net` itself if `inplace`, for a network nothing else will use)."""
     net = fold_bn(net, inplace)
     with channels_last(net):
-        return np.concatenate([net(b).argmax(1).numpy() for b in _batches(x)]).astype(np.int64)
+        preds = [net(b).argmax(1) for b in _batches(x, device_of(net))]
+    return torch.cat(preds).cpu().numpy().astype(np.int64)
 
 
 class Evaluator:
     """Predictions of subnets of one supernet on one dataset, cached per (arch, split)."""
 
-    def __init__(self, supernet: Supernet, data: Dataset, calib_size: int = 1000, pool=None):
-        """`pool` (a regnas.parallel.RayPool over the same supernet and data) scores `prefetch` batches on its workers."""
+    def __init__(self, supernet: Supernet, data: Dataset, calib_size: int = 1000, pool=None, device: torch.device | None = None):
+        """`pool` (a regnas.parallel.RayPool over the same supernet and data) scores `prefetch` batches on its workers;
+        `device` is where subnets run (default: where the supernet is), the supernet moved there."""
+        self.device = torch.device(device) if device is not None else device_of(supernet.model)
+        supernet.model.to(self.device)
         self.supernet = supernet
         self.data = data
-        self.calib_x = data["calib"].x[:calib_size]
+        self.calib_x = data["calib"].x[:calib_size].to(self.device)
+        self._x: dict[str, torch.Tensor] = {}
         self._cache: dict[tuple[Arch, str], np.ndarray] = {}
         self.pool = pool
 
@@ -87,13 +99,29 @@ class Evaluator:
         return self.supernet.space
 
     def subnet(self, arch: Arch) -> nn.Module:
-        """The standalone subnet with BN statistics recalibrated for it."""
+        """The standalone subnet, on the evaluator's device, with BN statistics recalibrated for it."""
         return recalibrate_bn(self.space.extract(self.supernet.model, arch), self.calib_x)
+
+    def _rows(self, split: str) -> tuple[str, np.ndarray | None]:
+        """A split name's split and rows: `val` is all of val, `val:N` the same N of its images every time (seeded)."""
+        base, _, n = split.partition(":")
+        if not n:
+            return base, None
+        size = len(self.data[base])
+        return base, np.sort(np.random.default_rng(0).permutation(size)[: min(int(n), size)])
+
+    def images(self, split: str) -> torch.Tensor:
+        """A split's images (or `split:N`'s subset) on the evaluator's device, moved there once."""
+        if split not in self._x:
+            base, rows = self._rows(split)
+            x = self.data[base].x
+            self._x[split] = (x if rows is None else x[torch.from_numpy(rows)]).to(self.device)
+        return self._x[split]
 
     def predictions(self, arch: Arch, split: str = "val") -> np.ndarray:
         key = (arch, split)
         if key not in self._cache:
-            self._cache[key] = predict(self.subnet(arch), self.data[split].x, inplace=True)
+            self._cache[key] = predict(self.subnet(arch), self.images(split), inplace=True)
         return self._cache[key]
 
     def prefetch(self, archs: list[Arch], split: str = "val") -> None:
@@ -110,7 +138,10 @@ class Evaluator:
             self.pool = None
 
     def labels(self, split: str = "val") -> np.ndarray:
-        return self.data[split].y.numpy()
+        """A split's labels (or `split:N`'s subset)."""
+        base, rows = self._rows(split)
+        y = self.data[base].y.numpy()
+        return y if rows is None else y[rows]
 
     @property
     def evaluated(self) -> int:

@@ -75,7 +75,7 @@ def search_family(
             low, high = margin["interval"]
             logger.info(
                 f"search: {name} leads the runner-up by {margin['runner_up_gap']:+.4f} reward on val "
-                f"(paired 95% [{low:+.4f}, {high:+.4f}]); {margin['tied']} of {result.evaluated - 1} others are within noise"
+                f"(paired 95% [{low:+.4f}, {high:+.4f}]); {margin['tied']} of the {result.finalists - 1} other finalists are within noise"
             )
         members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms, margin))
         prev = best.arch
@@ -166,7 +166,7 @@ def assess(evaluator: Evaluator, members: list[Member], split: str = "test", net
     space = evaluator.space
     labels = evaluator.labels(split)
     nets = nets or [evaluator.subnet(m.arch) for m in members]
-    preds = [predict(n, evaluator.data[split].x) for n in nets]
+    preds = [predict(n, evaluator.images(split)) for n in nets]
     records = [
         MemberRecord(
             target=m.target,

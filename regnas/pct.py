@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regnas.data import Dataset
+from regnas.data import Dataset, to_float
 from regnas.errors import RegnasError
-from regnas.evaluate import channels_last, recalibrate_bn
+from regnas.evaluate import channels_last, device_of, recalibrate_bn
 from regnas.nn import crop_slices
 from regnas.spaces import Arch
-from regnas.train import Supernet
+from regnas.train import Supernet, autocast, synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: 
 
 def focal_distillation(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: PCTConfig) -> torch.Tensor:
     """PCT's loss: `CE(new, y) + weight·focal_term(new, old)`."""
+    new, old = new.float(), old.float()
     return F.cross_entropy(new, labels) + cfg.weight * focal_term(new, old, labels, cfg)
 
 
@@ -99,9 +100,9 @@ def shared_slices(small: nn.Module, large: nn.Module) -> dict[str, tuple[slice, 
 
 
 MIN_EPOCHS = 2
-"""Fewest epochs per fine-tune, joint or one member at a time. The joint fine-tune had one until
-session 13: on a resnet Fashion-MNIST family (search seed 0) a second epoch took val NFR from 0.33 to
-0.27% and test from 0.39 to 0.25%, with top-1 up 0.2–0.4 points; a third did not lower it further."""
+"""Fewest epochs per fine-tune, joint or one member at a time. With one, on a resnet Fashion-MNIST family (search
+seed 0), a second epoch took val NFR from 0.33 to 0.27% and test from 0.39 to 0.25%, with top-1 up 0.2–0.4
+points; a third did not lower it further."""
 
 
 def finetune_schedule(n_train: int, cfg: PCTConfig) -> tuple[int, int]:
@@ -121,11 +122,13 @@ def _fine_tune(
 ) -> None:
     """Minimise `loss(x, y)` over train batches in place: AdamW, cosine schedule, about 600 steps unless `cfg.epochs`.
 
-    Channels-last, as the supernet trains (twice as fast on CPU for the depthwise convolutions of
-    mbv3); the model is given back contiguous, since exporters reject channels-last weights.
+    Where the model is (a GPU: the train split is moved there once, and steps run under the training's
+    autocast), channels-last as the supernet trains (twice as fast on CPU for the depthwise
+    convolutions of mbv3); the model is given back contiguous, since exporters reject channels-last weights.
     """
     model.train()
-    x_all, y_all = data["train"].x, data["train"].y
+    device = device_of(model)
+    x_all, y_all = data["train"].x.to(device), data["train"].y.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = len(y_all)
     steps, epochs = finetune_schedule(n, cfg)
@@ -134,11 +137,12 @@ def _fine_tune(
     rng = random.Random(cfg.seed)
     with channels_last(model):
         for epoch in range(epochs):
-            order = torch.tensor(rng.sample(range(n), n))
-            total = torch.zeros(())
+            order = torch.tensor(rng.sample(range(n), n), device=device)
+            total = torch.zeros((), device=device)
             for step in range(steps):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                value = loss(x_all[idx].contiguous(memory_format=torch.channels_last), y_all[idx])
+                with autocast(device):
+                    value = loss(to_float(x_all[idx]).contiguous(memory_format=torch.channels_last), y_all[idx])
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()
@@ -209,6 +213,7 @@ def joint_loss(logits: list[torch.Tensor], labels: torch.Tensor, cfg: PCTConfig)
     """The family's loss for one batch: the first member's cross-entropy, then each later member's focal
     distillation towards the one before it (whose logits are held fixed for the step), as in PCT;
     plus `ensemble`·½‖z − z̄‖² for every member towards the members' mean logits (fixed for the step)."""
+    logits = [z.float() for z in logits]
     first = F.cross_entropy(logits[0], labels)
     loss = sum((focal_distillation(z, prev.detach(), labels, cfg) for z, prev in zip(logits[1:], logits)), first)
     if cfg.ensemble:
@@ -247,12 +252,16 @@ def finetune_seconds(model: nn.Module, archs: list[Arch], data: Dataset, cfg: PC
     """
     check_finetune_mode(mode)
     model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
-    x = data["train"].x[: cfg.batch_size].contiguous(memory_format=torch.channels_last)
-    y = data["train"].y[: cfg.batch_size]
+    device = device_of(model)
+    x = to_float(data["train"].x[: cfg.batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+    y = data["train"].y[: cfg.batch_size].to(device)
     timings = []
     for _ in range(3):
         t0 = time.perf_counter()
-        joint_loss([model(x, arch) for arch in archs], y, cfg).backward()
+        with autocast(device):
+            value = joint_loss([model(x, arch) for arch in archs], y, cfg)
+        value.backward()
+        synchronize(device)
         timings.append(time.perf_counter() - t0)
     steps, epochs = finetune_schedule(len(data["train"]), cfg)
     share = 1.0 if mode == "joint" else (len(archs) - 1) / len(archs)

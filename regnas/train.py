@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from regnas.data import Dataset
+from regnas.augment import create_augment, default_augment
+from regnas.data import Dataset, to_float
 from regnas.distributed import World, state_digest
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, save_tensors, write_json
@@ -60,6 +61,8 @@ class TrainConfig:
     shared weights and Adam normalizes the sum, so a subnet can move less per step than the same net trained
     alone; a space whose subnets underfit their twins raises it in its recipe."""
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    """`adamw`, or `sgd` (Nesterov momentum 0.9)."""
     random_subnets: int = 1
     label_smoothing: float = 0.1
     warm_fraction: float = 0.4
@@ -70,14 +73,33 @@ class TrainConfig:
     """The most epochs a time budget buys: 10 keeps the whole digits build within 3 minutes; a space whose
     subnets keep gaining raises it in its recipe."""
     sort_channels: bool = False
+    subnet_flops: tuple[float, ...] = ()
+    """FLOPs, as fractions of the largest subnet's, that the random subnets of the sandwich aim at (a build's target
+    budgets: each step shrinks the largest to one of them, so the subnets the search will choose among are the ones
+    trained); empty: random subnets drawn uniformly."""
+    augment: str = "glyph"
+    """The augmentation policy (`regnas.augment`); `recipe` picks the one that fits the data."""
+    precision: str | None = None
+    """`bf16` (autocast) or `fp32` steps; None until `settle_precision` decides (a bare None trains fp32 on a CPU)."""
     seed: int = 0
     time_budget_min: float | None = None
     """The budget the epochs were planned for (None: given explicitly)."""
 
 
+OPTIMIZERS = ("adamw", "sgd")
+POLICY_RECIPES: dict[str, dict[str, Any]] = {"photo": {"max_epochs": 40}}
+"""Training settings per augmentation policy, where the kind of data needs other than the defaults: photographs
+keep gaining well past 10 epochs (the natural-images benchmark), so a budget may buy more of them."""
+
+
 def recipe(space: SearchSpace, **settings: Any) -> TrainConfig:
-    """The training settings for `space`: its recipe over the defaults, `settings` over both."""
-    return TrainConfig(**{**space.recipe, **settings})
+    """The training settings for `space`, each layer over the one before: the defaults, its augmentation policy's
+    recipe (the policy that fits its inputs unless one is given), the space's own recipe, the space's recipe for that
+    policy, and `settings` (None meaning the default)."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    augment = given.get("augment") or default_augment(space.input_shape)
+    layers = (POLICY_RECIPES.get(augment, {}), space.recipe, space.policy_recipes.get(augment, {}), {"augment": augment}, given)
+    return TrainConfig(**{k: v for layer in layers for k, v in layer.items()})
 
 
 def warm_epochs(cfg: TrainConfig, epochs: int | None = None) -> int:
@@ -85,7 +107,7 @@ def warm_epochs(cfg: TrainConfig, epochs: int | None = None) -> int:
 
     At least one where there is a warm start at all (a positive `warm_fraction`, or --sort-channels):
     mbv3 at 3 epochs without one lost 1.0-1.3 points on its largest, median and smallest subnet
-    (the README's recipe trials), so a short run keeps one rather than rounding it away.
+    (docs/notes/training-recipes.md), so a short run keeps one rather than rounding it away.
     """
     n = cfg.epochs if epochs is None else epochs
     floor = 1 if cfg.sort_channels or cfg.warm_fraction > 0 else 0
@@ -184,23 +206,6 @@ def load_checkpoint(path: str | Path, space_name: str | None = None, data: Datas
     return Supernet(space, model, meta)
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1/14 of the image, zero-filled (none below 14 px: it hurts there).
-
-    Offsets come from a CPU generator, so a run draws the same shifts on any device.
-    """
-    n, _, h, w = x.shape
-    pad = min(h, w) // 14
-    if pad == 0:
-        return x
-    xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
-    return xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
-
-
 def _distill(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(student.float(), 1), F.softmax(teacher, 1), reduction="batchmean")
 
@@ -223,22 +228,47 @@ Subnets = Callable[[int, random.Random], list[Arch]]
 
 
 def sandwich(cfg: TrainConfig, space: SearchSpace) -> Subnets:
-    """Largest on labels; smallest and `random_subnets` random archs distilled (the largest alone while warming up)."""
+    """Largest on labels; smallest and `random_subnets` random archs distilled (the largest alone while warming up).
+
+    With `subnet_flops`, each random arch is the largest shrunk at random to within one of those budgets."""
     largest, smallest = space.largest(), space.smallest()
     warm = warm_epochs(cfg)
+    top = space.flops(largest)
+
+    def draw(rng: random.Random) -> Arch:
+        if not cfg.subnet_flops:
+            return space.sample(rng)
+        return space.shrink_within(largest, space.flops, rng.choice(cfg.subnet_flops) * top, rng)
 
     def pick(epoch: int, rng: random.Random) -> list[Arch]:
         if epoch < warm:
             return [largest]
-        return [largest, smallest, *(space.sample(rng) for _ in range(cfg.random_subnets))]
+        return [largest, smallest, *(draw(rng) for _ in range(cfg.random_subnets))]
 
     return pick
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on a GPU; nothing on a CPU (its bf16 convolutions are slower than fp32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = ("bf16", "fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a GPU, or a CPU with AVX512-BF16 or AMX (elsewhere bf16 is emulated, slower than fp32)."""
+    if device.type != "cpu":
+        return True
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise RegnasError(f"unknown --precision {precision!r}; use {' or '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str | None = None):
+    """The context a training step's forward passes run in: bf16 autocast (`precision`, by default bf16 on a GPU and
+    fp32 on a CPU), else nothing. Weights, optimizer state and losses stay fp32."""
+    if (precision or ("bf16" if device.type == "cuda" else "fp32")) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -250,10 +280,16 @@ class _Loop:
         self.space, self.cfg, self.world = space, cfg, world
         lr = cfg.lr if lr is None else lr
         self.model = model.to(world.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer not in OPTIMIZERS:
+            raise RegnasError(f"unknown optimizer {cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.n = len(data["train"])
         self.steps = max(1, self.n // cfg.batch_size)
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, lr, total_steps=self.steps * cfg.epochs, pct_start=0.1)
+        self.augment = create_augment(cfg.augment)
         self.x = data["train"].x.to(world.device)
         self.y = data["train"].y.to(world.device)
         self.ddp = self.model
@@ -265,19 +301,19 @@ class _Loop:
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.world.device)
-        x = self.world.shard(_augment(self.x[idx], gen)).contiguous(memory_format=torch.channels_last)
+        x = self.world.shard(self.augment(to_float(self.x[idx]), gen)).contiguous(memory_format=torch.channels_last)
         return x, self.world.shard(self.y[idx])
 
     def step(self, x: torch.Tensor, y: torch.Tensor, archs: list[Arch]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over `archs`; returns the first arch's loss and correct count, on the device."""
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.world.device):
+        with autocast(self.world.device, self.cfg.precision):
             logits = self.ddp(x, archs[0])
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
         loss.backward()
         teacher = logits.detach().float()
         for arch in archs[1:]:
-            with _autocast(self.world.device):
+            with autocast(self.world.device, self.cfg.precision):
                 student = self.ddp(x, arch)
             loss_s = _distill(student, teacher)
             if self.cfg.student_labels:
@@ -402,12 +438,9 @@ def train_standalone(data: Dataset, space: SearchSpace, arch: Arch, cfg: TrainCo
     return space.extract(model, arch)
 
 
-def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> int:
-    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most `cfg.max_epochs`).
-
-    A budget too small for one epoch is bad input: the message names the minimum. With `min_epochs`
-    (a default budget, not the user's), fewer never happen: the build then overruns the default, and says so.
-    """
+def _step_timer(data: Dataset, space: SearchSpace, cfg: TrainConfig, world: World) -> tuple[Callable[[int], float], int]:
+    """Seconds per training step of `cfg` here, timed on real batches after two untimed ones (epoch 0 is a warm-start
+    step, the largest subnet alone; epoch 1 a sandwich step), and the steps in an epoch."""
     probe = _Loop(space, space.build_supernet(), data, replace(cfg, epochs=cfg.max_epochs), world)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     subnets = sandwich(replace(cfg, epochs=2, warm_fraction=0.5), space)
@@ -416,15 +449,58 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
         idx = torch.arange(min(cfg.batch_size, probe.n))
         for _ in range(warmup):
             probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
-        _sync(world.device)
+        synchronize(world.device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             probe.step(*probe.batch(idx, gen), subnets(epoch, rng))
-        _sync(world.device)
+        synchronize(world.device)
         return (time.perf_counter() - t0) / repeats
 
-    sandwich_epoch = seconds_per_step(1) * probe.steps
-    warm_epoch = seconds_per_step(0) * probe.steps
+    return seconds_per_step, probe.steps
+
+
+BF16_MIN_SPEEDUP = 1.15
+"""On a CPU, bf16 steps are chosen only when they are at least this much faster than fp32 steps here: on small
+inputs (8-px digits) autocast's casts cost more than the bf16 kernels save."""
+
+
+def settle_precision(out_dir: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, world: World = World()) -> TrainConfig:
+    """`cfg` with its training precision decided: the one given; else the one of a checkpoint in `out_dir` made with the
+    same data and settings (so a resumed run goes on as it began); else bf16 on a GPU, fp32 on a CPU without native
+    bf16, and on one with it whichever of the two timed sandwich steps here is faster (bf16 by `BF16_MIN_SPEEDUP`)."""
+    if cfg.precision is not None:
+        return cfg
+    ckpt = Path(out_dir) / CHECKPOINT
+    if ckpt.is_file():
+        try:
+            meta = _header(ckpt, "supernet")
+        except RegnasError:
+            meta = {}
+        old = _stored_config(meta)
+        if (
+            old is not None
+            and meta.get("data", {}).get("digest") == data.digest
+            and replace(old, epochs=cfg.epochs) == replace(cfg, precision=old.precision)
+        ):
+            return replace(cfg, precision=old.precision)
+    if world.device.type != "cpu" or not native_bf16(world.device):
+        return replace(cfg, precision="fp32" if world.device.type == "cpu" else "bf16")
+    fp32, bf16 = (_step_timer(data, space, replace(cfg, precision=p), world)[0](1) for p in ("fp32", "bf16"))
+    (fp32, bf16) = world.sum([fp32 if world.main else 0.0, bf16 if world.main else 0.0])
+    precision = "bf16" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "fp32"
+    logger.info(f"train: {precision} steps (a sandwich step takes {1000 * fp32:.0f} ms in fp32, {1000 * bf16:.0f} ms in bf16 here)")
+    return replace(cfg, precision=precision)
+
+
+def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> int:
+    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most `cfg.max_epochs`).
+
+    A budget too small for one epoch is bad input: the message names the minimum. With `min_epochs`
+    (a default budget, not the user's), fewer never happen: the build then overruns the default, and says so.
+    """
+    seconds_per_step, steps = _step_timer(data, space, cfg, world)
+    sandwich_epoch = seconds_per_step(1) * steps
+    warm_epoch = seconds_per_step(0) * steps
     (sandwich_epoch, warm_epoch) = world.sum([sandwich_epoch if world.main else 0.0, warm_epoch if world.main else 0.0])
 
     def cost(epochs: int) -> float:
@@ -481,12 +557,13 @@ def planned(
 def _stored_config(meta: dict[str, Any]) -> TrainConfig | None:
     """The training settings a checkpoint's metadata records (fields added since take their defaults); None if unreadable."""
     try:
-        return TrainConfig(**meta["train"])
+        return TrainConfig(**{**meta["train"], "subnet_flops": tuple(meta["train"].get("subnet_flops", ()))})
     except (KeyError, TypeError):
         return None
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from regnas.cli import main
+from regnas.data import to_float
 from regnas.spaces import create_space, space_class
 from tests.conftest import FAST, run
 
@@ -72,7 +73,7 @@ def test_saved_models_are_standalone_and_nested(built, digits):
         state = load_file(str(out / m["target"] / "model.safetensors"))
         net.load_state_dict(state)
         with torch.no_grad():
-            pred = net.eval()(digits["test"].x).argmax(1).numpy()
+            pred = net.eval()(to_float(digits["test"].x)).argmax(1).numpy()
         assert np.mean(pred == digits["test"].y.numpy()) == pytest.approx(m["top1"], abs=1e-9)
         weights[m["target"]] = dict(net.named_parameters())
     for small, large in (("phone", "edge"), ("edge", "server")):
@@ -214,3 +215,56 @@ def test_every_space_builds_with_every_exporter(space, tmp_path):
     ran = [a for a in report["artifacts"] if a["status"] == "ok" and a["top1"] is not None]
     assert {a["format"] for a in ran} == {"onnx", "executorch", "tvm", "tensorrt"}  # Core ML predicts on macOS only
     assert all(a["status"] == "ok" or a["status"].startswith("skipped: ") for a in report["artifacts"])
+
+
+ONNX_ONLY = """
+name = "{name}"
+runtime = "onnxruntime"
+precision = "fp32"
+[exporters]
+onnx = ["fp32"]
+[budget]
+flops_fraction = {fraction}
+"""
+
+
+def _digit_photos(root, seed=0):
+    """The digits as colour PNGs of 8 to 12 px (each tinted, upscaled to a random size): real images, any size."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    for i, (img, label) in enumerate(zip(d.images[:600], d.target[:600])):
+        tint = rng.uniform(0.4, 1.0, 3)
+        rgb = (img[:, :, None] / 16.0 * tint * 255).astype(np.uint8)
+        size = int(rng.integers(8, 13))
+        folder = root / f"digit-{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).resize((size, size)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_folder_of_colour_photos_of_any_size_builds_and_checks(tmp_path):
+    photos = _digit_photos(tmp_path / "photos")
+    targets = []
+    for name, fraction in (("small", 0.4), ("large", 0.9)):
+        targets.append(tmp_path / f"{name}.toml")
+        targets[-1].write_text(ONNX_ONLY.format(name=name, fraction=fraction))
+    out = tmp_path / "build"
+    args = ["build", "--targets", ",".join(map(str, targets)), "--data", str(photos), "--out", str(out), "--no-finetune", *FAST]
+    code, _, stderr = run(*args)
+    assert code == 2 and "different sizes" in stderr and "--image-size" in stderr and not out.exists()
+    code, stdout, stderr = run(*args, "--image-size", "8", "--precision", "fp32", "--epochs", "6")
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    config = report["config"]
+    assert config["data"]["input_shape"] == [3, 8, 8] and config["data"]["split"]["image_size"] == 8
+    assert config["train"]["augment"] == "photo" and config["train"]["precision"] == "fp32"
+    cached = list((out / "data").glob("images-*/*.u8"))
+    assert {p.stem for p in cached} == {"train", "calib", "val", "test"}
+    assert sum(p.stat().st_size for p in cached) == 600 * 3 * 8 * 8  # uint8, one byte per pixel, each image once
+    assert all(m["top1"] > 0.5 for m in report["family"])  # far above chance (10%)
+    code, stdout, stderr = run("check", str(out))
+    assert code == 0, stderr
+    assert "onnx-fp32.onnx" in stdout

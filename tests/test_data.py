@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from regnas import data as data_mod
-from regnas.data import load_dataset
+from regnas.data import load_dataset, to_float
 from regnas.errors import RegnasError
 
 
@@ -13,7 +14,7 @@ def test_digits_splits_are_stratified_disjoint_and_seeded(digits):
     assert sum(sizes.values()) == 1797
     for s in digits.splits:
         assert set(np.unique(digits[s].y.numpy())) == set(range(10)), s
-        assert 0.0 <= float(digits[s].x.min()) and float(digits[s].x.max()) <= 1.0
+        assert digits[s].x.dtype == torch.uint8 and int(digits[s].x.max()) == 255
     index = {s: set(digits[s].index.tolist()) for s in digits.splits}
     assert not index["val"] & index["test"]
     assert sum(len(v) for v in index.values()) == len(set().union(*index.values())) == 1797
@@ -48,10 +49,26 @@ def test_npz_grayscale_and_channels_last(tmp_path):
     np.savez(p, x=rng.integers(0, 256, (60, 6, 5), dtype=np.uint8), y=np.repeat([3, 7, 9], 20))
     d = load_dataset(str(p))
     assert d.input_shape == (1, 6, 5) and d.class_names == ["3", "7", "9"]
-    assert float(d["train"].x.max()) <= 1.0
+    assert d["train"].x.dtype == torch.uint8
     q = tmp_path / "b.npz"
-    np.savez(q, x=rng.random((40, 4, 4, 3)).astype(np.float32), y=np.repeat([0, 1], 20))
-    assert load_dataset(str(q)).input_shape == (3, 4, 4)
+    floats = rng.random((40, 4, 4, 3)).astype(np.float32)
+    np.savez(q, x=floats, y=np.repeat([0, 1], 20))
+    e = load_dataset(str(q))
+    assert e.input_shape == (3, 4, 4) and e["train"].x.dtype == torch.uint8
+    whole = to_float(e.whole().x).numpy()
+    assert np.abs(whole - floats.transpose(0, 3, 1, 2)).max() <= 0.5 / 255 + 1e-6  # stored to the nearest of 256 levels
+
+
+def test_npz_uint16_is_scaled_by_its_range_and_out_of_range_values_are_refused(tmp_path):
+    p = tmp_path / "wide.npz"
+    np.savez(p, x=np.stack([np.full((4, 4), v, np.uint16) for v in (0, 257, 65535)] * 10), y=np.tile([0, 1, 2], 10))
+    x = load_dataset(str(p)).whole().x
+    assert sorted(set(x.flatten().tolist())) == [0, 1, 255]
+    for bad, match in ((np.full((20, 4, 4), 2.0, np.float32), "outside 0..1"), (np.full((20, 4, 4), 300, np.int32), "outside 0..255")):
+        q = tmp_path / "bad-range.npz"
+        np.savez(q, x=bad, y=np.arange(20) % 2)
+        with pytest.raises(RegnasError, match=match):
+            load_dataset(str(q))
 
 
 @pytest.mark.parametrize(
@@ -94,11 +111,17 @@ def _write_folder(root, sizes):
 
 def test_image_folder(tmp_path):
     _write_folder(tmp_path / "ok", [6, 6])
-    d = load_dataset(str(tmp_path / "ok"))
+    d = load_dataset(str(tmp_path / "ok"), cache=tmp_path / "cache")
     assert d.class_names == ["cat", "dog"] and d.input_shape == (1, 6, 6)
+    assert isinstance(d["train"].x.numpy().base, np.memmap) or d["train"].x.numpy().base is not None
+    for s in d.splits:  # each image is its file's pixels, in its split
+        for img, src, label in zip(d[s].x, d[s].index, d[s].y):
+            assert int(img[0, 0, 0]) == (src % 8) * 20 + label * 100
     _write_folder(tmp_path / "mixed", [6, 7])
-    with pytest.raises(RegnasError, match="different sizes"):
-        load_dataset(str(tmp_path / "mixed"))
+    with pytest.raises(RegnasError, match="different sizes.*--image-size"):
+        load_dataset(str(tmp_path / "mixed"), cache=tmp_path / "cache")
+    resized = load_dataset(str(tmp_path / "mixed"), image_size=5, cache=tmp_path / "cache")
+    assert resized.input_shape == (1, 5, 5) and resized.split_record()["image_size"] == 5
 
 
 def test_fashion_mnist_missing_names_the_debian_package(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from regnas.builddir import LOCK
 from regnas.data import load_dataset
 from regnas.distributed import World, init_world, state_digest
 from regnas.train import load_checkpoint
@@ -59,7 +60,7 @@ def kill_workers(marker: str) -> None:
 
 def test_two_cpu_processes_train_and_only_rank_0_writes(interrupted):
     out, printed = interrupted
-    assert sorted(f.name for f in out.iterdir()) == ["supernet.json", "supernet.optim.safetensors", "supernet.safetensors"]
+    assert sorted(f.name for f in out.iterdir()) == [LOCK, "supernet.json", "supernet.optim.safetensors", "supernet.safetensors"]
     assert printed.count("train: epoch 1/2 loss") == 1  # rank 1 stays silent
     meta = json.loads((out / "supernet.json").read_text())
     assert meta["world_size"] == 2 and meta["epochs_done"] == 1

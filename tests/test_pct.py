@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from regnas.data import to_float
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.io import sha256_json
@@ -42,6 +43,7 @@ def test_unknown_distillation_kind_is_a_one_line_error():
 
 def logit_gap(new, old, x):
     """Mean squared logit distance, the quantity focal distillation pulls down."""
+    x = to_float(x)
     with torch.no_grad():
         return (new(x) - old(x)).pow(2).sum(1).mean().item()
 

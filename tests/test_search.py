@@ -112,3 +112,20 @@ def test_family_members_record_their_val_margin(evaluator):
     low, high = m["interval"]
     assert low <= m["runner_up_gap"] <= high and m["runner_up_gap"] >= 0
     assert 0 <= m["tied"] < members[0].evaluated
+
+
+def test_a_screen_ranks_on_part_of_val_and_the_finalists_choose_on_all_of_it(evaluator):
+    space = evaluator.space
+    budget = space.flops(space.largest()) // 2
+    cfg = SearchConfig(population=6, generations=3, screen=100, finalists=3)
+    result = evolve(evaluator, budget, PRESETS["R2"], None, cfg, seed=0)
+    labels = evaluator.labels("val")
+    assert len(labels) > 100 and len(evaluator.labels("val:100")) == 100
+    assert set(evaluator.labels("val:100")) == set(labels)  # a seeded sample of val, not its first (sorted) rows
+    assert result.finalists == 3
+    chosen = (evaluator.predictions(result.best.arch, "val") == labels).mean()
+    assert result.best.top1 == pytest.approx(chosen)  # the chosen candidate's numbers are on all of val
+    on_all = [c for c in result.candidates if (evaluator.predictions(c.arch, "val") == labels).mean() == pytest.approx(c.top1)]
+    assert len(on_all) >= 3 and result.best in on_all
+    assert max(on_all, key=lambda c: (c.reward, c.top1)).reward == result.best.reward
+    assert evolve(evaluator, budget, PRESETS["R2"], None, cfg, seed=0).best.arch == result.best.arch

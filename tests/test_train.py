@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from regnas.data import Dataset, Split
+from regnas.data import Dataset, Split, to_float
 from regnas.errors import RegnasError
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.spaces import create_space, space_class
-from regnas.train import CHECKPOINT, Supernet, TrainConfig, _permute_channels, load_checkpoint, train_supernet
+from regnas.train import CHECKPOINT, Supernet, TrainConfig, _permute_channels, load_checkpoint, recipe, sandwich, train_supernet
 
 
 def small(digits, n=256):
@@ -80,7 +80,7 @@ def test_channel_sorting_keeps_the_largest_function_and_moves_optimizer_moments_
     space = create_space("mbv3", space_class("mbv3").default_config(digits.input_shape, digits.num_classes))
     net = Supernet(space, space.build_supernet(), {})
     optimizer = torch.optim.AdamW(net.model.parameters(), lr=1e-3)
-    x = digits["val"].x[:64]
+    x = to_float(digits["val"].x[:64])
     F.cross_entropy(net.model(x, space.largest()), digits["val"].y[:64]).backward()
     optimizer.step()
     net.model.eval()
@@ -136,6 +136,27 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0) == first
 
 
+def test_the_precision_is_the_given_one_a_checkpoints_or_the_faster_one_here(digits, tmp_path, monkeypatch, caplog):
+    import regnas.train as train_mod
+
+    data = small(digits, 128)
+    space = create_space("mbv3", space_class("mbv3").default_config(data.input_shape, data.num_classes))
+    cfg = TrainConfig(epochs=1, batch_size=64)
+    assert train_mod.settle_precision(tmp_path, data, space, replace(cfg, precision="bf16")).precision == "bf16"
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: False)
+    assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "fp32"  # emulated bf16 is never faster
+    monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
+    timed = {"fp32": 1.0, "bf16": 0.5}
+    monkeypatch.setattr(train_mod, "_step_timer", lambda d, s, c, w: (lambda epoch: timed[c.precision], 1))
+    with caplog.at_level("INFO", logger="regnas"):
+        assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "bf16"
+    assert "1000 ms in fp32, 500 ms in bf16" in caplog.text
+    timed["bf16"] = 0.95  # faster, but not by BF16_MIN_SPEEDUP
+    assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "fp32"
+    train_supernet(data, tmp_path, replace(cfg, precision="bf16"))
+    assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "bf16"  # the checkpoint's, to resume it
+
+
 def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs(digits):
     from regnas.train import recipe, sandwich, warm_epochs
 
@@ -153,7 +174,7 @@ def test_the_warm_start_takes_its_share_of_the_epochs_and_then_the_sandwich_runs
 
 def test_training_without_a_space_takes_the_default_for_the_input_size(digits, tmp_path):
     data = small(digits, 64)
-    up = {name: Split(F.interpolate(s.x, size=(16, 16)), s.y, s.index) for name, s in data.splits.items()}
+    up = {name: Split(F.interpolate(s.x.float(), size=(16, 16)).round().to(torch.uint8), s.y, s.index) for name, s in data.splits.items()}
     data16 = Dataset(data.name + "-16px", up, data.class_names, data.digest + "-16px")
     net = train_supernet(data16, tmp_path, TrainConfig(epochs=1, batch_size=32, seed=0))
     assert net.space.name == "resnet" and json.loads((tmp_path / "supernet.json").read_text())["space"] == "resnet"
@@ -165,7 +186,7 @@ def test_students_on_the_labels_follow_the_labels_not_the_teacher(digits):
     from regnas.train import _Loop
 
     space = create_space("vit", space_class("vit").default_config(digits.input_shape, digits.num_classes))
-    x, y = digits["val"].x[:32], digits["val"].y[:32]
+    x, y = to_float(digits["val"].x[:32]), digits["val"].y[:32]
     archs = [space.largest(), space.smallest()]
     grads = {}
     for weight in (0.0, 1.0):
@@ -215,3 +236,15 @@ def test_the_supernet_trains_at_its_multiple_of_a_standalone_nets_learning_rate(
     train_mod.train_standalone(data, net.space, net.space.smallest(), cfg)
     assert peaks == [pytest.approx(2e-3), pytest.approx(1e-3)]
     assert json.loads((tmp_path / "supernet.json").read_text())["train"]["supernet_lr_scale"] == 2.0  # part of the checkpoint
+
+
+def test_random_subnets_aim_at_the_budgets_they_are_trained_for():
+    space = create_space("resnet", space_class("resnet").default_config((3, 32, 32), 10))
+    top = space.flops(space.largest())
+    pick = sandwich(recipe(space, epochs=2, warm_fraction=0.0, subnet_flops=(0.3, 0.85)), space)
+    rng = random.Random(0)
+    drawn = [space.flops(pick(1, rng)[2]) / top for _ in range(40)]
+    assert all(f <= 0.85 for f in drawn) and any(0.75 < f <= 0.85 for f in drawn) and any(0.2 < f <= 0.3 for f in drawn)
+    assert len({round(f, 4) for f in drawn}) > 10  # shrunk at random, not one arch per budget
+    uniform = sandwich(recipe(space, epochs=2, warm_fraction=0.0), space)
+    assert sum(space.flops(uniform(1, rng)[2]) / top > 0.75 for _ in range(40)) < 5  # uniform draws rarely reach 75%

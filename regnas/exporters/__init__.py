@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ class ExportJob:
     model: nn.Module
     input_shape: tuple[int, int, int]
     calib: np.ndarray
+    """Calibration images as stored (uint8, or floats in [0, 1]); `regnas.data.to_float` makes inputs of them."""
     directory: Path
     scratch: Path
     traced: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +90,8 @@ class Exporter(ABC):
         return Path(runs[0].path)
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
-        """Quantization options flip-aware quantization may try, default first; [{}] when there is nothing to choose."""
+        """Quantization options flip-aware quantization may try, default first, then the likeliest to hold (the first that
+        holds is kept); [{}] when there is nothing to choose."""
         return [{}]
 
     def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
@@ -101,10 +102,10 @@ class Exporter(ABC):
         """
         return []
 
-    def simulate(self, job: ExportJob, precision: str, options: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
-        """Class scores of the model as `precision` with `options` would quantize it, computed without writing the
-        artifact, for exporters whose artifacts are slow to build (ranking units tries one per unit); None: export it."""
-        return None
+    def unit_modules(self, job: ExportJob, units: list[str]) -> dict[str, str]:
+        """The module of `job.model` each of `units` quantizes, by name, where the exporter knows it: ranking units
+        then simulates their int8 in PyTorch (`regnas.quantsim`) instead of exporting an artifact per unit."""
+        return {}
 
 
 def register_exporter(cls: type[Exporter]) -> type[Exporter]:
@@ -126,7 +127,9 @@ def create_exporter(name: str) -> Exporter:
 
 def replace_dir(tmp: Path, path: Path) -> None:
     """Move a finished directory artifact (a Core ML package) onto `path`."""
-    if path.exists():
+    if path.is_symlink() or path.is_file():  # a link is replaced, never followed
+        path.unlink()
+    elif path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
 

@@ -9,9 +9,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from regnas.data import to_float
 from regnas.errors import RegnasError, require
 from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
 from regnas.io import atomic_path
@@ -93,7 +93,7 @@ def _quantize(job: ExportJob, options: dict[str, Any]) -> torch.nn.Module:
         quantizer.set_filter_function(lambda node: node.op != "call_function" or owners.get(node.name) not in kept)
     prepared = prepare_pt2e(copy.deepcopy(_calibration_graph(job)), quantizer)
     for i in range(0, min(len(calib), options["calib_samples"]), 64):
-        prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + 64], dtype=np.float32)))
+        prepared(torch.from_numpy(to_float(calib[i : i + 64])))
     return convert_pt2e(prepared)
 
 
@@ -131,18 +131,10 @@ class ExecuTorchExporter(Exporter):
     def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
         return list(dict.fromkeys(unit_owners(job).values())) if precision == "int8" else []
 
-    def simulate(self, job: ExportJob, precision: str, options: dict[str, Any]):
-        """The PT2E-quantized model in PyTorch, without lowering: what XNNPACK computes, a few seconds faster to get."""
-        if precision != "int8":
-            return None
-        with quiet(native=True), torch.no_grad():
-            model = _quantize(job, {**DEFAULT_INT8, **options})
-
-        def scores(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
-
-        return scores
+    def unit_modules(self, job: ExportJob, units: list[str]) -> dict[str, str]:
+        """Its units are the modules themselves."""
+        modules = dict(job.model.named_modules())
+        return {u: u for u in units if u in modules}
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from regnas.data import to_float
 from regnas.errors import RegnasError, require
 from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
 from regnas.io import atomic_path, sha256_file
@@ -105,7 +106,7 @@ class _Calibration:
     def __init__(self, images: np.ndarray, batch: int = CALIB_BATCH):
         batch = min(batch, len(images))
         n = len(images) - len(images) % batch
-        self._batches = iter([{INPUT: images[i : i + batch].astype(np.float32)} for i in range(0, n, batch)])
+        self._batches = ({INPUT: to_float(images[i : i + batch])} for i in range(0, n, batch))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -131,7 +132,7 @@ def quantize_int8(src: Path, path: Path, calib: np.ndarray, options: dict[str, A
     only = _float_nodes(pre, opts["quantize_only"]) if "quantize_only" in opts else None
     cache = {}
     if "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
-        digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.float32).tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
         cache["calibration_cache_path"] = pre.with_name(f"{pre.stem}.{opts['calibrate_method']}-{digest}.calib.json")
     with atomic_path(path) as tmp, quiet():
         q.quantize_static(
@@ -202,6 +203,14 @@ def _float_nodes(model_path: Path, names: tuple[str, ...] | list[str]) -> list[s
     return [node for n in names for unit in picks.get(n, [n]) for node in groups[unit]]
 
 
+def scope_modules(model: nn.Module, nodes: list[str]) -> dict[str, str]:
+    """The module each compute node was traced from: the exporter names a node by its module scope
+    (`/stages.0.0/shortcut/conv/Conv` is `stages.0.0.shortcut.conv`'s convolution)."""
+    modules = dict(model.named_modules())
+    scopes = {n: ".".join(n.strip("/").split("/")[:-1]) for n in nodes}
+    return {n: s for n, s in scopes.items() if s in modules}
+
+
 def preprocessed_compute_nodes(src: Path) -> list[str]:
     """The compute nodes of `src` as ONNX Runtime's quantizer names them (after its pre-processing)."""
     require("onnxruntime.quantization", "onnx")
@@ -234,6 +243,9 @@ class OnnxExporter(Exporter):
 
     def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
         return preprocessed_compute_nodes(job.onnx()) if precision == "int8" else []
+
+    def unit_modules(self, job: ExportJob, units: list[str]) -> dict[str, str]:
+        return scope_modules(job.model, units)
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":

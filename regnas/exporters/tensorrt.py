@@ -13,7 +13,7 @@ from typing import Any
 
 from regnas.errors import RegnasError
 from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
-from regnas.exporters.onnx import INPUT, OnnxExporter, preprocessed_compute_nodes, quantize_int8
+from regnas.exporters.onnx import INPUT, OnnxExporter, preprocessed_compute_nodes, quantize_int8, scope_modules
 from regnas.io import atomic_path
 from regnas.runtimes.tensorrt import tensorrt_or_reason
 
@@ -84,6 +84,9 @@ class TensorRTExporter(Exporter):
 
     def float_candidates(self, job: ExportJob, precision: str) -> list[str]:
         return preprocessed_compute_nodes(job.onnx()) if precision == "int8" else []
+
+    def unit_modules(self, job: ExportJob, units: list[str]) -> dict[str, str]:
+        return scope_modules(job.model, units)
 
     def option_grid(self, precision: str) -> list[dict[str, Any]]:
         if precision != "int8":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regnas.data import to_float
 from regnas.errors import RegnasError
 
 _RUNTIMES: dict[str, type[Runtime]] = {}
@@ -83,9 +84,9 @@ class Runtime(ABC):
         return out
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Top-1 class per sample, in batches of at most `max_batch`."""
+        """Top-1 class per sample of stored images (uint8, or floats in [0, 1]), in batches of at most `max_batch`."""
         b = self.max_batch
-        return np.concatenate([self.scores(x[i : i + b]).argmax(1) for i in range(0, len(x), b)])
+        return np.concatenate([self.scores(to_float(x[i : i + b])).argmax(1) for i in range(0, len(x), b)])
 
     def time_ms(self, x: np.ndarray, warmup: int = 10, repeats: int = 50) -> np.ndarray:
         """Wall-clock latency of `run(x)` in milliseconds, once per repeat, after `warmup` runs."""

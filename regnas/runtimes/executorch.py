@@ -28,6 +28,10 @@ class ExecuTorchRuntime(Runtime):
         local_only(self.name, remote)
         if not path.is_file():
             raise RegnasError(f"ExecuTorch program not found: {path}; check the path")
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():  # the flatbuffer's identifier, ET12 today
+            raise RegnasError(f"{path} is not an ExecuTorch program (no ET program identifier in its header); re-export it")
         import torch
 
         self._torch = torch

@@ -115,13 +115,15 @@ class SearchSpace(ABC):
     crossover, shrinking, containment, encoding and JSON are defined on that table once, here.
     `flat` spaces have a single stage whose arch fields are plain tuples (vit). `recipe` holds the
     supernet training settings (`TrainConfig` fields) where this space's benchmark found others
-    than the defaults better.
+    than the defaults better, and `policy_recipes` those for one kind of data (by augmentation
+    policy) over it.
     """
 
     name: ClassVar[str]
     arch_type: ClassVar[type]
     flat: ClassVar[bool] = False
     recipe: ClassVar[dict[str, Any]] = {}
+    policy_recipes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: dict[str, Any]):
         self.config = config
@@ -265,6 +267,15 @@ class SearchSpace(ABC):
             g[gene.name][s][j] = gene.below(g[gene.name][s][j])
         return self.make(g)
 
+    def shrink_within(self, arch: Arch, cost: Callable[[Arch], float], limit: float, rng: random.Random, lower: Arch | None = None) -> Arch:
+        """`arch` shrunk one random choice at a time until `cost` is within `limit` (never below `lower`)."""
+        while cost(arch) > limit:
+            smaller = self.shrink(arch, rng, lower)
+            if smaller is None:
+                return arch
+            arch = smaller
+        return arch
+
     def contains(self, big: Arch, small: Arch) -> bool:
         """Whether every choice of `small` is ≤ the matching choice of `big` (literal nesting)."""
         gb, gs = self.genome(big), self.genome(small)
@@ -376,7 +387,7 @@ class SearchSpace(ABC):
         return tuple(self.config["input_shape"])
 
     def extract(self, supernet: nn.Module, arch: Arch) -> nn.Module:
-        """A standalone copy of the subnet `arch` on the CPU, every tensor a literal slice of the supernet's.
+        """A standalone copy of the subnet `arch` on the supernet's device, every tensor a literal slice of the supernet's.
 
         The subnet is built on the meta device and handed the slices, so its weights are never
         initialised only to be overwritten (that was half of an mbv3 extraction's time).
@@ -384,7 +395,7 @@ class SearchSpace(ABC):
         net = self.build_subnet(arch, device="meta")
         full = supernet.state_dict()
         own = {k: v.shape for k, v in net.state_dict().items()}
-        sub = {k: crop_to(full[k], shape).to("cpu", memory_format=torch.contiguous_format, copy=True) for k, shape in own.items()}
+        sub = {k: crop_to(full[k], shape).to(memory_format=torch.contiguous_format, copy=True) for k, shape in own.items()}
         net.load_state_dict(sub, assign=True)
         return net
 

@@ -86,7 +86,7 @@ class ElasticMBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
         if self.residual:
             # Zero-γ (Goyal et al.; BigNAS), as in `resnet`: each block starts as the identity, so the
-            # blocks a shallow subnet skips start harmless to it (measured in the README's recipe table).
+            # blocks a shallow subnet skips start harmless to it (docs/notes/training-recipes.md).
             nn.init.zeros_(self.project.bn.weight)
 
     def forward(self, x: torch.Tensor, kernel: int, expand: int) -> torch.Tensor:
@@ -167,7 +167,7 @@ class MBV3Space(SearchSpace):
     # One warm epoch (up to 7 epochs) trains a teacher good enough to distil from; more only take
     # sandwich epochs from the subnets it trains through one random draw a step. At 7 epochs on
     # Fashion-MNIST, 1 warm epoch instead of 3 brought the median within 0.6-0.8 points of its twin
-    # (1.0-1.2 before) with fewer flips, on two seeds (the README's mbv3 trials).
+    # (1.0-1.2 before) with fewer flips, on two seeds (docs/notes/training-recipes.md).
     recipe = {"warm_fraction": 0.2}
 
     @classmethod

@@ -161,8 +161,12 @@ class ResNetSpace(SearchSpace):
     arch_type = ResNetArch
     # Twice a standalone net's learning rate: at the shared one the mid-size subnets underfit (the median's train
     # top-1 92.8% against its twin's 93.5%); at twice it the median gained 0.40 / 0.21 points on two training seeds,
-    # the largest and smallest held, and the twins themselves do worse there (the README's resnet trials).
+    # the largest and smallest held, and the twins themselves do worse there (docs/notes/training-recipes.md).
     recipe = {"supernet_lr_scale": 2.0}
+    # Photographs: SGD with Nesterov momentum trained the largest subnet alone to 79.4% in 10 epochs where AdamW reached
+    # 77.8% (32-px CIFAR-10 photos, one seed; docs/notes/training-recipes.md). SGD does not normalize the sandwich's
+    # summed gradients as Adam does, so the supernet trains at a standalone net's rate.
+    policy_recipes = {"photo": {"optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4, "supernet_lr_scale": 1.0}}
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)

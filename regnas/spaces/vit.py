@@ -183,7 +183,7 @@ class ViTSpace(SearchSpace):
     # Its largest subnet, the teacher, is no better than a median one trained alone, so the students
     # learn half from the labels, and the sandwich starts after one warm epoch in ten: closer to their
     # twins and fewer flips. It keeps gaining past 10 epochs, its shared subnets more than their twins
-    # alone, so a budget may buy 20 (the README's vit trials).
+    # alone, so a budget may buy 20 (docs/notes/training-recipes.md).
     recipe = {"student_labels": 0.5, "warm_fraction": 0.1, "max_epochs": 20}
 
     def __init__(self, config: dict[str, Any]):

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from regnas.data import to_float
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import Evaluator, predict
 from regnas.exporters import ExportJob, create_exporter, exporter_names
@@ -92,6 +93,27 @@ def test_flip_aware_quantization_searches_the_grid_and_keeps_the_best(member, tm
     from regnas.flips import nfr
 
     assert nfr(predict(net, val.x), kept, val.y.numpy()) == pytest.approx(best["nfr_val"])
+
+
+def test_the_grid_stops_at_the_first_options_that_hold(member, tmp_path, monkeypatch):
+    from regnas.artifacts import _QuantSearch, flip_aware
+    from regnas.exporters.onnx import OnnxExporter
+    from regnas.targets import Target
+
+    grid = [{}, {"reduce_range": True}, {"per_channel": False}, {"calib_samples": 2000}]
+    flips = {0: 40, 1: 30, 2: 0, 3: 0}
+    monkeypatch.setattr(OnnxExporter, "option_grid", lambda self, precision: grid)
+    monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: [])
+    scores = [{"options": o, "flips_val": f, "nfr_val": f / 1000, "top1_val": 0.9} for o, f in zip(grid, flips.values())]
+    monkeypatch.setattr(_QuantSearch, "score", lambda self, o: scores[grid.index(o)])
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    val = data["val"]
+    _, record = flip_aware(
+        create_exporter("onnx"), job, "int8", Target("t", {"flops": 1.0}), (val.x.numpy(), predict(net, val.x), val.y.numpy())
+    )
+    assert [t["options"] for t in record["tried"]] == grid[:3] and record["after"]["options"] == grid[2]
 
 
 def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_in_float(member, tmp_path, monkeypatch):
@@ -190,7 +212,7 @@ def test_executorch_units_cover_every_operator_so_all_float_int8_is_fp32(member,
     assert quantized(floated) == 0
     x = data["val"].x
     with torch.no_grad():
-        assert np.array_equal(floated(x).argmax(1).numpy(), predict(net, x))
+        assert np.array_equal(floated(to_float(x)).argmax(1).numpy(), predict(net, x))
     with pytest.raises(RegnasError, match="keep_float names 'nope'"):
         _quantize(job, {"per_channel": True, "calib_samples": 64, "keep_float": ["nope"]})
 
