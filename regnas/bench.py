@@ -7,6 +7,7 @@ prediction for that member is reported beside the measurement.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from regnas.errors import RegnasError
 from regnas.runtimes import Remote, load_runtime, runtime_for
 
 logger = logging.getLogger(__name__)
+
+MAX_INPUT_BYTES = 2**30
+"""The largest input batch bench allocates (a 1×3×224×224 image is 0.6 MB): a model declares its input size, so it is bounded."""
 
 
 @dataclass
@@ -79,6 +83,12 @@ def bench(
         raise RegnasError(f"{model} has a dynamic input shape {shape}; pass --input-shape C,H,W")
     if input_shape and any(d is not None and d != g for d, g in zip(rt.input_shape, input_shape)):
         raise RegnasError(f"--input-shape {input_shape} does not match the model's {rt.input_shape}; fix --input-shape")
+    size = 4 * batch * math.prod(shape)
+    if size > MAX_INPUT_BYTES:
+        raise RegnasError(
+            f"{model}'s input {batch}x{'x'.join(map(str, shape))} takes {size / 2**30:,.1f} GiB, more than the "
+            f"{MAX_INPUT_BYTES >> 30} GiB regnas bench allocates; bench a model with a smaller input or --batch"
+        )
     x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
     if rt.emulated:
         logger.warning(f"{model} runs on an emulated device ({rt.emulated}): its timings say nothing about the real device's latency")

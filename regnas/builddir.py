@@ -5,6 +5,7 @@
                              artifacts and check; report.html and summary.md are rendered from it
       search.json            the search cache, keyed by everything the search depends on
       supernet.safetensors   the trained supernet (when the build trained it; `train.CHECKPOINT`)
+      data/                  an image folder's images, decoded once into uint8 (`regnas.images`)
       <target>/arch.json     a member: space, config and arch ...
       <target>/model.safetensors   ... and its standalone weights (hashed in report.json)
       <target>/<artifacts>   exported builds of the member (`artifacts.py` names them)
@@ -16,16 +17,21 @@ with one line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from torch import nn
 
 from regnas.data import Dataset, SplitFractions, load_recorded_split
 from regnas.errors import RegnasError
-from regnas.io import load_tensors, read_json, save_tensors, sha256_file, write_json
+from regnas.io import load_tensors, read_json, save_tensors, sha256_file, tensors_sha256, write_json
+from regnas.schema import anything, flag, list_of, mapping, maybe, number, record, text, where
 from regnas.spaces import Arch, SearchSpace, create_space
 from regnas.targets import Target, parse_target
 
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 REPORT = "report.json"
 SEARCH_CACHE = "search.json"
 ARCH = "arch.json"
+DATA_CACHE = "data"
+"""The folder of a build (or a training run's --out) where an image folder's decoded images are cached."""
 WEIGHTS = "model.safetensors"
 REPORT_FORMAT = "regnas-report/1"
 """The report.json layout this regnas writes and reads; bumped when a reader could misread an older one."""
@@ -76,6 +84,62 @@ class MemberRecord:
 _SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256")
 
 
+LOCK = ".regnas.lock"
+"""The lock file a command holds while it writes a build directory (or a training run's --out)."""
+
+
+@contextlib.contextmanager
+def locked(out: Path, command: str) -> Iterator[None]:
+    """Hold `out`'s lock while `command` writes it: a second writer exits 2 naming the holder instead of overwriting.
+
+    The lock is the operating system's (flock): it goes with the process, so a killed command leaves no stale lock.
+    """
+    import fcntl
+
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise RegnasError(f"cannot write {out} ({exc.strerror or exc}); choose a writable location") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another regnas process"
+            raise RegnasError(f"{out} is being written by {holder}; wait for it to finish, or use another directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`regnas {command}` (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+        if created and os.listdir(out) == [LOCK]:  # a command that wrote nothing leaves nothing behind
+            (out / LOCK).unlink()
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
+def inside(out: Path, rel: str | PurePath, what: str) -> Path:
+    """`out / rel`, refused in one line unless `rel` is a relative path without `..` that resolves, symlinks
+    followed, inside `out`: a report names the files of its own build, and nothing outside it is ever opened."""
+    rel = PurePath(rel)
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts:
+        raise RegnasError(f"{what} {str(rel)!r} in {out / REPORT} is not a path inside the build; rebuild it with regnas build")
+    path = out / rel
+    root, resolved = out.resolve(), path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise RegnasError(f"{what} {path} leads outside the build (to {resolved}); remove the link or rebuild with regnas build")
+    return path
+
+
+def member_dir(out: Path, target: Any) -> Path:
+    """A member's folder `out/<target>`, for a target name read from a report."""
+    if not isinstance(target, str) or len(PurePath(target).parts) != 1:
+        raise RegnasError(f"member {target!r} in {out / REPORT} is not a target name; rebuild it with regnas build")
+    return inside(out, target, "member")
+
+
 def is_member(path: Path) -> bool:
     """Whether `path` is a member folder of a build (`BUILD/<target>`)."""
     return (path / ARCH).is_file()
@@ -87,10 +151,11 @@ def is_build(path: Path) -> bool:
 
 
 def save_member(folder: Path, space: SearchSpace, arch: Arch, net: nn.Module, target: str) -> str:
-    """Write a member (arch and standalone weights) atomically; the weights' sha256 for the report."""
-    write_json(folder / ARCH, {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
+    """Write a member (standalone weights, then the arch that makes the folder a member) atomically; the weights'
+    sha256 for the report. A write that fails midway leaves no arch.json without its weights."""
     save_tensors(folder / WEIGHTS, net.state_dict(), {"space": space.name, "target": target})
-    return sha256_file(folder / WEIGHTS)
+    write_json(folder / ARCH, {"space": space.name, "config": space.config, "arch": space.to_json(arch)})
+    return tensors_sha256(folder / WEIGHTS)
 
 
 def load_member(folder: str | Path) -> tuple[SearchSpace, nn.Module]:
@@ -110,6 +175,12 @@ def load_member(folder: str | Path) -> tuple[SearchSpace, nn.Module]:
     return space, net.eval()
 
 
+def _weights_match(weights: Path, digest: Any) -> bool:
+    """Whether a member's weights are the ones its report recorded (by their tensors; a report written before
+    tensors were hashed recorded the file's bytes)."""
+    return weights.is_file() and digest in (tensors_sha256(weights), sha256_file(weights))
+
+
 def read_report(out: str | Path) -> dict[str, Any]:
     """A build directory's report.json, its format and the sections every reader needs checked."""
     path = Path(out) / REPORT
@@ -126,18 +197,128 @@ def read_report(out: str | Path) -> dict[str, Any]:
     return report
 
 
+RATE = number(0, 1)
+_MEMBER = record(
+    {
+        "target": where(text, lambda v: len(PurePath(v).parts) == 1),
+        "flops": number(0),
+        "params": number(0, integer=True),
+        "top1": RATE,
+        "val_top1": RATE,
+        "nfr_vs_prev": maybe(RATE),
+        "budget_flops": maybe(number(0)),
+        "arch": mapping(anything),
+    },
+    {
+        "budget_latency_ms": maybe(number(0)),
+        "predicted_latency_ms": maybe(number(0)),
+        "same_as_previous": flag,
+        "flips_per_class": maybe(list_of(number(0, integer=True))),
+        "weights_sha256": maybe(text),
+    },
+)
+_SECTION = {
+    "family": list_of(_MEMBER, min_length=1),
+    "nesting": list_of(record({"smaller": text, "larger": text, "contains": flag, "literal": flag, "shared_weight_fraction": RATE})),
+    "flip_matrix": list_of(list_of(RATE)),
+}
+"""What the family and the baseline each record: members, nesting between consecutive ones, flips between all."""
+_NFR_VAL = record({"nfr_val": RATE, "options": anything})
+_ARTIFACT = record(
+    {"target": text, "format": text, "precision": text, "path": text, "sha256": maybe(text), "runtime": text, "status": text},
+    {
+        "top1": maybe(RATE),
+        "nfr_vs_fp32": maybe(RATE),
+        "nfr_vs_prev": maybe(RATE),
+        "flips": maybe(number(0, integer=True)),
+        "nfr_interval": maybe(list_of(RATE, length=2)),
+        "verdict": maybe(text),
+        "command": maybe(text),
+        "options": mapping(anything),
+        "companions": mapping(text),
+        "device": maybe(text),
+        "vs_host": maybe(record({"flips": number(0, integer=True), "disagreements": number(0, integer=True), "artifact": text})),
+        "quantization": maybe(
+            record(
+                {"before": _NFR_VAL, "after": _NFR_VAL},
+                {
+                    "kept_float": list_of(text),
+                    "max_slowdown": number(0),
+                    "latency_ms": record({}, {"chosen": number(0), "fully_quantized": number(1e-12)}),
+                },
+            )
+        ),
+    },
+)
+_LUT_VALIDATION = record(
+    {"within_10pct": RATE, "spearman": number(-1, 1), "measured_ms": list_of(number(0), min_length=1), "predicted_ms": list_of(number(0))}
+)
+
+
+def _candidate(v: Any, at: str) -> str | None:
+    """A searched arch as [FLOPs, val top-1, ...]."""
+    ok = isinstance(v, list) and len(v) >= 2 and number(0)(v[0], at) is None and RATE(v[1], at) is None
+    return None if ok else f"{at} is not a [flops, top-1] point"
+
+
+REPORT_SCHEMA = record(
+    {**_SECTION, "baseline": record(_SECTION)},
+    {
+        "format": text,
+        "targets": list_of(mapping(anything)),
+        "config": record(
+            {},
+            {
+                "data": record({}, {"class_names": list_of(text), "input_shape": list_of(number(1, integer=True))}),
+                "reward": mapping(anything),
+            },
+        ),
+        "finetune": record({"mode": text, "before": list_of(record({"target": text, "top1": RATE, "nfr_vs_prev": maybe(RATE)}))}),
+        "artifacts": list_of(_ARTIFACT),
+        "check": record(
+            {},
+            {
+                "passed": flag,
+                "failures": list_of(text),
+                "inconclusive": list_of(text),
+                "flip_matrix": maybe(record({"labels": list_of(text), "nfr": list_of(list_of(RATE))})),
+            },
+        ),
+        "luts": mapping(record({"provenance": mapping(anything)}, {"validation": maybe(_LUT_VALIDATION)})),
+        "reward_sweep": list_of(record({"reward": text, "mean_top1": RATE, "mean_nfr": RATE})),
+        "search": mapping(mapping(list_of(_candidate))),
+        "plan_s": mapping(anything),
+        "timing_s": mapping(anything),
+    },
+)
+"""Every field a reader of report.json relies on: what `read_report` checks before anything consumes it."""
+
+
+def _square(matrix: list[list[float]], n: int, at: str) -> str | None:
+    return None if len(matrix) == n and all(len(r) == n for r in matrix) else f"{at} is not a {n}x{n} matrix"
+
+
 def _shape_problem(report: Any) -> str | None:
-    """What makes `report` unreadable as a build report, or None."""
+    """What makes `report` unreadable as a build report: its schema, then what its parts must agree on."""
     if not isinstance(report, dict):
         return f"a JSON {type(report).__name__}, not an object"
-    for section in (report, report.get("baseline")):
-        if not isinstance(section, dict):
-            return "no baseline section"
-        for key in ("family", "nesting"):
-            if not isinstance(section.get(key), list) or not all(isinstance(v, dict) for v in section[key]):
-                return f"{key} is missing or not a list of records"
-    if not isinstance(report.get("targets", []), list) or not all(isinstance(t, dict) for t in report.get("targets", [])):
-        return "targets is not a list of target tables"
+    if problem := REPORT_SCHEMA(report, ""):
+        return problem
+    for at, section in (("", report), ("baseline.", report["baseline"])):
+        if problem := _square(section["flip_matrix"], len(section["family"]), f"{at}flip_matrix"):
+            return problem
+    classes = report.get("config", {}).get("data", {}).get("class_names")
+    for at, section in (("", report), ("baseline.", report["baseline"])):
+        for i, m in enumerate(section["family"]):
+            if classes is not None and m.get("flips_per_class") is not None and len(m["flips_per_class"]) != len(classes):
+                return f"{at}family[{i}].flips_per_class has {len(m['flips_per_class'])} entries for {len(classes)} classes"
+    matrix = (report.get("check") or {}).get("flip_matrix")
+    if matrix and (problem := _square(matrix["nfr"], len(matrix["labels"]), "check.flip_matrix.nfr")):
+        return problem
+    for name, lut in report.get("luts", {}).items():
+        v = lut.get("validation")
+        if v and len(v["predicted_ms"]) != len(v["measured_ms"]):
+            return f"luts.{name}.validation has {len(v['predicted_ms'])} predictions for {len(v['measured_ms'])} measurements"
     return None
 
 
@@ -159,10 +340,11 @@ def read_finetuned(out: Path, key: str) -> list[nn.Module] | None:
         return None
     nets = []
     for m in report["family"]:
-        weights = out / m["target"] / WEIGHTS
-        if not weights.is_file() or sha256_file(weights) != m.get("weights_sha256"):
+        folder = member_dir(out, m["target"])
+        weights = inside(out, PurePath(m["target"], WEIGHTS), "member weights")
+        if not _weights_match(weights, m.get("weights_sha256")):
             return None
-        nets.append(load_member(out / m["target"])[1])
+        nets.append(load_member(folder)[1])
     logger.info(f"finetune: reusing the fine-tuned members in {out}")
     return nets
 
@@ -210,11 +392,12 @@ def open_build(out: str | Path) -> Build:
     except (KeyError, TypeError, AttributeError) as exc:
         raise RegnasError(f"{source} is not a regnas build report ({type(exc).__name__}: {exc}); re-run regnas build") from exc
     try:
-        data = load_recorded_split(spec, split, str(source))
+        data = load_recorded_split(spec, split, str(source), cache=out / DATA_CACHE)
     except RegnasError as exc:
         raise RegnasError(f"the data behind {out} changed since the build ({spec}): {exc}") from exc
     for m in family:
-        weights = out / m.target / WEIGHTS
-        if m.weights_sha256 is not None and (not weights.is_file() or sha256_file(weights) != m.weights_sha256):
+        member_dir(out, m.target)
+        weights = inside(out, PurePath(m.target, WEIGHTS), "member weights")
+        if m.weights_sha256 is not None and not _weights_match(weights, m.weights_sha256):
             raise RegnasError(f"the weights of {m.target} ({weights}) changed since the build; re-run regnas build")
     return Build(out, report, targets, data, family)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from regnas.artifacts import PREDICT_THREADS, Artifact, export_family, open_artifact, verify_artifact
-from regnas.builddir import load_member, open_build, write_report
+from regnas.artifacts import PREDICT_THREADS, Artifact, artifact_path, export_family, open_artifact, verify_artifact
+from regnas.builddir import load_member, locked, member_dir, open_build, write_report
 from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
@@ -66,11 +66,11 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
         verify_artifact(out, a)
     limits = {t.name: t.max_nfr_vs_fp32 for t in targets}
     order = [t.name for t in targets]
-    fp32 = {name: predict(load_member(out / name)[1], test.x) for name in {a.target for a in artifacts}}
+    fp32 = {name: predict(load_member(member_dir(out, name))[1], test.x) for name in {a.target for a in artifacts}}
     preds: dict[int, np.ndarray] = {}
     failures, inconclusive = [], []
     for i, a in enumerate(artifacts):
-        device = remote if a.sha256 and runtime_class(a.runtime).needs_device(out / a.path) else None
+        device = remote if a.sha256 and runtime_class(a.runtime).needs_device(artifact_path(out, a)) else None
         a.device = None
         try:
             rt = open_artifact(out, a, PREDICT_THREADS, remote=device)
@@ -129,6 +129,11 @@ def compare_with_host(artifacts: list[Artifact], preds: dict[int, np.ndarray], l
 
 def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> CheckResult:
     """Check a build's artifacts (exporting them first when asked) and record the result in its report."""
+    with locked(out, "export" if export else "check"):
+        return _check_build(out, remote, export)
+
+
+def _check_build(out: Path, remote: Remote | None, export: bool) -> CheckResult:
     build = open_build(out)
     report, targets, data = build.report, build.targets, build.data
     if export:

@@ -29,7 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from regnas.errors import RegnasError
-from regnas.io import ensure_writable_dir, read_json, write_json
+from regnas.io import cache_root, ensure_writable_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ STAMP = "regnas-sysroot.json"
 SERVER = Path(__file__).with_name("emulator_server.py")
 READY_TIMEOUT_S = 180.0
 """Starting the server imports TVM under emulation (about 8 s here); a slow host gets ample margin."""
-
-
-def cache_root() -> Path:
-    """Where regnas keeps downloaded, rebuildable things: $REGNAS_CACHE, else $XDG_CACHE_HOME/regnas, else ~/.cache/regnas."""
-    if os.environ.get("REGNAS_CACHE"):
-        return Path(os.environ["REGNAS_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regnas"
 
 
 def host_tvm_version() -> str:

@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from regnas.builddir import is_build, is_member, load_member
-from regnas.data import Split
+from regnas.data import Split, to_float
 from regnas.errors import RegnasError
 from regnas.flips import negative_flips, top1, upper_bound
 from regnas.io import atomic_path, read_json, write_json
@@ -40,6 +40,8 @@ class Preprocess:
 
 
 def _check_predictions(pred: np.ndarray, n: int, classes: int, source: str) -> np.ndarray:
+    if np.issubdtype(pred.dtype, np.floating) and not np.isfinite(pred).all():
+        raise RegnasError(f"{source}: its scores contain NaN or infinite values; fix the model or the predictions")
     if pred.ndim == 2:
         if pred.shape[1] != classes:
             raise RegnasError(f"{source} scores {pred.shape[1]} classes but the data has {classes}; the label sets differ")
@@ -49,11 +51,13 @@ def _check_predictions(pred: np.ndarray, n: int, classes: int, source: str) -> n
     if len(pred) != n:
         raise RegnasError(f"{source} has {len(pred)} predictions but the data has {n} samples; use the same data and split")
     if len(pred) and (pred.min() < 0 or pred.max() >= classes):
-        raise RegnasError(f"{source} predicts class {int(pred.max())} outside the data's {classes} classes; the label sets differ")
+        bad = int(pred.min()) if pred.min() < 0 else int(pred.max())
+        raise RegnasError(f"{source} predicts class {bad}, outside the data's classes 0 to {classes - 1}; the label sets differ")
     return pred.astype(np.int64)
 
 
 def _model_predictions(net_scores, input_shape: tuple, x: np.ndarray, source: str, batch: int = 500) -> np.ndarray:
+    """`net_scores` over batches of `x` (stored images, made model inputs a batch at a time)."""
     expected = tuple(input_shape)
     got = tuple(x.shape[1:])
     if len(expected) != 3 or any(e is not None and e != g for e, g in zip(expected, got)):
@@ -61,7 +65,7 @@ def _model_predictions(net_scores, input_shape: tuple, x: np.ndarray, source: st
         raise RegnasError(
             f"{source} expects inputs {shown} but the data is {'×'.join(map(str, got))}; resize the data or use a matching model"
         )
-    return np.concatenate([net_scores(x[i : i + batch]) for i in range(0, len(x), batch)])
+    return np.concatenate([net_scores(to_float(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
 def predictions(source: str | Path, split: Split, classes: int, preprocess: Preprocess = Preprocess(), threads: int = 1) -> np.ndarray:
@@ -87,7 +91,7 @@ def predictions(source: str | Path, split: Split, classes: int, preprocess: Prep
         from regnas.runtimes import runtime_for
 
         rt = runtime_for(path, threads)
-        pred = _model_predictions(rt.scores, rt.input_shape, preprocess(split.x.numpy()), str(path))
+        pred = _model_predictions(lambda x: rt.scores(preprocess(x)), rt.input_shape, split.x.numpy(), str(path))
     elif path.is_dir() and is_member(path):
         import torch
 
@@ -146,7 +150,10 @@ def decide(
     upper = upper_bound(flips, n, confidence)
     t_ref, t_cand = top1(reference, labels), top1(candidate, labels)
     reasons = []
-    if upper > max_nfr:
+    if max_nfr == 0:  # no bound is ever 0: a zero limit is judged on the count itself
+        if flips:
+            reasons.append(f"{flips} negative flips where --max-nfr 0 allows none")
+    elif upper > max_nfr:
         reasons.append(
             f"NFR upper bound {100 * upper:.2f}% (at {confidence:.0%} confidence; point {100 * rate:.2f}%) exceeds {100 * max_nfr:.2f}%"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,26 @@ from safetensors.torch import load_file, save_file
 from regnas.errors import RegnasError
 
 
+def cache_root() -> Path:
+    """Where regnas keeps downloaded, rebuildable things: $REGNAS_CACHE, else $XDG_CACHE_HOME/regnas, else ~/.cache/regnas."""
+    if os.environ.get("REGNAS_CACHE"):
+        return Path(os.environ["REGNAS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regnas"
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def full_disk(exc: OSError, path: str | os.PathLike | None = None) -> RegnasError:
+    """The one-line error for a write that ran out of space (`path`: what was being written, else the error's file)."""
+    where = Path(path or exc.filename or ".")
+    folder = where if where.is_dir() else where.parent
+    return RegnasError(f"no space left on the device writing {where}; free space in {folder} (or quota), then run the command again")
+
+
 def _unwritable(path: Path, exc: OSError) -> RegnasError:
+    if exc.errno in FULL_DISK:
+        return full_disk(exc, path)
     return RegnasError(f"cannot write {path} ({exc.strerror or exc}); choose a writable location")
 
 
@@ -39,7 +59,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     os.chmod(tmp, 0o644)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            if exc.errno in FULL_DISK:
+                raise full_disk(exc, path) from exc
+            raise
         try:
             os.replace(tmp, path)
         except OSError as exc:
@@ -87,11 +112,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+MAX_JSON_BYTES = 256 * 2**20
+"""The largest JSON file read (a build's report with every search candidate is a few MB): files are size-checked first."""
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
-    """Read JSON, turning a missing or corrupt file into a one-line RegnasError."""
+    """Read JSON, turning a missing, oversized or corrupt file into a one-line RegnasError."""
     path = Path(path)
     if not path.is_file():
         raise RegnasError(f"{what} not found: {path}; check the path")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        limit = MAX_JSON_BYTES >> 20
+        raise RegnasError(f"{what} {path} is {size / 2**20:,.0f} MiB, more than the {limit} MiB regnas reads; check the file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -102,7 +135,12 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """Save a state dict as safetensors, atomically."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata)
+        except Exception as exc:  # safetensors' Rust I/O errors arrive as SafetensorError, their errno only in the text
+            if "os error 28" in str(exc) or "os error 122" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+            raise
 
 
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -127,6 +165,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(path: str | os.PathLike, what: str = "weights") -> str:
+    """SHA-256 of a safetensors file's tensors (names, dtypes, shapes and bytes, by name): what decides how a network
+    computes. The file's own bytes are not canonical (its header's metadata comes out in another order per process)."""
+    h = hashlib.sha256()
+    tensors = load_tensors(path, what)
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

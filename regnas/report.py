@@ -28,7 +28,7 @@ def _pct(v: float | None) -> str:
 def _budget(m: dict[str, Any]) -> str:
     if m.get("budget_latency_ms") is not None:
         return f"{m['budget_latency_ms']:.3f} ms"
-    return f"{m['budget_flops'] / 1e6:.2f} MFLOPs"
+    return "–" if m["budget_flops"] is None else f"{m['budget_flops'] / 1e6:.2f} MFLOPs"
 
 
 def _ms(v: float | None) -> str:
@@ -93,7 +93,7 @@ def _fallback_cost(q: dict) -> str:
     if "chosen" not in ms:
         return ""
     cap = f", cap {q['max_slowdown']:g}×" if "max_slowdown" in q else ""  # builds exported before the cap have none
-    return f"; {len(q['kept_float'])} units in float, {ms['chosen'] / ms['fully_quantized']:.2f}× its fully quantized latency{cap}"
+    return f"; {len(q.get('kept_float', []))} units in float, {ms['chosen'] / ms['fully_quantized']:.2f}× its fully quantized latency{cap}"
 
 
 ARTIFACT_COLUMNS = (
@@ -149,7 +149,7 @@ def _pareto_plot(report: dict[str, Any]) -> str | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     points = []
     for kind, colour in (("baseline", "#9ecae1"), ("family", "#bdbdbd")):
-        for target, cands in search[kind].items():
+        for target, cands in search.get(kind, {}).items():
             xs = [c[0] / 1e6 for c in cands]
             ys = [100 * c[1] for c in cands]
             points += list(zip(xs, ys))
@@ -254,8 +254,8 @@ def _per_class_plot(report: dict[str, Any]) -> str | None:
 
 
 def _table(rows: list[list[str]], head: list[str]) -> str:
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -359,7 +359,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} .meta {{ color: #666; }
 </style></head><body>
 <h1>regnas build report</h1>
 <p class="meta">data {html.escape(str(data.get("name", "?")))} {html.escape(str(data.get("input_shape", "")))},
-space {html.escape(str(cfg.get("space", "?")))}, seed {cfg.get("seed", "?")}, reward {html.escape(str(reward))}</p>
+space {html.escape(str(cfg.get("space", "?")))}, seed {html.escape(str(cfg.get("seed", "?")))}, reward {html.escape(str(reward))}</p>
 <h2>Family and independent baseline</h2>{members}
 <h2>Nesting</h2>{nest}
 <h2>Artifacts</h2>{artifacts}

@@ -166,3 +166,74 @@ def test_a_checkpoint_and_optimizer_state_from_different_epochs_are_refused(digi
     save_file(load_file(str(run / "supernet.safetensors")), str(run / "supernet.safetensors"), metadata={"regnas": json.dumps(meta)})
     with pytest.raises(RegnasError, match="from epoch 2 but the supernet beside it from epoch 1"):
         train_supernet(digits, run, TrainConfig(**net.meta["train"]))
+
+
+# Sizes read from files are bounded before anything is allocated; files are size-checked before being read whole.
+
+
+def test_bench_refuses_an_input_too_large_to_allocate(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 100000, 100000])
+    y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 100000, 100000])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["scores"])], "huge", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "huge.onnx"))
+    fails_with(capsys, ["bench", str(tmp_path / "huge.onnx")], "GiB, more than the 1 GiB regnas bench allocates")
+
+
+def test_bench_refuses_random_bytes_named_pte(tmp_path, capsys):
+    (tmp_path / "noise.pte").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    fails_with(capsys, ["bench", str(tmp_path / "noise.pte")], "is not an ExecuTorch program")
+
+
+def test_a_huge_lut_file_is_refused_before_it_is_read(tmp_path):
+    from regnas.targets.lut import load_lut
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(20 * 2**30)  # 20 GB, sparse: nothing written
+    with pytest.raises(RegnasError, match="MiB regnas reads"):
+        load_lut(big)
+
+
+@pytest.mark.parametrize("width", [3_000_000, 26_000])
+def test_a_member_declaring_a_huge_layer_is_refused_before_allocating(built, tmp_path, capsys, width):
+    out = tmp_path / "build"
+    shutil.copytree(built[0], out)
+    arch = json.loads((out / "edge" / "arch.json").read_text())
+    arch["config"]["stages"][0]["width"] = width
+    (out / "edge" / "arch.json").write_text(json.dumps(arch))
+    fails_with(capsys, ["check", str(out)], "space config")
+
+
+def test_member_weights_hash_the_same_whatever_the_file_header_order(tmp_path):
+    import subprocess
+    import sys
+
+    from regnas.io import tensors_sha256
+
+    code = (
+        "import sys, torch; from regnas.io import save_tensors; "
+        "save_tensors(sys.argv[1], {'w': torch.arange(12.).reshape(3, 4), 'b': torch.ones(3), 'n': torch.tensor(7)}, "
+        "{k: k for k in 'abcdefghijklmnop'})"
+    )
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{name}.safetensors")], check=True)
+    assert tensors_sha256(tmp_path / "a.safetensors") == tensors_sha256(tmp_path / "b.safetensors")
+
+
+def test_check_on_a_read_only_build_stops_before_running_anything(built, tmp_path, capsys):
+    import subprocess
+
+    out = tmp_path / "ro"
+    shutil.copytree(built[0], out)
+    bound = subprocess.run(["mount", "--bind", str(out), str(out)], capture_output=True)
+    try:
+        proc = subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], capture_output=True) if not bound.returncode else bound
+        if proc.returncode:
+            pytest.skip(f"cannot make a read-only mount here ({proc.stderr.decode().strip()}); needs root")
+        fails_with(capsys, ["check", str(out)], "cannot write")
+    finally:
+        if not bound.returncode:
+            subprocess.run(["umount", str(out)], check=False)

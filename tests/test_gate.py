@@ -91,6 +91,17 @@ def test_strict_limit_fails_with_exit_1(models, tmp_path):
     assert ET.parse(xml).getroot().get("failures") in ("1", "2")
 
 
+def test_a_zero_limit_is_judged_on_the_count(models, tmp_path, capsys):
+    root, preds = models
+    np.save(tmp_path / "ref.npy", preds["small"])
+    np.save(tmp_path / "same.npy", preds["small"])
+    assert gate(tmp_path / "ref.npy", tmp_path / "same.npy", "--max-nfr", "0") == 0
+    assert "gate passed: 0 negative flips" in capsys.readouterr().out
+    assert decide(np.array([1, 1]), np.array([1, 0]), np.array([1, 1]), 0.0, 1.0, 0.95).reasons == [
+        "1 negative flips where --max-nfr 0 allows none"
+    ]
+
+
 def test_identical_models_pass_and_small_sets_do_not_pass_by_luck(models, tmp_path):
     root, preds = models
     member = str(root / "build" / "server")
@@ -121,7 +132,10 @@ def _bad_onnx(path, out_features, spatial=False):
         (lambda d, p: _write(d / "corrupt.onnx", b"junk"), "not a loadable ONNX model"),
         (lambda d, p: d / "missing.onnx", "not found"),
         (lambda d, p: d / "build", "is a build directory; name a member"),
-        (lambda d, p: np.save(d / "neg.npy", p["small"] - 20) or d / "neg.npy", "outside the data's 10 classes"),
+        (lambda d, p: np.save(d / "neg.npy", p["small"] - 20) or d / "neg.npy", "predicts class -20, outside the data's classes 0 to 9"),
+        (lambda d, p: np.save(d / "minus1.npy", np.minimum(p["small"], -1)) or d / "minus1.npy", "predicts class -1"),
+        (lambda d, p: np.save(d / "nan.npy", np.full((len(p["small"]), 10), np.nan)) or d / "nan.npy", "contain NaN"),
+        (lambda d, p: d / "build" / "phone", "are the same"),
     ],
 )
 def test_bad_inputs_exit_2(models, capsys, make, message):
@@ -134,7 +148,9 @@ def test_bad_inputs_exit_2(models, capsys, make, message):
 
 def test_input_shape_mismatch_exits_2(tmp_path, capsys):
     big = export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10)), tmp_path / "rgb.onnx", (3, 16, 16))
-    assert gate(big, big, split=None) == 2
+    other = tmp_path / "copy.onnx"
+    other.write_bytes(big.read_bytes())
+    assert gate(big, other, split=None) == 2
     assert "expects inputs 3×16×16 but the data is 1×8×8" in capsys.readouterr().err
 
 

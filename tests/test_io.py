@@ -40,3 +40,75 @@ def test_tensors_round_trip_without_pickle_and_corrupt_files_are_one_line_errors
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(RegnasError, match="is not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+# A full disk is a one-line exit 2 naming where, and leaves the previous state: measured on a real, small file system.
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size under tmp_path (root only; skipped where it cannot be mounted)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(kib: int):
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)], capture_output=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a small file system here ({proc.stderr.decode().strip()}); needs root")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def _fill(disk, leave: int = 0):
+    """Fill `disk` up to `leave` free bytes."""
+    import shutil
+
+    free = shutil.disk_usage(disk).free - leave
+    if free > 0:
+        (disk / "filler").write_bytes(b"\0" * free)
+
+
+def test_atomic_writes_on_a_full_disk_are_one_line_and_keep_the_old_file(small_disk):
+    disk = small_disk(64)
+    write_json(disk / "out.json", {"a": 1})
+    _fill(disk)
+    with pytest.raises(RegnasError, match=r"no space left on the device writing .*out.json; free space in") as exc:
+        write_json(disk / "out.json", {"a": "x" * 100000})
+    assert "\n" not in str(exc.value)
+    assert read_json(disk / "out.json") == {"a": 1} and sorted(p.name for p in disk.iterdir()) == ["filler", "out.json"]
+
+
+@pytest.mark.parametrize("command", ["report", "check"])
+def test_report_and_check_on_a_full_disk_exit_2_and_keep_the_report(built, small_disk, capsys, command):
+    import shutil
+
+    from regnas.cli import main
+
+    size = sum(p.stat().st_size for p in built[0].rglob("*") if p.is_file())
+    disk = small_disk(size // 1024 + 4096)
+    out = disk / "build"
+    shutil.copytree(built[0], out, ignore=shutil.ignore_patterns("report.html", "summary.md", ".regnas.lock"))
+    before = (out / "report.json").read_bytes()
+    _fill(disk)
+    assert main([command, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and err.count("\n") == 1, err
+    assert (out / "report.json").read_bytes() == before and not (out / "report.html").exists()
+
+
+def test_a_build_on_a_full_disk_exits_2(small_disk, capsys):
+    from regnas.cli import main
+
+    disk = small_disk(1024)
+    _fill(disk, leave=200 * 1024)
+    assert main(["-q", "build", "--out", str(disk / "b"), "--epochs", "1", "--population", "4", "--generations", "1", "--no-export"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and err.count("\n") == 1, err
+    assert not (disk / "b" / "report.json").exists()

@@ -58,3 +58,59 @@ def test_summary_states_what_per_unit_fallback_cost_in_latency():
     del record["max_slowdown"]  # exported before the cap existed
     assert _fallback_cost(record) == "; 2 units in float, 1.30× its fully quantized latency"
     assert _fallback_cost({"kept_float": []}) == ""  # the global options sufficed: no fallback ran
+
+
+def _broken(report: dict, case: str) -> dict:
+    if case == "no flip_matrix":
+        del report["flip_matrix"]
+    elif case == "member without flops":
+        del report["family"][0]["flops"]
+    elif case == "top1 as text":
+        report["family"][1]["top1"] = "99%"
+    elif case == "1x1 baseline matrix":
+        report["baseline"]["flip_matrix"] = [[0.0]]
+    elif case == "check is null":
+        report["check"] = None
+    elif case == "artifacts not records":
+        report["artifacts"] = ["onnx"]
+    return report
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("no flip_matrix", "flip_matrix is missing"),
+        ("member without flops", "family[0].flops is missing"),
+        ("top1 as text", "family[1].top1 is not valid ('99%')"),
+        ("1x1 baseline matrix", "baseline.flip_matrix is not a 3x3 matrix"),
+        ("check is null", "check is not an object"),
+        ("artifacts not records", "artifacts[0] is not an object"),
+    ],
+)
+def test_a_report_that_breaks_its_schema_is_one_line_exit_2(built, tmp_path, capsys, case, message):
+    import json
+
+    out = tmp_path / "build"
+    shutil.copytree(built[0], out)
+    report = json.loads((out / "report.json").read_text())
+    (out / "report.json").write_text(json.dumps(_broken(report, case)))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_every_value_that_reaches_the_html_is_escaped(built, tmp_path):
+    import json
+
+    out = tmp_path / "build"
+    shutil.copytree(built[0], out)
+    report = json.loads((out / "report.json").read_text())
+    script = "<script>alert(1)</script>"
+    report["config"]["seed"] = script
+    report["config"]["data"]["name"] = script
+    report["config"]["data"]["class_names"][0] = script
+    report["artifacts"][0]["status"] = f"skipped: {script}"
+    (out / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -181,11 +181,17 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
     )
 
 
+MAX_TARGET_BYTES = 2**20
+"""The largest target file read."""
+
+
 def load_target_file(path: str | Path) -> Target:
     """Load a target from a TOML file."""
     path = Path(path)
     if not path.is_file():
         raise RegnasError(f"target file not found: {path}; check the path")
+    if path.stat().st_size > MAX_TARGET_BYTES:
+        raise RegnasError(f"target file {path} is {path.stat().st_size:,} bytes; a target is a short TOML table, check the file")
     try:
         obj = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -68,10 +68,19 @@ class LUT:
         """Hash of what predictions depend on: entries and calibration."""
         return sha256_json({"entries": self.entries, "calibration": self.calibration})
 
-    def matches(self, target: Target, space: SearchSpace) -> bool:
-        """Whether this LUT was measured for this target's runtime/precision and this space and config."""
-        same_target = (self.runtime, self.precision) == (target.runtime, target.precision)
-        return same_target and self.space == space.name and self.space_config == space.config
+    def mismatch(self, target: Target, space: SearchSpace) -> str | None:
+        """What this LUT was measured for that differs from this target's runtime/precision and this space and config
+        (None when it serves). The class count is not compared: it sizes only the classifier's outputs, a few
+        multiply-adds of the head unit, whose measured latency still stands for it."""
+        if (self.runtime, self.precision) != (target.runtime, target.precision):
+            return f"{self.runtime}/{self.precision}, not {target.runtime}/{target.precision}"
+        if self.space != space.name:
+            return f"the {self.space} space, not {space.name}"
+        mine, theirs = ({k: v for k, v in c.items() if k != "num_classes"} for c in (self.space_config, space.config))
+        if mine != theirs:
+            keys = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+            return f"a {self.space} config with another {', '.join(keys)}"
+        return None
 
     def plain_ms(self, space: SearchSpace, arch: Arch) -> float:
         """The sum of the arch's unit latencies."""
@@ -176,11 +185,8 @@ def find_lut(target: Target, space: SearchSpace, lut_dir: str | Path | None = No
     for path in candidates:
         if path.is_file():
             lut = load_lut(path)
-            if not lut.matches(target, space):
-                raise RegnasError(
-                    f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not {space.name} "
-                    f"{target.runtime}/{target.precision} at this input size; re-run regnas profile --target {target.name}"
-                )
+            if (problem := lut.mismatch(target, space)) is not None:
+                raise RegnasError(f"{path} was measured for {problem}; re-run regnas profile --target {target.name}")
             if not lut.complete:
                 raise RegnasError(f"{path} is an unfinished profile; re-run regnas profile --target {target.name} to finish it")
             return path, lut

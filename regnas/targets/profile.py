@@ -319,8 +319,8 @@ def validate_lut(
 
     if lut_path:
         path, lut = Path(lut_path), load_lut(lut_path)
-        if not lut.matches(target, space):
-            raise RegnasError(f"{path} was measured for {lut.space} {lut.runtime}/{lut.precision}, not this target and space; pick its LUT")
+        if (problem := lut.mismatch(target, space)) is not None:
+            raise RegnasError(f"{path} was measured for {problem}; pick this target's and space's LUT")
     else:
         found = find_lut(target, space, lut_dir)
         if found is None:

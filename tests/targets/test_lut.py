@@ -193,9 +193,22 @@ def test_bad_luts_are_one_line_errors(tiny_space, tiny_lut, tmp_path):
         load_lut(bad)
     other = create_space("mbv3", space_class("mbv3").default_config((1, 28, 28), 10))
     target = parse_target({**TARGET.to_json(), "lut": str(out)}, "t")
-    with pytest.raises(RegnasError, match="measured for mbv3 onnxruntime/fp32, not mbv3"):
+    with pytest.raises(RegnasError, match="measured for a mbv3 config with another .*input_shape"):
         find_lut(target, other)
     assert find_lut(target, tiny_space)[1].entries == lut.entries
     assert lut_filename("edge", "mbv3", (1, 8, 8)) == "edge-mbv3-1x8x8.json"
     save_lut(tmp_path / "copy.json", lut)
     assert load_lut(tmp_path / "copy.json").to_json() == lut.to_json()
+
+
+def test_the_built_in_luts_serve_any_class_count_and_name_what_differs():
+    from regnas.targets import resolve_targets
+
+    (phone,) = resolve_targets("phone")
+    three = create_space("mbv3", space_class("mbv3").default_config((1, 8, 8), 3))
+    path, lut = find_lut(phone, three)
+    assert lut.predict_ms(three, three.largest()) > 0  # the head's latency is the 10-class head's: a few multiply-adds
+    wider = create_space("mbv3", {**three.config, "input_shape": [3, 8, 8]})
+    assert "another input_shape" in lut.mismatch(phone, wider)
+    other = parse_target({"name": "x", "runtime": "onnxruntime", "budget": {"flops": 1e6}}, "test")
+    assert lut.mismatch(other, three) == "executorch/fp32, not onnxruntime/fp32"
