@@ -12,8 +12,6 @@ the data unless `--space` names one), and leaves it there:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 
 from regnas.builddir import read_report
 from regnas.io import read_json, write_json
-from workdirs import work_dir
+from workdirs import provenance, work_dir
 
 LIMITS_S = {"digits": 180, "fashion-mnist": 2700}
 
@@ -90,8 +88,7 @@ def main() -> int:
                 + f"; {run['epochs']} epochs; top-1 "
                 + ", ".join(f"{k} {100 * v:.2f}%" for k, v in run["top1"].items())
             )
-    host = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    write_json(args.out, {"benchmark": "build_speed", "host": host, "runs": runs})
+    write_json(args.out, {"benchmark": "build_speed", **provenance(), "runs": runs})
     print(f"wrote {args.out}")
     return 0
 

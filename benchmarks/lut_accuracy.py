@@ -28,6 +28,7 @@ from regnas.spaces import create_space, space_class
 from regnas.targets import resolve_targets
 from regnas.targets.lut import BUILTIN_LUTS, load_lut, lut_filename, save_lut
 from regnas.targets.profile import profile, repeatability, timing_method, validate
+from workdirs import provenance
 
 GOAL = 0.95
 
@@ -86,7 +87,7 @@ def main() -> int:
                 "meets_goal": result["within_10pct"] >= GOAL and result["spearman"] >= GOAL,
             }
         )
-        meta = {"benchmark": "lut_accuracy", "data": args.data, "space": args.space, "cpu_count": os.cpu_count()}
+        meta = {"benchmark": "lut_accuracy", "data": args.data, "space": args.space, **provenance()}
         others = [r for r in kept if r["target"] not in {row["target"] for row in rows}]
         write_json(args.out, {**meta, "runtimes": rows + others})  # after every target, so a long run keeps what it measured
     print(f"{'target':8} {'runtime':22} {'within 10%':>11} {'(plain)':>8} {'Spearman':>9} {'(plain)':>8} {'RMSPE':>7} {'retest 10%':>11}")

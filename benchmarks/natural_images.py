@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,7 +42,7 @@ import supernet_quality
 from regnas.builddir import read_report
 from regnas.io import read_json, write_json
 from regnas.logs import configure
-from workdirs import data_label, work_dir
+from workdirs import data_label, provenance, work_dir
 
 TARGETS = {
     "build_minutes": 60,
@@ -300,7 +299,7 @@ def main() -> int:
     result |= {
         "benchmark": "natural_images",
         "data": data_label(args.data),
-        "host": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(), "gpu": None},
+        **provenance(),
     }
     space = default_space(args.data)
     stages = {

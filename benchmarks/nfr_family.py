@@ -34,7 +34,6 @@ import base64
 import hashlib
 import io
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -54,7 +53,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune, pct_family
 from regnas.report import trade_off_plot
 from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
-from workdirs import build_split, work_dir
+from workdirs import build_split, provenance, work_dir
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))
 SWEEP = ("R0", "R2", "1,2", "1,5", "1,10", "R1")
@@ -349,7 +348,7 @@ def main() -> int:
         "benchmark": "nfr_family",
         "data": args.data,
         "seeds": args.seeds,
-        "host": {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()},
+        **provenance(),
         "target": {"nfr_over_baseline_max": TARGET_BASELINE, "nfr_over_pct_max": TARGET_PCT, "top1_drop_max_points": TARGET_TOP1_POINTS},
         "spaces": spaces,
         "plot": plot.name,

@@ -15,8 +15,6 @@ fp32 artifact ≤ 0.15 × torch eager latency at batch 1.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from regnas.check import CheckResult, check, save_check
 from regnas.errors import Unavailable
 from regnas.io import write_json
 from regnas.logs import configure
+from workdirs import provenance
 
 ROUNDS = 5
 """Interleaved timing rounds per artifact and per eager member."""
@@ -107,7 +106,7 @@ def main() -> int:
         "build": str(args.build),
         "data": report["config"]["data"]["name"],
         "test_samples": len(data["test"]),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        **provenance(),
         "export_s": export_s,
         "artifacts": rows,
         "targets": {

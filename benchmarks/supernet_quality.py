@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -40,7 +38,7 @@ from regnas.io import read_json, write_json
 from regnas.logs import configure
 from regnas.spaces import SearchSpace
 from regnas.train import TrainConfig, load_checkpoint, train_standalone
-from workdirs import build_split, work_dir
+from workdirs import build_split, provenance, work_dir
 
 TARGET_LARGEST = 0.92
 TARGET_GAP = 0.01
@@ -210,7 +208,7 @@ def summarize(builds: list[dict], rows: list[dict], gpu: dict) -> dict:
     best = max(in_time or largest, key=largest.get, default=None)
     return {
         "benchmark": "supernet_quality",
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        **provenance(),
         "largest_top1_fashion": largest.get(best),
         "largest_top1_fashion_space": best,
         "fashion_build_seconds": seconds[best] if best else None,

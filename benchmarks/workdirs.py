@@ -1,8 +1,13 @@
-"""Where the benchmarks keep their builds: one folder per space, dataset and seed under `--work`, reused when present."""
+"""What the benchmarks share: where they keep their builds (one folder per space, dataset and seed under `--work`,
+reused when present), and the provenance every result JSON records."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 from regnas.builddir import DATA_CACHE
@@ -24,3 +29,31 @@ def build_split(work: Path, data: str) -> Dataset:
     """The data split the supernet in the build folder `work` was trained on (an image folder decoded into its cache)."""
     header = json.loads((work / "supernet.json").read_text())
     return load_recorded_split(data, header["split"], str(work / "supernet.json"), cache=work / DATA_CACHE)
+
+
+def provenance() -> dict:
+    """When, from which commit (and whether the working tree had uncommitted changes) and on what a result was measured."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "host": {
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": gpu,
+        },
+    }

@@ -39,6 +39,7 @@ from regnas.evaluate import Evaluator, predict
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
+from regnas.logs import Stages
 from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_schedule, finetune_seconds, nested_finetune
 from regnas.report import write_reports
 from regnas.runtimes import Remote
@@ -517,20 +518,28 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
     logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")
 
     plan: dict[str, float] = {}
+    mode = finetune_mode_of(opts, len(targets))
+    stages = Stages(
+        [*(["train"] if net is None else []), "search", *(["finetune"] if mode else []), *(["export", "check"] if opts.export else [])],
+        logger,
+    )
     if net is not None:
         ckpt = Path(opts.supernet)
     else:
         cfg, plan = _train_config(opts, data, fresh, out, budgets, t0, world)
+        stages.planned(plan)
+        stages.start("train")
         net = train_supernet(data, out, cfg, fresh.name, world=world)
         ckpt = out / CHECKPOINT
     t_train = time.time()
 
+    stages.start("search")
     evaluator = Evaluator(net, data, device=world.device)
     found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
     t_search = time.time()
-    mode = finetune_mode_of(opts, len(found["family"]))
     tuned = None
     if mode is not None:
+        stages.start("finetune")
         nets, key = _finetuned(opts, evaluator, found["family"], mode, found["key"], out)
     t_finetune = time.time()
     if mode is not None:
@@ -546,8 +555,10 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
     report["config"] = _config_section(opts, data, net, ckpt, rewards)
     t_export = time.time()
     if opts.export:
+        stages.start("export")
         artifacts = export_family(out, ordered, data)
         t_export = time.time()
+        stages.start("check")
         result = check(out, artifacts, ordered, data, opts.remote)
         report["artifacts"] = [a.to_json() for a in result.artifacts]
         report["check"] = result.section()

@@ -31,7 +31,7 @@ from torch import nn
 from regnas.data import Dataset, SplitFractions, load_recorded_split
 from regnas.errors import RegnasError
 from regnas.io import load_tensors, read_json, save_tensors, sha256_file, tensors_sha256, write_json
-from regnas.schema import anything, flag, list_of, mapping, maybe, number, record, text, where
+from regnas.schema import anything, flag, list_of, mapping, maybe, number, record, such_that, text
 from regnas.spaces import Arch, SearchSpace, create_space
 from regnas.targets import Target, parse_target
 
@@ -200,7 +200,7 @@ def read_report(out: str | Path) -> dict[str, Any]:
 RATE = number(0, 1)
 _MEMBER = record(
     {
-        "target": where(text, lambda v: len(PurePath(v).parts) == 1),
+        "target": such_that(text, lambda v: len(PurePath(v).parts) == 1),
         "flops": number(0),
         "params": number(0, integer=True),
         "top1": RATE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
 
@@ -43,3 +44,27 @@ def configure(verbosity: int = 0) -> None:
     root.addHandler(handler)
     root.setLevel(LEVELS[max(-1, min(1, verbosity))])
     root.propagate = False  # some backends configure the root logger on import; regnas speaks once
+
+
+class Stages:
+    """A long command's stages, announced as they start: `stage k/n: name`, with the minutes its own time plan gives
+    the stage and what the plan leaves until the end (a line per stage, so a CI log without a terminal reads it too)."""
+
+    def __init__(self, names: list[str], logger: logging.Logger) -> None:
+        self.names, self.logger, self.plan = names, logger, {}
+
+    def planned(self, plan: dict[str, float]) -> None:
+        """Seconds planned per stage (a plan key may name two stages joined by `_and_`, split evenly between them)."""
+        self.plan = {}
+        for key, seconds in plan.items():
+            parts = [p for p in key.split("_and_") if p in self.names]
+            self.plan |= {p: seconds / len(parts) for p in parts}
+
+    def start(self, name: str) -> None:
+        k = self.names.index(name)
+        line = f"stage {k + 1}/{len(self.names)}: {name}"
+        if name in self.plan:
+            left = sum(self.plan.get(n, 0.0) for n in self.names[k:])
+            finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+            line += f" (about {self.plan[name] / 60:.1f} min planned; the build ends about {finish}, in {left / 60:.0f} min)"
+        self.logger.info(line)

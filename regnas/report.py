@@ -115,7 +115,7 @@ def _artifact_cells(a: dict[str, Any]) -> list[str]:
         low, high = a.get("nfr_interval") or (None, None)
         nfr = _pct(a["nfr_vs_fp32"]) + ("" if low is None else f" [{_pct(low)}, {_pct(high)}]")
     flips = "–" if a.get("flips") is None else str(a["flips"])
-    return [a["path"], a["runtime"], a["status"], _pct(a["top1"]), flips, nfr, a.get("verdict") or "–", _pct(a["nfr_vs_prev"])]
+    return [a["path"], a["runtime"], a["status"], _pct(a.get("top1")), flips, nfr, a.get("verdict") or "–", _pct(a.get("nfr_vs_prev"))]
 
 
 def on_device(a: dict[str, Any]) -> str:

@@ -470,25 +470,15 @@ def settle_precision(out_dir: str | Path, data: Dataset, space: SearchSpace, cfg
     bf16, and on one with it whichever of the two timed sandwich steps here is faster (bf16 by `BF16_MIN_SPEEDUP`)."""
     if cfg.precision is not None:
         return cfg
-    ckpt = Path(out_dir) / CHECKPOINT
-    if ckpt.is_file():
-        try:
-            meta = _header(ckpt, "supernet")
-        except RegnasError:
-            meta = {}
-        old = _stored_config(meta)
-        if (
-            old is not None
-            and meta.get("data", {}).get("digest") == data.digest
-            and replace(old, epochs=cfg.epochs) == replace(cfg, precision=old.precision)
-        ):
-            return replace(cfg, precision=old.precision)
+    old = _kept_config(out_dir, data)
+    if old is not None and replace(old, epochs=cfg.epochs, time_budget_min=cfg.time_budget_min) == replace(cfg, precision=old.precision):
+        return replace(cfg, precision=old.precision)
     if world.device.type != "cpu" or not native_bf16(world.device):
         return replace(cfg, precision="fp32" if world.device.type == "cpu" else "bf16")
-    fp32, bf16 = (_step_timer(data, space, replace(cfg, precision=p), world)[0](1) for p in ("fp32", "bf16"))
+    fp32, bf16 = (_step_timer(data, space, replace(cfg, precision=p), world)[0](1, warmup=1, repeats=3) for p in ("fp32", "bf16"))
     (fp32, bf16) = world.sum([fp32 if world.main else 0.0, bf16 if world.main else 0.0])
     precision = "bf16" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "fp32"
-    logger.info(f"train: {precision} steps (a sandwich step takes {1000 * fp32:.0f} ms in fp32, {1000 * bf16:.0f} ms in bf16 here)")
+    logger.debug(f"train: {precision} steps (a sandwich step takes {1000 * fp32:.0f} ms in fp32, {1000 * bf16:.0f} ms in bf16 here)")
     return replace(cfg, precision=precision)
 
 
@@ -541,17 +531,23 @@ def planned(
     The plan of a checkpoint in `out_dir` made for the same budget, data and settings is reused, so a
     resumed or re-run build trains on instead of re-planning from slightly different timings.
     """
-    ckpt = Path(out_dir) / CHECKPOINT
-    if ckpt.is_file():
-        try:
-            meta = _header(ckpt, "supernet")
-        except RegnasError:
-            meta = {}
-        old = _stored_config(meta)
-        if old is not None and meta.get("data", {}).get("digest") == data.digest and replace(old, epochs=cfg.epochs) == cfg:
-            logger.info(f"train: keeping the plan of {ckpt} for this budget ({old.epochs} epochs)")
-            return old
+    old = _kept_config(out_dir, data)
+    if old is not None and replace(old, epochs=cfg.epochs) == cfg:
+        logger.info(f"train: keeping the plan of {Path(out_dir) / CHECKPOINT} for this budget ({old.epochs} epochs)")
+        return old
     return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world, min_epochs))
+
+
+def _kept_config(out_dir: str | Path, data: Dataset) -> TrainConfig | None:
+    """The training settings of the checkpoint in `out_dir` when it was made on `data`, else None."""
+    ckpt = Path(out_dir) / CHECKPOINT
+    if not ckpt.is_file():
+        return None
+    try:
+        meta = _header(ckpt, "supernet")
+    except RegnasError:
+        return None
+    return _stored_config(meta) if meta.get("data", {}).get("digest") == data.digest else None
 
 
 def _stored_config(meta: dict[str, Any]) -> TrainConfig | None:

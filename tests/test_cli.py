@@ -28,6 +28,8 @@ def test_build_writes_the_report_contract(built):
     assert all(n["contains"] and n["literal"] and 0 < n["shared_weight_fraction"] <= 1 for n in report["nesting"])
     assert [m["target"] for m in report["baseline"]["family"]] == ["phone", "edge", "server"]
     assert "search: generation" in stderr and "train: epoch 1/1" in stderr
+    stages = [line.split(":")[1].strip() for line in stderr.splitlines() if line.startswith("regnas: stage ")]
+    assert stages == ["stage 1/4", "stage 2/4", "stage 3/4", "stage 4/4"]  # train, search, export, check (--no-finetune)
     assert "family" in stdout and "report.json" in stdout
     assert all("predicted_latency_ms" in m for m in fam)
     reward = report["config"]["reward"]

@@ -22,7 +22,7 @@ from regnas.report import markdown_summary, render_html
 from regnas.targets import BUILTIN_DIR, parse_target
 
 EXAMPLES = 100
-REPORT_EXAMPLES = 30
+REPORT_EXAMPLES = 20
 """Each report that reads is rendered, plots and all (about 3 s each)."""
 SCALARS = st.one_of(
     st.none(),
