@@ -48,7 +48,8 @@ def configure(verbosity: int = 0) -> None:
 
 class Stages:
     """A long command's stages, announced as they start: `stage k/n: name`, with the minutes its own time plan gives
-    the stage and what the plan leaves until the end (a line per stage, so a CI log without a terminal reads it too)."""
+    the stage and when the plan ends the command (a line per stage, so a CI log without a terminal reads it too). The
+    plan is a budget: training may stop sooner, at its recipe's most epochs."""
 
     def __init__(self, names: list[str], logger: logging.Logger) -> None:
         self.names, self.logger, self.plan = names, logger, {}
@@ -66,5 +67,5 @@ class Stages:
         if name in self.plan:
             left = sum(self.plan.get(n, 0.0) for n in self.names[k:])
             finish = time.strftime("%H:%M", time.localtime(time.time() + left))
-            line += f" (about {self.plan[name] / 60:.1f} min planned; the build ends about {finish}, in {left / 60:.0f} min)"
+            line += f" ({self.plan[name] / 60:.1f} min in the plan, which ends the build by {finish}, {left / 60:.0f} min from now)"
         self.logger.info(line)

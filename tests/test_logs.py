@@ -12,5 +12,5 @@ def test_stages_announce_k_of_n_with_the_minutes_their_plan_gives_them(caplog):
         stages.start("check")
     lines = caplog.messages
     assert lines[0] == "stage 1/5: train"
-    assert lines[1].startswith("stage 2/5: search (about 10.0 min planned;") and lines[1].endswith("in 30 min)")  # 600+300+900 s
-    assert lines[2].startswith("stage 5/5: check (about 7.5 min planned;") and lines[2].endswith("in 8 min)")  # half of export_and_check
+    assert lines[1].startswith("stage 2/5: search (10.0 min in the plan,") and lines[1].endswith(", 30 min from now)")  # 600+300+900 s
+    assert lines[2].startswith("stage 5/5: check (7.5 min in the plan,") and lines[2].endswith(", 8 min from now)")  # half
