@@ -91,6 +91,7 @@ class Evaluator:
         self.data = data
         self.calib_x = data["calib"].x[:calib_size].to(self.device)
         self._x: dict[str, torch.Tensor] = {}
+        self._subsets: dict[str, np.ndarray] = {}
         self._cache: dict[tuple[Arch, str], np.ndarray] = {}
         self.pool = pool
 
@@ -107,8 +108,10 @@ class Evaluator:
         base, _, n = split.partition(":")
         if not n:
             return base, None
-        size = len(self.data[base])
-        return base, np.sort(np.random.default_rng(0).permutation(size)[: min(int(n), size)])
+        if split not in self._subsets:
+            size = len(self.data[base])
+            self._subsets[split] = np.sort(np.random.default_rng(0).permutation(size)[: min(int(n), size)])
+        return base, self._subsets[split]
 
     def images(self, split: str) -> torch.Tensor:
         """A split's images (or `split:N`'s subset) on the evaluator's device, moved there once."""
