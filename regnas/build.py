@@ -106,7 +106,7 @@ class BuildOptions:
     augment: str | None = None
     """The supernet's augmentation policy (`regnas.augment`); None picks the one that fits the data."""
     precision: str | None = None
-    """The supernet's training precision (bf16 or fp32); None: bf16 where the device computes it natively."""
+    """The supernet's training precision (bf16 or fp32); None: decided by `train.settle_precision`."""
 
 
 Luts = dict[str, tuple[Path, LUT]]
