@@ -312,6 +312,7 @@ def main() -> int:
         t0 = time.time()
         result |= stages[name]()
         result.setdefault("stage_seconds", {})[name] = time.time() - t0
+        result.setdefault("stage_provenance", {})[name] = provenance()  # stages of one JSON may run at different commits
         write_json(args.out, summarize(result))
     result = summarize(result)
     print_table(result)
