@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from regnas.build import DEFAULT_REWARD, BuildOptions, build
 from regnas.builddir import is_build, load_member, read_report, read_search_cache
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
@@ -53,6 +52,7 @@ from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune, pct_family
 from regnas.report import trade_off_plot
 from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
+from regnas.workflow.build import DEFAULT_REWARD, BuildOptions, build
 from workdirs import build_split, provenance, work_dir
 
 PAIRS = (("B", "A"), ("C", "B"), ("C", "A"))

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regnas.artifacts import Artifact, export_family, open_artifact
-from regnas.builddir import load_member, open_build
-from regnas.check import CheckResult, check, save_check
+from regnas.artifacts import export_family, open_artifact
+from regnas.builddir import ArtifactRecord, load_member, open_build
 from regnas.errors import Unavailable
 from regnas.io import write_json
 from regnas.logs import configure
+from regnas.workflow.check import CheckResult, check, save_check
 from workdirs import provenance
 
 ROUNDS = 5
@@ -64,7 +64,7 @@ def main() -> int:
     build = open_build(args.build)
     report, targets, data = build.report, build.targets, build.data
     if args.timing_only:
-        result, export_s = CheckResult([Artifact.from_json(a) for a in report["artifacts"]], {}, [], []), None
+        result, export_s = CheckResult([ArtifactRecord.from_json(a) for a in report["artifacts"]], {}, [], []), None
     else:
         t0 = time.time()
         artifacts = export_family(args.build, targets, data)

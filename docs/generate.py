@@ -681,6 +681,12 @@ def render_natural_images(r: Result, out: Lines) -> None:
             ("Host", host_line(r.get("host"))),
             ("Build directory", code(r.get("build_dir")) if r.has("build_dir") else None),
             ("Stages run (seconds)", Md(inline(r.get("stage_seconds")))),
+            (
+                "Stages' commits",
+                Md(", ".join(f"`{k}` {escape(str((v or {}).get('commit'))[:7])}" for k, v in r.get("stage_provenance").items()))
+                if r.has("stage_provenance")
+                else None,
+            ),
         ],
     )
     for key, title in (("targets", "Targets"), ("met", "Met")):
@@ -961,8 +967,19 @@ def usage(parser: argparse.ArgumentParser) -> str:
     return formatter.format_help().strip("\n")
 
 
+def config_keys(parser: argparse.ArgumentParser) -> dict[str, tuple[str, Any]]:
+    """For `regnas build`: each option's key in a config file (`[table] name`) and its default, by argparse dest."""
+    if parser.prog.split()[-1] != "build":
+        return {}
+    from regnas.config import leaves
+    from regnas.workflow.build import BuildOptions
+
+    return {leaf.dest: (f"[{leaf.table}] {leaf.name}" if leaf.table else leaf.name, leaf.default) for leaf in leaves(BuildOptions)}
+
+
 def options_tables(parser: argparse.ArgumentParser) -> Lines:
     formatter = _formatter(parser.prog)
+    keys = config_keys(parser)
     shown = [
         a
         for a in parser._actions
@@ -974,13 +991,27 @@ def options_tables(parser: argparse.ArgumentParser) -> Lines:
     if positionals:
         out += ["Arguments:", ""]
         out += table(["argument", "help"], [[code(formatter._format_action_invocation(a)), help_text(a, formatter)] for a in positionals])
-    if options:
+    if options and keys:
+        out += ["Options (each also a key of the config file `--config` reads and every build writes as `DIR/build.toml`):", ""]
+        rows = []
+        for a in options:
+            key, default = keys.get(a.dest, (None, None))
+            shown = "flag" if a.nargs == 0 and not key else "–" if default is None or default == () else code(_shown(default))
+            rows.append([code(formatter._format_action_invocation(a)), code(key) if key else "–", shown, help_text(a, formatter)])
+        out += table(["option", "config key", "default", "help"], rows)
+    elif options:
         out += ["Options:", ""]
         out += table(
             ["option", "default", "help"],
             [[code(formatter._format_action_invocation(a)), default_text(a), help_text(a, formatter)] for a in options],
         )
     return out
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return value.as_posix() if isinstance(value, Path) else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def make_cli_parser() -> argparse.ArgumentParser:
@@ -992,7 +1023,7 @@ def make_cli_parser() -> argparse.ArgumentParser:
             "regnas.cli has no make_parser(); point make_cli_parser in docs/generate.py at the function that builds the parser, "
             f"then run {COMMAND}"
         )
-    return factory()
+    return factory(eager=True)
 
 
 def render_cli() -> str:

@@ -20,13 +20,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
 
-from regnas.builddir import inside, load_member, member_dir
+from regnas.builddir import ArtifactRecord, inside, load_member, member_dir
 from regnas.data import Dataset, to_float
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
@@ -41,48 +40,6 @@ logger = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95
 """Confidence, over every configuration one artifact's search may judge, that the one kept is within its flip limit."""
-
-
-@dataclass
-class Artifact:
-    """One exported build of one family member, as listed in report.json's `artifacts`."""
-
-    target: str
-    format: str
-    precision: str
-    path: str
-    sha256: str | None
-    runtime: str
-    status: str
-    top1: float | None = None
-    nfr_vs_fp32: float | None = None
-    nfr_vs_prev: float | None = None
-    flips: int | None = None
-    nfr_interval: list[float] | None = None
-    verdict: str | None = None
-    command: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    quantization: dict[str, Any] | None = None
-    companions: dict[str, str] = field(default_factory=dict)
-    """sha256 of the files beside the artifact that decide how it runs (a TVM library's sidecar), by name."""
-    device: str | None = None
-    """Where the check ran it when not here: the RPC address, and what emulates it if anything does."""
-    vs_host: dict[str, Any] | None = None
-    """For an artifact checked on a device: flips and disagreements against this host's build of the same graph."""
-
-    @property
-    def label(self) -> str:
-        return f"{self.target}/{Path(self.path).name}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Artifact:
-        try:
-            return cls(**obj)
-        except TypeError as exc:
-            raise RegnasError(f"report.json has a malformed artifact entry ({exc}); re-run regnas export") from exc
 
 
 PREDICT_THREADS = os.cpu_count() or 1
@@ -308,14 +265,14 @@ def flip_aware(
     return exported, record
 
 
-def export_family(out: Path, targets: list[Target], data: Dataset) -> list[Artifact]:
+def export_family(out: Path, targets: list[Target], data: Dataset) -> list[ArtifactRecord]:
     """Export every member under `out/<target>/` with its target's exporters; artifacts in target order."""
     for t in targets:
         for name in t.exporters:
             create_exporter(name).check_available()
     calib = data["calib"].x.numpy()
     val_x, val_y = data["val"].x, data["val"].y.numpy()
-    artifacts: list[Artifact] = []
+    artifacts: list[ArtifactRecord] = []
     for target in targets:
         _, net = load_member(out / target.name)
         fp32_val = predict(net, val_x)
@@ -329,7 +286,7 @@ def export_family(out: Path, targets: list[Target], data: Dataset) -> list[Artif
                     for e in exported:
                         written = e.status == "ok" and e.path.exists()
                         artifacts.append(
-                            Artifact(
+                            ArtifactRecord(
                                 target=target.name,
                                 format=e.format,
                                 precision=e.precision,
@@ -350,7 +307,7 @@ def _companions(runtime: str, path: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in runtime_class(runtime).companions(path) if p.is_file()}
 
 
-def artifact_path(out: Path, artifact: Artifact) -> Path:
+def artifact_path(out: Path, artifact: ArtifactRecord) -> Path:
     """Where an artifact is: inside its member's folder of the build (anything else is refused, and never opened)."""
     path = inside(out, artifact.path, f"artifact of {artifact.target}")
     if member_dir(out, artifact.target).resolve() not in path.resolve().parents:
@@ -360,7 +317,7 @@ def artifact_path(out: Path, artifact: Artifact) -> Path:
     return path
 
 
-def verify_artifact(out: Path, artifact: Artifact) -> None:
+def verify_artifact(out: Path, artifact: ArtifactRecord) -> None:
     """Fail unless an exported artifact (and the files beside it that decide how it runs) is inside its member's folder
     and has the bytes report.json recorded; nothing is opened but to hash it."""
     if artifact.sha256 is None:
@@ -378,7 +335,7 @@ def verify_artifact(out: Path, artifact: Artifact) -> None:
             raise RegnasError(f"{side} (which decides how {artifact.label} runs) changed since export; re-run regnas export {out}")
 
 
-def open_artifact(out: Path, artifact: Artifact, threads: int = 1, remote=None):
+def open_artifact(out: Path, artifact: ArtifactRecord, threads: int = 1, remote=None):
     """Load an artifact's runtime after verifying its bytes; Unavailable when it cannot run here."""
     if artifact.status != "ok" and artifact.sha256 is None:
         raise Unavailable(artifact.status.removeprefix("skipped: "))

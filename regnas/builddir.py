@@ -22,7 +22,8 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from regnas.data import Dataset, SplitFractions, load_recorded_split
 from regnas.errors import RegnasError
-from regnas.io import load_tensors, read_json, save_tensors, sha256_file, tensors_sha256, write_json
+from regnas.io import atomic_path, load_tensors, read_json, save_tensors, sha256_file, tensors_sha256, write_json
 from regnas.schema import anything, flag, list_of, mapping, maybe, number, record, such_that, text
 from regnas.spaces import Arch, SearchSpace, create_space
 from regnas.targets import Target, parse_target
@@ -43,6 +44,8 @@ ARCH = "arch.json"
 DATA_CACHE = "data"
 """The folder of a build (or a training run's --out) where an image folder's decoded images are cached."""
 WEIGHTS = "model.safetensors"
+BUILD_CONFIG = "build.toml"
+"""A build's effective settings (`regnas.config` writes and reads the TOML), from which it can be rebuilt."""
 REPORT_FORMAT = "regnas-report/1"
 """The report.json layout this regnas writes and reads; bumped when a reader could misread an older one."""
 
@@ -82,6 +85,133 @@ class MemberRecord:
 
 
 _SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256")
+
+
+class Verdict(StrEnum):
+    """An artifact's flip check: its flips against its fp32 model, with their interval, against the target's limit."""
+
+    PASSED = "passed"
+    """The whole interval lies within the limit."""
+    FAILED = "failed"
+    """The whole interval lies above it: a regression (exit 1)."""
+    INCONCLUSIVE = "inconclusive"
+    """The interval straddles it: more test images would tell (exit 1 only with --strict)."""
+
+    @classmethod
+    def of(cls, text: str | None) -> Verdict | None:
+        """The verdict a report's text records (`inconclusive: needs about N test images` is INCONCLUSIVE)."""
+        return None if text is None else cls(text.split(":", 1)[0])
+
+
+@dataclass
+class ArtifactRecord:
+    """One exported build of one family member, as listed in report.json's `artifacts`."""
+
+    target: str
+    format: str
+    precision: str
+    path: str
+    sha256: str | None
+    runtime: str
+    status: str
+    """`ok`, or `skipped: why` (a runtime this host lacks, an exporter that failed)."""
+    top1: float | None = None
+    nfr_vs_fp32: float | None = None
+    nfr_vs_prev: float | None = None
+    flips: int | None = None
+    nfr_interval: list[float] | None = None
+    verdict: str | None = None
+    """The check's verdict as text (`Verdict` names its kind: `judged`)."""
+    command: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+    companions: dict[str, str] = field(default_factory=dict)
+    """sha256 of the files beside the artifact that decide how it runs (a TVM library's sidecar), by name."""
+    device: str | None = None
+    """Where the check ran it when not here: the RPC address, and what emulates it if anything does."""
+    vs_host: dict[str, Any] | None = None
+    """For an artifact checked on a device: flips and disagreements against this host's build of the same graph."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.target}/{Path(self.path).name}"
+
+    @property
+    def ran(self) -> bool:
+        """Whether the check ran it (else `status` says why not)."""
+        return self.status == "ok"
+
+    @property
+    def judged(self) -> Verdict | None:
+        return Verdict.of(self.verdict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ArtifactRecord:
+        try:
+            return cls(**obj)
+        except TypeError as exc:
+            raise RegnasError(f"report.json has a malformed artifact entry ({exc}); re-run regnas export") from exc
+
+
+@dataclass
+class BuildReport:
+    """A build's report.json as records: the family and baseline members, the artifacts and the check's outcome.
+
+    `sections` holds the whole report as written (search candidates, LUTs, timings, flip matrices), for what
+    has no record of its own; the CLI, the Python API and `regnas check` read the records."""
+
+    out: Path
+    family: list[MemberRecord]
+    baseline: list[MemberRecord]
+    artifacts: list[ArtifactRecord]
+    failures: list[str]
+    """One line per artifact whose check failed."""
+    inconclusive: list[str]
+    """One line per artifact whose check could not tell on this many test images."""
+    sections: dict[str, Any]
+
+    @property
+    def checked(self) -> bool:
+        """Whether the artifacts were checked (not a --no-export build)."""
+        return "check" in self.sections
+
+    @property
+    def passed(self) -> bool:
+        """No artifact's check failed (a build without a check has nothing that failed)."""
+        return not self.failures
+
+    def exit_code(self, strict: bool = False) -> int:
+        """The CLI's exit status for this build: 1 when an artifact failed its check (or, `strict`, was inconclusive)."""
+        return 1 if self.failures or (strict and self.inconclusive) else 0
+
+    def member(self, target: str) -> MemberRecord:
+        """The family member built for `target`."""
+        for m in self.family:
+            if m.target == target:
+                return m
+        raise RegnasError(f"{self.out} has no member for target {target!r}; its targets are {', '.join(m.target for m in self.family)}")
+
+    @classmethod
+    def from_json(cls, out: str | Path, report: dict[str, Any]) -> BuildReport:
+        source = str(Path(out) / REPORT)
+        check = report.get("check") or {}
+        return cls(
+            Path(out),
+            [MemberRecord.from_json(m, source) for m in report["family"]],
+            [MemberRecord.from_json(m, source) for m in (report.get("baseline") or {}).get("family", [])],
+            [ArtifactRecord.from_json(a) for a in report.get("artifacts") or []],
+            list(check.get("failures", [])),
+            list(check.get("inconclusive", [])),
+            report,
+        )
+
+    @classmethod
+    def read(cls, out: str | Path) -> BuildReport:
+        """The report of the build directory `out` (checked as `read_report` does)."""
+        return cls.from_json(out, read_report(out))
 
 
 LOCK = ".regnas.lock"
@@ -325,6 +455,12 @@ def _shape_problem(report: Any) -> str | None:
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """Write report.json atomically, stamped with this regnas's format."""
     write_json(out / REPORT, {**report, "format": REPORT_FORMAT})
+
+
+def write_build_config(out: Path, text: str) -> None:
+    """Write `out/build.toml` atomically."""
+    with atomic_path(out / BUILD_CONFIG) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_finetuned(out: Path, key: str) -> list[nn.Module] | None:

@@ -12,9 +12,15 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from regnas.config import count, minutes, positive
 from regnas.errors import RegnasError
+
+if TYPE_CHECKING:
+    from regnas.builddir import BuildReport
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +51,10 @@ class Command:
         raise NotImplementedError
 
 
-def _count(value: str) -> int:
-    v = int(value)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def _positive(value: str) -> int:
-    v = int(value)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def _port(value: str) -> int:
     v = int(value)
     if not 1 <= v <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {v}")
-    return v
-
-
-def _minutes(value: str) -> float:
-    v = float(value)
-    if not (v > 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {value}")
     return v
 
 
@@ -90,7 +75,7 @@ def _data_option(p: argparse.ArgumentParser, help: str, required: bool = False) 
     p.add_argument("--data", required=required, default=None if required else "digits", help=help)
     p.add_argument(
         "--image-size",
-        type=_positive,
+        type=positive,
         default=None,
         metavar="N",
         help="an image folder's images: shorter side resized to N px, then centre-cropped to NxN (default: as they are; they "
@@ -99,41 +84,15 @@ def _data_option(p: argparse.ArgumentParser, help: str, required: bool = False) 
 
 
 def _seed_option(p: argparse.ArgumentParser, seeds: str) -> None:
-    p.add_argument("--seed", type=_count, default=0, help=f"seed of {seeds} (default: 0)")
+    p.add_argument("--seed", type=count, default=0, help=f"seed of {seeds} (default: 0)")
 
 
 def _threads_option(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
-    p.add_argument("--threads", type=_positive, default=default, help=help)
+    p.add_argument("--threads", type=positive, default=default, help=help)
 
 
 def _json_option(p: argparse.ArgumentParser, help: str = "also write the result as JSON") -> None:
     p.add_argument("--json", type=Path, default=None, help=help)
-
-
-def _add_data_options(p: argparse.ArgumentParser, seeds: str) -> None:
-    _data_option(p, "dataset name (digits, fashion-mnist), .npz file or image folder (default: digits)")
-    _seed_option(p, seeds)
-    p.add_argument("--space", default=None, help="search space (default: the checkpoint's, else mbv3 under 16 px, resnet from 16)")
-    p.add_argument("--epochs", type=_positive, default=None, help="supernet training epochs (default: as many as --time-budget allows)")
-    p.add_argument(
-        "--precision",
-        default=None,
-        help="the supernet's training steps: bf16 (autocast) or fp32 (default: bf16 on a GPU; on a CPU with AVX512-BF16 or AMX, "
-        "bf16 where its timed steps are faster here; else fp32)",
-    )
-    p.add_argument(
-        "--augment",
-        default=None,
-        help="the supernet's augmentation: photo (random crops and mirroring), glyph (shifts) or none (default: photo for "
-        "colour images, glyph for grayscale ones)",
-    )
-    p.add_argument(
-        "--val-size",
-        type=_positive,
-        default=None,
-        metavar="N",
-        help="images in the val split the search compares candidates on (default: 15%% of the data, at most 5000)",
-    )
 
 
 @register_command
@@ -143,108 +102,45 @@ class Build(Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--targets", default="phone,edge,server", help="comma-separated built-in targets or target .toml paths")
-        p.add_argument("--out", type=Path, default=Path("build"), help="build directory (a cache: re-runs resume)")
-        p.add_argument("--supernet", type=Path, default=None, help="trained supernet checkpoint (.safetensors); trained when absent")
+        from regnas.config import add_options
+        from regnas.workflow.build import NO_FINETUNE, BuildOptions
+
         p.add_argument(
-            "--reward",
-            action="append",
+            "--config",
+            type=Path,
             default=None,
-            help="R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2' (default: 1,5); repeat it to also search and plot other rewards",
+            metavar="TOML",
+            help="the build's settings from a file (every build writes its own as DIR/build.toml); flags override it",
         )
+        add_options(p, BuildOptions)
         p.add_argument(
-            "--flips-against",
-            default="previous",
-            help="the reward's flips: against the previous member (previous, default) or any earlier member (all)",
+            "--no-finetune",
+            dest="finetune_mode",
+            action="store_const",
+            const=NO_FINETUNE,
+            default=argparse.SUPPRESS,
+            help="ship the members as searched, without the fine-tune (--finetune none)",
         )
-        p.add_argument(
-            "--finetune",
-            nargs="?",
-            const="joint",
-            default=None,
-            metavar="MODE",
-            help="fine-tune each member towards the one before with focal distillation, keeping the family nested: joint"
-            " (all members at once in the supernet; the default for 2 or more targets) or own (each member on the weights it"
-            " does not share)",
-        )
-        p.add_argument(
-            "--no-finetune", dest="finetune", action="store_const", const="none", help="ship the members as searched, without the fine-tune"
-        )
-        p.add_argument("--population", type=_positive, default=None, help="evolution population size")
-        p.add_argument("--generations", type=_positive, default=None, help="evolution generations")
-        p.add_argument("--targets-dir", type=Path, default=None, help="a directory of target .toml files, added to the built-ins")
-        p.add_argument("--lut-dir", type=Path, default=None, help="a directory of LUTs from regnas profile (latency budgets)")
-        p.add_argument("--no-export", dest="export", action="store_false", help="stop after the family: no artifacts, no check")
-        p.add_argument(
-            "--workers", type=_positive, default=1, help="evaluate search candidates on N local Ray workers (default: 1, in process)"
-        )
-        p.add_argument(
-            "--ray-address", default=None, help="evaluate on an existing Ray cluster (host:port of its head, or auto); needs regnas[ray]"
-        )
-        p.add_argument(
-            "--time-budget",
-            type=_minutes,
-            default=None,
-            metavar="MIN",
-            help="minutes for the whole build; the supernet trains for the epochs that fit (default: 60 for colour photos, 40 "
-            "for other data)",
-        )
-        p.add_argument("--strict", action="store_true", help="exit 1 when an artifact's flip check is inconclusive, not only when it fails")
-        _add_rpc_options(p)
-        _add_data_options(p, "the data split, training and search (with --supernet: the search only; the split is the checkpoint's)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from dataclasses import replace
-
-        from regnas.build import DEFAULT_REWARD, BuildOptions, build
-        from regnas.pct import PCTConfig
+        from regnas.builddir import BuildReport
+        from regnas.config import apply_args, load_toml
         from regnas.report import markdown_summary
-        from regnas.search import SearchConfig
+        from regnas.workflow.build import BuildOptions, build
 
-        search = SearchConfig()
-        if args.population:
-            search = replace(search, population=args.population)
-        if args.generations:
-            search = replace(search, generations=args.generations)
-        opts = BuildOptions(
-            args.targets,
-            args.data,
-            args.out,
-            args.supernet,
-            args.seed,
-            args.space,
-            args.epochs,
-            tuple(args.reward or [DEFAULT_REWARD]),
-            search,
-            export=args.export,
-            targets_dir=args.targets_dir,
-            remote=_remote(args),
-            workers=args.workers,
-            ray_address=args.ray_address,
-            time_budget=args.time_budget,
-            strict=args.strict,
-            lut_dir=args.lut_dir,
-            flips_against=args.flips_against,
-            finetune=PCTConfig(seed=args.seed),
-            finetune_mode=args.finetune,
-            val_size=args.val_size,
-            image_size=args.image_size,
-            augment=args.augment,
-            precision=args.precision,
-        )
+        opts = apply_args(load_toml(BuildOptions, args.config) if args.config else BuildOptions(), args)
         report = build(opts)
         print(markdown_summary(report), end="")
-        print(f"wrote {args.out / 'report.json'}")
-        return _check_exit(report, args.strict)
+        print(f"wrote {opts.out / 'report.json'}")
+        return _check_exit(BuildReport.from_json(opts.out, report), opts.strict)
 
 
-def _check_exit(report: dict, strict: bool) -> int:
+def _check_exit(report: BuildReport, strict: bool) -> int:
     """Exit 1 naming each artifact whose flips are a real regression (and, with --strict, each undecided one)."""
-    check = report.get("check", {})
-    for f in check.get("failures", []):
+    for f in report.failures:
         print(f"check FAILED: {f}")
-    undecided = check.get("inconclusive", [])
+    undecided = report.inconclusive
     if strict:
         for f in undecided:
             print(f"check FAILED (--strict): {f}")
@@ -252,7 +148,7 @@ def _check_exit(report: dict, strict: bool) -> int:
         print(
             f"check inconclusive for {len(undecided)} artifact(s): too few test images to tell their flips from the limit ({undecided[0]})"
         )
-    return 1 if check.get("failures") or (strict and undecided) else 0
+    return report.exit_code(strict)
 
 
 def _add_check_options(p: argparse.ArgumentParser) -> None:
@@ -262,8 +158,9 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_then_check(args: argparse.Namespace, export: bool) -> int:
-    from regnas.check import check_build
+    from regnas.builddir import BuildReport
     from regnas.report import on_device
+    from regnas.workflow.check import check_build
 
     result = check_build(args.build_dir, _remote(args), export)
     for a in result.artifacts:
@@ -273,7 +170,7 @@ def _export_then_check(args: argparse.Namespace, export: bool) -> int:
         if a.device:
             print(on_device(a.to_json()))
     print(f"updated {args.build_dir / 'report.json'}")
-    return _check_exit({"check": result.section()}, args.strict)
+    return _check_exit(BuildReport.read(args.build_dir), args.strict)
 
 
 @register_command
@@ -306,7 +203,7 @@ class Train(Command):
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
-        p.add_argument("--batch-size", type=_positive, default=None, help="default: 32 below 4096 training images, else 128")
+        p.add_argument("--batch-size", type=positive, default=None, help="default: 32 below 4096 training images, else 128")
         p.add_argument(
             "--lr",
             type=_positive_float,
@@ -316,7 +213,7 @@ class Train(Command):
         )
         p.add_argument(
             "--time-budget",
-            type=_minutes,
+            type=minutes,
             default=None,
             metavar="MIN",
             help=f"minutes of training; epochs are planned from timed steps here (default: {DEFAULT_TRAIN_MINUTES:g} unless --epochs)",
@@ -324,7 +221,10 @@ class Train(Command):
         p.add_argument(
             "--sort-channels", action="store_true", help="after the warm start (the largest subnet alone), order channels by importance"
         )
-        _add_data_options(p, "the data split and training")
+        from regnas.config import add_options
+        from regnas.workflow.build import BuildOptions
+
+        add_options(p, BuildOptions, {"data", "image_size", "val_size", "seed", "space", "epochs", "precision", "augment"}, defaults=True)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -418,8 +318,8 @@ class Targets(Command):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("action", choices=["list", "show", "validate"])
         p.add_argument("target", nargs="?", help="with show/validate: a target name or a .toml path")
-        p.add_argument("--n", type=_positive, default=50, help="validate: subnets measured to score the predictor (default: 50)")
-        p.add_argument("--n-fit", type=_positive, default=30, help="validate: other subnets measured to fit the calibration (default: 30)")
+        p.add_argument("--n", type=positive, default=50, help="validate: subnets measured to score the predictor (default: 50)")
+        p.add_argument("--n-fit", type=positive, default=30, help="validate: other subnets measured to fit the calibration (default: 30)")
         p.add_argument("--lut", type=Path, default=None, help="validate: the LUT file (default: the target's, --lut-dir's or the built-in)")
         p.add_argument("--lut-dir", type=Path, default=None, help="validate: a directory of LUTs written by regnas profile")
         _json_option(p, "validate: also write the numbers as JSON")
@@ -478,8 +378,8 @@ class Profile(Command):
         p.add_argument("--target", required=True, help="a target name or .toml path")
         default = "luts/<target>-<space>-<C>x<H>x<W>.json"
         p.add_argument("--out", type=Path, default=None, help=f"LUT file (default: {default}); an unfinished one is resumed")
-        p.add_argument("--warmup", type=_positive, default=10, help="untimed runs per unit (default: 10)")
-        p.add_argument("--repeats", type=_positive, default=50, help="timed runs per unit (default: 50)")
+        p.add_argument("--warmup", type=positive, default=10, help="untimed runs per unit (default: 10)")
+        p.add_argument("--repeats", type=positive, default=50, help="timed runs per unit (default: 50)")
         _threads_option(p, None, "runtime threads (default: the target's; recorded in the LUT)")
         _add_space_options(p)
         _add_rpc_options(p)
@@ -518,10 +418,10 @@ class Bench(Command):
         p.add_argument("model", type=Path, help="an artifact: .onnx, .pte, .so (TVM), .mlpackage or .engine")
         p.add_argument("--runtime", default=None, help="runtime name (default: chosen by the file suffix)")
         _threads_option(p, 1, "runtime threads (default: 1)")
-        p.add_argument("--batch", type=_positive, default=1, help="batch size (default: 1)")
+        p.add_argument("--batch", type=positive, default=1, help="batch size (default: 1)")
         p.add_argument("--input-shape", default=None, help="C,H,W for models whose input shape is dynamic")
-        p.add_argument("--warmup", type=_positive, default=20, help="untimed runs (default: 20)")
-        p.add_argument("--repeats", type=_positive, default=200, help="timed runs (default: 200)")
+        p.add_argument("--warmup", type=positive, default=20, help="untimed runs (default: 20)")
+        p.add_argument("--repeats", type=positive, default=200, help="timed runs (default: 200)")
         _json_option(p)
         _add_rpc_options(p)
 
@@ -592,7 +492,7 @@ class Gate(Command):
         p.add_argument("--max-nfr", type=_fraction, default=0.01, help="largest acceptable NFR upper bound (default: 0.01)")
         p.add_argument("--max-top1-drop", type=_fraction, default=0.01, help="largest acceptable top-1 drop (default: 0.01)")
         p.add_argument("--confidence", type=_confidence, default=0.95, help="confidence of the NFR upper bound (default: 0.95)")
-        p.add_argument("--list", type=_count, default=20, help="how many flipped samples to list (default: 20)")
+        p.add_argument("--list", type=count, default=20, help="how many flipped samples to list (default: 20)")
         p.add_argument("--mean", type=_finite, nargs="+", default=[0.0], help="ONNX inputs: per-channel mean subtracted from [0, 1] images")
         p.add_argument("--std", type=_positive_float, nargs="+", default=[1.0], help="ONNX inputs: per-channel std to divide by")
         _threads_option(p, 1, "ONNX Runtime threads (default: 1)")
@@ -602,20 +502,25 @@ class Gate(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.data import load_dataset
-        from regnas.gate import Preprocess, decide, predictions, write_outputs
         from regnas.io import ensure_writable_file
+        from regnas.workflow.gate import Preprocess, gate, write_outputs
 
         for option in ("json", "junit", "markdown"):
             ensure_writable_file(getattr(args, option), f"--{option}")
-        if Path(args.reference).resolve() == Path(args.candidate).resolve():
-            raise RegnasError(f"--reference and --candidate are the same ({args.reference}); pass the new model as --candidate")
-        data = load_dataset(args.data, args.seed, image_size=args.image_size)
-        split = data.split(args.split)
-        prep = Preprocess(tuple(args.mean), tuple(args.std))
-        ref = predictions(args.reference, split, data.num_classes, prep, args.threads)
-        cand = predictions(args.candidate, split, data.num_classes, prep, args.threads)
-        result = decide(ref, cand, split.y.numpy(), args.max_nfr, args.max_top1_drop, args.confidence, args.list)
+        result = gate(
+            args.reference,
+            args.candidate,
+            args.data,
+            args.split,
+            args.seed,
+            args.image_size,
+            args.max_nfr,
+            args.max_top1_drop,
+            args.confidence,
+            args.list,
+            Preprocess(tuple(args.mean), tuple(args.std)),
+            args.threads,
+        )
         write_outputs(result, args.reference, args.candidate, args.json, args.junit, args.markdown)
         verdict = "passed" if result.passed else "REGRESSION"
         print(
@@ -661,13 +566,37 @@ class Device(Command):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error contract: one line naming the option, exit 2 (no usage block)."""
+    """argparse with the project's error contract: one line naming the option, exit 2 (no usage block).
+
+    A subcommand's options are declared when it is used (parsed or asked for help): some declarations import
+    the modules that own them (torch among them), which the other subcommands need not pay for."""
+
+    def __init__(self, *args: Any, declare: Callable[[argparse.ArgumentParser], None] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self._declare = declare
+
+    def declared(self) -> _Parser:
+        """This parser with its options declared."""
+        if self._declare is not None:
+            declare, self._declare = self._declare, None
+            declare(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super(_Parser, self.declared()).parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        return super(_Parser, self.declared()).format_help()
+
+    def format_usage(self) -> str:
+        return super(_Parser, self.declared()).format_usage()
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(eager: bool = False) -> argparse.ArgumentParser:
+    """The `regnas` parser; `eager` declares every subcommand's options now (to list them), else on first use."""
     from regnas import __version__
 
     parser = _Parser(prog="regnas", description="Hardware-aware model families that agree with each other.")
@@ -679,9 +608,10 @@ def make_parser() -> argparse.ArgumentParser:
     talk.add_argument("-v", "--verbose", action="store_const", dest="verbosity", const=1, help="debug messages on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, cls in _COMMANDS.items():
-        p = sub.add_parser(name, help=cls.help, description=cls.help)
-        cls.add_arguments(p)
+        p = sub.add_parser(name, help=cls.help, description=cls.help, declare=cls.add_arguments)
         p.set_defaults(_command=cls)
+        if eager:
+            p.declared()
     return parser
 
 

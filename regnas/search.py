@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from regnas.config import count, option, positive
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.flips import negative_flips_any
@@ -77,16 +78,16 @@ def parse_reward(spec: str, against: str = "previous") -> Reward:
 class SearchConfig:
     """Evolution settings; part of the build's cache key."""
 
-    population: int = 16
-    generations: int = 6
+    population: int = option(16, "evolution population size", parse=positive)
+    generations: int = option(6, "evolution generations", parse=positive)
     parent_ratio: float = 0.25
     mutation_ratio: float = 0.5
     mutate_prob: float = 0.2
-    screen: int = 1000
+    screen: int = option(1000, "val images that score candidates during the evolution (0: all of val)", parse=count)
     """Val images that score candidates during the evolution (0, or a val split no larger: all of it); the
     `finalists` best are then scored on all of val, which chooses. A candidate on 1,000 images costs about a
     third of one on 5,000 (BN recalibration included)."""
-    finalists: int = 8
+    finalists: int = option(8, "best candidates re-scored on all of val, which chooses", parse=positive)
 
     def screen_split(self, val_size: int) -> str:
         """The evaluator's name for the images candidates are screened on: `val:N`, or `val` when the screen is all of it."""

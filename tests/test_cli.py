@@ -56,9 +56,12 @@ def test_build_exports_and_checks_every_target_format(built):
     assert engine["status"].startswith("skipped: no ") and engine["command"].startswith("trtexec --onnx=")
     assert arts["server", "onnx", "fp32", "onnx-fp32.onnx"]["nfr_vs_fp32"] == 0
     assert arts["server", "onnx", "fp16", "onnx-fp16.onnx"]["nfr_vs_prev"] is None  # edge ships no fp16 ONNX
-    assert arts["server", "onnx", "int8", "onnx-int8.onnx"]["nfr_vs_prev"] is not None
+    matrix = report["check"]["flip_matrix"]  # rows: the older artifact, columns: the newer
+    prev, new = (matrix["labels"].index(f"{t}/onnx-int8.onnx") for t in ("edge", "server"))
+    assert arts["server", "onnx", "int8", "onnx-int8.onnx"]["nfr_vs_prev"] == pytest.approx(matrix["nfr"][prev][new])
     failures = report["check"]["failures"]
-    assert all(f.split(":")[0] in {f"{t}/{name}" for t, _, _, name in arts} for f in failures)
+    failed = {f"{t}/{name}" for (t, _, _, name), a in arts.items() if a["verdict"] == "failed"}
+    assert {f.split(":")[0] for f in failures} == failed
     assert ("check FAILED" in stdout) == bool(failures)
 
 

@@ -117,8 +117,8 @@ def test_state_digest_sees_one_changed_weight():
 
 
 def test_build_refuses_to_run_under_torchrun(monkeypatch, tmp_path):
-    from regnas.build import BuildOptions, build
     from regnas.errors import RegnasError
+    from regnas.workflow.build import BuildOptions, build
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RegnasError, match="regnas build runs in one process"):

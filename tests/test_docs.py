@@ -51,7 +51,11 @@ def test_pages_name_their_generator_and_every_result(pages):
         assert f"## `{result.name}`" in bench
     for png in sorted((ROOT / "benchmarks" / "results").glob("*.png")):
         assert f"](../benchmarks/results/{png.name})" in bench
-    assert "## `regnas build`" in cli and "| `--targets TARGETS` | `phone,edge,server` |" in cli
+    assert (
+        "## `regnas build`" in cli
+        and "| `--targets TARGETS` | `targets` | `phone,edge,server` |" in cli
+        and "| `--population POPULATION` | `[search] population` | `16` |" in cli
+    )
     assert str(ROOT) not in bench + cli and str(Path.home()) not in bench + cli
 
 

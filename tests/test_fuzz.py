@@ -121,7 +121,7 @@ def test_a_mutated_target_is_parsed_or_refused_in_one_line(target, data):
     as_json=st.booleans(),
 )
 def test_predictions_files_are_read_or_refused_in_one_line(digits, tmp_path_factory, preds, as_json):
-    from regnas.gate import predictions
+    from regnas.workflow.gate import predictions
 
     folder = tmp_path_factory.mktemp("preds")
     split = digits["test"]

@@ -4,9 +4,9 @@ import socket
 
 import pytest
 
-from regnas.build import BuildOptions, build
 from regnas.cli import main
 from regnas.search import SearchConfig
+from regnas.workflow.build import BuildOptions, build
 
 pytest.importorskip("ray", reason="Ray is the regnas[ray] extra; install it to test parallel search")
 

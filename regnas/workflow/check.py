@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from regnas.artifacts import PREDICT_THREADS, Artifact, artifact_path, export_family, open_artifact, verify_artifact
-from regnas.builddir import load_member, locked, member_dir, open_build, write_report
+from regnas.artifacts import PREDICT_THREADS, artifact_path, export_family, open_artifact, verify_artifact
+from regnas.builddir import ArtifactRecord, load_member, locked, member_dir, open_build, write_report
 from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
@@ -37,7 +37,7 @@ CONFIDENCE = 0.95
 class CheckResult:
     """Checked artifacts, the cross-artifact flip matrix and the failures (empty when passed)."""
 
-    artifacts: list[Artifact]
+    artifacts: list[ArtifactRecord]
     matrix: dict[str, Any]
     failures: list[str]
     inconclusive: list[str]
@@ -57,7 +57,7 @@ class CheckResult:
         }
 
 
-def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dataset, remote: Remote | None = None) -> CheckResult:
+def check(out: Path, artifacts: list[ArtifactRecord], targets: list[Target], data: Dataset, remote: Remote | None = None) -> CheckResult:
     """Run every artifact on the test split and compare it with its fp32 model and the previous member."""
     test = data["test"]
     labels = test.y.numpy()
@@ -105,12 +105,12 @@ def check(out: Path, artifacts: list[Artifact], targets: list[Target], data: Dat
     return CheckResult(artifacts, matrix, failures, inconclusive)
 
 
-def _same_graph(a: Artifact, b: Artifact) -> bool:
+def _same_graph(a: ArtifactRecord, b: ArtifactRecord) -> bool:
     source = a.options.get("compiled_from_sha256")
     return (a.target, a.format, a.precision, source) == (b.target, b.format, b.precision, b.options.get("compiled_from_sha256"))
 
 
-def compare_with_host(artifacts: list[Artifact], preds: dict[int, np.ndarray], labels: np.ndarray) -> None:
+def compare_with_host(artifacts: list[ArtifactRecord], preds: dict[int, np.ndarray], labels: np.ndarray) -> None:
     """Set `vs_host` of each artifact that ran on a device: its flips against this host's build of the same graph."""
     for i, a in enumerate(artifacts):
         host = [j for j, b in enumerate(artifacts) if j in preds and b.device is None and j != i and _same_graph(a, b)]
@@ -139,7 +139,7 @@ def _check_build(out: Path, remote: Remote | None, export: bool) -> CheckResult:
     if export:
         artifacts = export_family(out, targets, data)
     elif report.get("artifacts"):
-        artifacts = [Artifact.from_json(a) for a in report["artifacts"]]
+        artifacts = [ArtifactRecord.from_json(a) for a in report["artifacts"]]
     else:
         raise RegnasError(f"{out} has no artifacts; run regnas export {out} first")
     result = check(out, artifacts, targets, data, remote)

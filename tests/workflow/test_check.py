@@ -5,10 +5,10 @@ import json
 import onnx
 import pytest
 
-from regnas.build import BuildOptions, build
 from regnas.cli import main
 from regnas.io import sha256_file
 from regnas.search import SearchConfig
+from regnas.workflow.build import BuildOptions, build
 
 TOML = """name = "{name}"
 runtime = "onnxruntime"

@@ -1,19 +1,21 @@
-"""`regnas.build` stages on the shared digits supernet: the split it owns, rewards, fine-tuning, the time plan."""
+"""`regnas.workflow.build` stages on the shared digits supernet: the split it owns, rewards, fine-tuning, the time plan."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from regnas.build import BuildOptions, build, finetune_mode_of, flag_repeats
 from regnas.builddir import MemberRecord, load_member
+from regnas.config import load_toml
 from regnas.data import load_dataset
 from regnas.errors import RegnasError
 from regnas.evaluate import predict
 from regnas.pct import PCTConfig
 from regnas.search import SearchConfig
+from regnas.workflow.build import BuildOptions, build, finetune_mode_of, flag_repeats
 
 FAST = SearchConfig(population=4, generations=2)
 
@@ -96,7 +98,7 @@ def test_the_default_build_fine_tunes_a_family_jointly_and_a_single_target_not_a
 
 
 def test_the_time_plan_keeps_time_for_the_finetune(tmp_path, monkeypatch):
-    import regnas.build as build_mod
+    import regnas.workflow.build as build_mod
 
     monkeypatch.setattr(build_mod, "finetune_seconds", lambda *a: 3600.0)
     opts = BuildOptions(out=tmp_path / "b", data="digits", time_budget=30.0, search=FAST, export=False)  # fine-tuned by default
@@ -106,7 +108,7 @@ def test_the_time_plan_keeps_time_for_the_finetune(tmp_path, monkeypatch):
 
 
 def test_a_build_over_its_budget_names_the_stages_that_overran_their_plan(caplog):
-    from regnas.build import warn_overrun
+    from regnas.workflow.build import warn_overrun
 
     plan = {"budget": 2400.0, "train": 600.0, "search": 600.0, "finetune": 480.0, "export_and_check": 720.0}
     within = {"train": 600.0, "search": 600.0, "finetune": 480.0, "export": 600.0, "check": 100.0, "total": 2380.0}
@@ -125,3 +127,17 @@ def test_a_member_that_repeats_its_predecessor_is_flagged(caplog):
         flag_repeats(members)
     assert [m.to_json().get("same_as_previous") for m in members] == [None, True, False]
     assert "family member b is a's arch" in caplog.text
+
+
+def test_a_build_writes_its_settings_and_rebuilds_the_same_family_from_them(digits_supernet, tmp_path):
+    _, ckpt = digits_supernet
+    first = build(options(ckpt, tmp_path / "a", seed=2, finetune_mode="none"))
+    written = load_toml(BuildOptions, tmp_path / "a" / "build.toml")
+    assert written.seed == 2 and written.space == "mbv3" and written.data_digest == first["config"]["data"]["digest"]
+    again = build(replace(written, out=tmp_path / "b"))
+    assert [m["arch"] for m in again["family"]] == [m["arch"] for m in first["family"]]
+    assert again["config"]["data"]["digest"] == first["config"]["data"]["digest"]
+    changed = replace(written, out=tmp_path / "c", supernet=None, data_digest="0" * 64, epochs=1)
+    with pytest.raises(RegnasError, match="drop data_digest from the config file"):
+        build(changed)
+    assert not (tmp_path / "c" / "report.json").exists()

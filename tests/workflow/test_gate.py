@@ -11,7 +11,7 @@ from regnas import builddir
 from regnas.cli import main
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.flips import upper_bound
-from regnas.gate import decide
+from regnas.workflow.gate import decide
 
 
 def gate(reference, candidate, *extra, split="test"):
@@ -164,7 +164,7 @@ def test_the_example_workflow_gate_step_runs_locally(models, digits, tmp_path):
     import yaml
 
     root, _ = models
-    workflow = yaml.safe_load((Path(__file__).parents[1] / "examples/github-actions/regnas-gate.yml").read_text())
+    workflow = yaml.safe_load((Path(__file__).parents[2] / "examples/github-actions/regnas-gate.yml").read_text())
     steps = {s.get("name"): s for s in workflow["jobs"]["gate"]["steps"]}
     holdout = digits.whole()  # 1797 samples: enough for a 0-flip bound under the workflow's 1%
     np.savez(tmp_path / "holdout.npz", x=holdout.x.numpy()[:, 0], y=holdout.y.numpy())

@@ -168,6 +168,33 @@ def decide(
     )
 
 
+def gate(
+    reference: str | Path,
+    candidate: str | Path,
+    data: str,
+    split: str | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    max_nfr: float = 0.01,
+    max_top1_drop: float = 0.01,
+    confidence: float = 0.95,
+    list_limit: int = 20,
+    preprocess: Preprocess = Preprocess(),
+    threads: int = 1,
+) -> GateResult:
+    """`regnas gate`: the candidate's negative flips against the reference on `data` (its `split`, as regnas build
+    splits it with `seed`; default the whole set), judged against `max_nfr` and `max_top1_drop`."""
+    from regnas.data import load_dataset
+
+    if Path(reference).resolve() == Path(candidate).resolve():
+        raise RegnasError(f"--reference and --candidate are the same ({reference}); pass the new model as --candidate")
+    dataset = load_dataset(data, seed, image_size=image_size)
+    chosen = dataset.split(split)
+    ref = predictions(reference, chosen, dataset.num_classes, preprocess, threads)
+    cand = predictions(candidate, chosen, dataset.num_classes, preprocess, threads)
+    return decide(ref, cand, chosen.y.numpy(), max_nfr, max_top1_drop, confidence, list_limit)
+
+
 def markdown(result: GateResult, reference: str, candidate: str) -> str:
     """A pull-request comment."""
     verdict = "✅ passed" if result.passed else "❌ regression"

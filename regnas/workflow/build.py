@@ -21,6 +21,7 @@ from torch import nn
 from regnas.artifacts import export_family
 from regnas.augment import create_augment
 from regnas.builddir import (
+    BUILD_CONFIG,
     DATA_CACHE,
     SEARCH_CACHE,
     MemberRecord,
@@ -28,10 +29,11 @@ from regnas.builddir import (
     read_finetuned,
     read_search_cache,
     save_member,
+    write_build_config,
     write_report,
     write_search_cache,
 )
-from regnas.check import check
+from regnas.config import count, dumps_toml, minutes, option, positive, section
 from regnas.data import Dataset, load_dataset, load_recorded_split
 from regnas.distributed import World, init_world, launched_by_torchrun
 from regnas.errors import RegnasError
@@ -59,6 +61,7 @@ from regnas.train import (
     settle_precision,
     train_supernet,
 )
+from regnas.workflow.check import check
 
 logger = logging.getLogger(__name__)
 
@@ -73,40 +76,105 @@ NO_FINETUNE = "none"
 
 @dataclass
 class BuildOptions:
-    """Everything `regnas build` takes."""
+    """Everything `regnas build` takes: each field declares its flag, its place in build.toml and its help once
+    (`regnas.config`). The fine-tune's seed is the build's."""
 
-    targets: str = "phone,edge,server"
-    data: str = "digits"
-    out: Path = Path("build")
-    supernet: Path | None = None
-    seed: int = 0
-    space: str | None = None
-    epochs: int | None = None
-    rewards: tuple[str, ...] = (DEFAULT_REWARD,)
-    """The family's reward, then any further rewards whose families are searched for the trade-off plot."""
-    search: SearchConfig = field(default_factory=SearchConfig)
-    export: bool = True
-    targets_dir: Path | None = None
-    remote: Remote | None = None
-    lut_dir: Path | None = None
-    workers: int = 1
-    ray_address: str | None = None
-    time_budget: float | None = None
-    strict: bool = False
-    flips_against: str = "previous"
+    targets: str = option("phone,edge,server", "comma-separated built-in targets or target .toml paths")
+    out: Path = option(Path("build"), "build directory (a cache: re-runs resume)")
+    seed: int = option(0, "seed of the data split, training, search and fine-tune", parse=count)
+    data: str = option("digits", "dataset name (digits, fashion-mnist), .npz file or image folder", section="data")
+    image_size: int | None = option(
+        None,
+        "an image folder's images: shorter side resized to N px, then centre-cropped to NxN (default: as they are; they "
+        "must then share one size)",
+        section="data",
+        parse=positive,
+        metavar="N",
+    )
+    val_size: int | None = option(
+        None,
+        "images in the val split the search compares candidates on, when the supernet is trained here (default: 15% of "
+        "the data, at most 5000)",
+        section="data",
+        parse=positive,
+        metavar="N",
+    )
+    data_digest: str | None = option(
+        None,
+        "the digest of the data split the build must get (DIR/build.toml records it, so a rebuild refuses changed data)",
+        section="data",
+        metavar="SHA256",
+    )
+    supernet: Path | None = option(None, "trained supernet checkpoint (.safetensors); trained when absent", section="train")
+    space: str | None = option(None, "search space (default: the checkpoint's, else mbv3 under 16 px, resnet from 16)", section="train")
+    epochs: int | None = option(
+        None, "supernet training epochs (default: as many as --time-budget allows)", section="train", parse=positive
+    )
+    time_budget: float | None = option(
+        None,
+        "minutes for the whole build; the supernet trains for the epochs that fit (default: 60 for colour photos, 40 for other data)",
+        section="train",
+        parse=minutes,
+        metavar="MIN",
+    )
+    precision: str | None = option(
+        None,
+        "the supernet's training steps: bf16 (autocast) or fp32 (default: bf16 on a GPU; on a CPU with AVX512-BF16 or AMX, "
+        "bf16 where its timed steps are faster here; else fp32; decided by train.settle_precision)",
+        section="train",
+    )
+    augment: str | None = option(
+        None,
+        "the supernet's augmentation (regnas.augment): photo (random crops and mirroring), glyph (shifts) or none "
+        "(default: photo for colour images, glyph for grayscale ones)",
+        section="train",
+    )
+    rewards: tuple[str, ...] = option(
+        (DEFAULT_REWARD,),
+        "R0 (accuracy), R1 (flips), R2 (both) or 'λ1,λ2'; repeat it to also search and plot other rewards (the first is the family's)",
+        section="search",
+        flag="--reward",
+        metavar="REWARD",
+        cli={"action": "append"},
+    )
+    flips_against: str = option(
+        "previous", "the reward's flips: against the previous member (previous) or any earlier member (all)", section="search"
+    )
+    search: SearchConfig = section(SearchConfig, "search")
+    workers: int = option(1, "evaluate search candidates on N local Ray workers (1: in process)", section="search", parse=positive)
+    ray_address: str | None = option(
+        None, "evaluate on an existing Ray cluster (host:port of its head, or auto); needs regnas[ray]", section="search"
+    )
+    finetune_mode: str | None = option(
+        None,
+        "fine-tune each member towards the one before with focal distillation, keeping the family nested: joint (all "
+        "members at once in the supernet; the default for 2 or more targets), own (each member on the weights it does "
+        "not share) or none",
+        section="finetune",
+        flag="--finetune",
+        metavar="MODE",
+        cli={"nargs": "?", "const": "joint"},
+    )
     finetune: PCTConfig = field(default_factory=PCTConfig)
-    """The settings of the nesting-preserving focal distillation after the search."""
-    finetune_mode: str | None = None
-    """`joint` (all members at once in the supernet), `own` (each member's own weights) or `none`; by default
-    joint for a family of 2 or more members (`finetune_mode_of`)."""
-    val_size: int | None = None
-    """Images in the val split the search compares candidates on (default: the split's cap); only when training."""
-    image_size: int | None = None
-    """The side an image folder's images are resized to (shorter side, then a centre crop); None keeps them as they are."""
-    augment: str | None = None
-    """The supernet's augmentation policy (`regnas.augment`); None picks the one that fits the data."""
-    precision: str | None = None
-    """The supernet's training precision (bf16 or fp32); None: decided by `train.settle_precision`."""
+    """The settings of the nesting-preserving focal distillation after the search (not a user option)."""
+    export: bool = option(
+        True, "stop after the family: no artifacts, no check (in a config file: export = false)", section="export", flag="--no-export"
+    )
+    targets_dir: Path | None = option(None, "a directory of target .toml files, added to the built-ins", section="export")
+    lut_dir: Path | None = option(None, "a directory of LUTs from regnas profile (latency budgets)", section="export")
+    rpc: str | None = option(None, "a TVM RPC server (or, with --rpc-key, a tracker) on the device", section="export", metavar="HOST:PORT")
+    rpc_key: str | None = option(None, "device key to request from the TVM RPC tracker at --rpc", section="export")
+    remote: Remote | None = field(init=False)
+    """The device `rpc` names, if any."""
+    strict: bool = option(False, "exit 1 when an artifact's flip check is inconclusive, not only when it fails", section="check")
+
+    def __post_init__(self) -> None:
+        self.out, self.rewards = Path(self.out), tuple(self.rewards)
+        if self.finetune.seed != self.seed:
+            self.finetune = replace(self.finetune, seed=self.seed)
+        if self.rpc_key is not None and self.rpc is None:
+            raise RegnasError("--rpc-key needs --rpc HOST:PORT of the tracker")
+        self.remote = Remote.parse(self.rpc, self.rpc_key) if self.rpc else None
 
 
 Luts = dict[str, tuple[Path, LUT]]
@@ -165,7 +233,25 @@ def _latency(records: list[MemberRecord], members: list[Member], space: SearchSp
 
 
 def _data_for(opts: BuildOptions) -> Dataset:
-    """The data split the build uses: a given supernet's own split (its recorded seed), else split by --seed."""
+    """The data split the build uses (a given supernet's own split, its recorded seed; else split by --seed), refused
+    when it is not the split `data_digest` names."""
+    data = _split_for(opts)
+    if opts.data_digest is not None and data.digest != opts.data_digest:
+        raise RegnasError(
+            f"{opts.data} split with seed {opts.seed} is not the data this build's settings were written for (digest "
+            f"{data.digest[:12]}, not {opts.data_digest[:12]}); drop data_digest from the config file to build on this data"
+        )
+    return data
+
+
+def _write_config(out: Path, opts: BuildOptions) -> None:
+    """`DIR/build.toml`: the build's effective settings (planned epochs and settled precision included), which
+    `regnas build --config DIR/build.toml --out OTHER` rebuilds the family from."""
+    header = f"regnas build's effective settings for {out}; rebuild with: regnas build --config {out / BUILD_CONFIG} --out OTHER"
+    write_build_config(out, dumps_toml(opts, header))
+
+
+def _split_for(opts: BuildOptions) -> Dataset:
     cache = opts.out / DATA_CACHE
     if opts.supernet is None:
         return load_dataset(opts.data, opts.seed, val_size=opts.val_size, image_size=opts.image_size, cache=cache)
@@ -525,8 +611,11 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
     )
     if net is not None:
         ckpt = Path(opts.supernet)
+        _write_config(out, replace(opts, space=net.space.name, data_digest=data.digest))
     else:
         cfg, plan = _train_config(opts, data, fresh, out, budgets, t0, world)
+        settled = {"epochs": cfg.epochs, "time_budget": None, "precision": cfg.precision, "augment": cfg.augment}
+        _write_config(out, replace(opts, space=fresh.name, data_digest=data.digest, **settled))
         stages.planned(plan)
         stages.start("train")
         net = train_supernet(data, out, cfg, fresh.name, world=world)

@@ -2,12 +2,12 @@
 
 import pytest
 
-from regnas.build import BuildOptions, build
 from regnas.cli import main
 from regnas.search import SearchConfig
 from regnas.spaces import create_space, space_class
 from regnas.targets import parse_target
 from regnas.targets.lut import BUILTIN_LUTS, find_lut
+from regnas.workflow.build import BuildOptions, build
 
 SERVER_LUT = BUILTIN_LUTS / "server-mbv3-1x8x8.json"
 
