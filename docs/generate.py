@@ -693,6 +693,12 @@ def render_natural_images(r: Result, out: Lines) -> None:
         if isinstance(r.data.get(key), dict):
             heading(out, 4, title)
             out += kv_table(flatten(r.get(key)).items())
+    for stage in (_natural_build, _natural_twins, _natural_nfr, _natural_memory):
+        stage(r, out)
+
+
+def _natural_build(r: Result, out: Lines) -> None:
+    """natural_images.py's `build` stage: the default build, its members and int8 artifacts."""
     if r.has("members") or r.has("build_minutes"):
         heading(out, 4, "Stage `build`: the default build")
         scalars = [
@@ -721,6 +727,10 @@ def render_natural_images(r: Result, out: Lines) -> None:
             out += ["int8 artifacts against their fp32 models (`int8`):", ""]
             keys = ["target", "format", "path", "flips", "nfr_vs_fp32", "interval", "verdict", "slowdown"]
             out += table(keys, [[code(x.get(k)) if k == "path" else x.get(k) for k in keys] for x in r.get("int8") if isinstance(x, dict)])
+
+
+def _natural_twins(r: Result, out: Lines) -> None:
+    """natural_images.py's `twins` stage."""
     if r.has("twins") or r.has("gaps_points"):
         heading(out, 4, "Stage `twins`: subnets against their standalone twins")
         if isinstance(r.data.get("gaps_points"), dict):
@@ -728,6 +738,10 @@ def render_natural_images(r: Result, out: Lines) -> None:
         twins = [x for x in r.get("twins") or [] if isinstance(x, dict)]
         keys = ["subnet", "seed", "flops", "supernet_top1", "standalone_top1", "gap_points", "epochs", "standalone_train_s"]
         out += table(keys, [[x.get(k) for k in keys] for x in twins])
+
+
+def _natural_nfr(r: Result, out: Lines) -> None:
+    """natural_images.py's `nfr` stage."""
     nfr_keys = [
         "family_mean_nfr",
         "family_searched_mean_nfr",
@@ -742,6 +756,10 @@ def render_natural_images(r: Result, out: Lines) -> None:
         out += kv_table(flatten({k: r.get(k) for k in nfr_keys if r.has(k)}).items())
         if isinstance(r.data.get("nfr"), dict):
             _nfr_space(r.get("nfr"), out, 5)
+
+
+def _natural_memory(r: Result, out: Lines) -> None:
+    """natural_images.py's `memory` stage."""
     if isinstance(r.data.get("memory"), dict):
         heading(out, 4, "Stage `memory`: a large folder decoded and read once")
         out += kv_table((k, code(display_path(v)) if k == "folder" else v) for k, v in flatten(r.get("memory")).items())

@@ -73,6 +73,41 @@ def minutes(value: str) -> float:
     return v
 
 
+def fraction(value: str) -> float:
+    v = float(value)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {v}")
+    return v
+
+
+def confidence(value: str) -> float:
+    v = float(value)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1 (such as 0.95), got {v}")
+    return v
+
+
+def finite(value: str) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return v
+
+
+def positive_float(value: str) -> float:
+    v = finite(value)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return v
+
+
+def port(value: str) -> int:
+    v = int(value)
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535, got {v}")
+    return v
+
+
 @dataclass(frozen=True)
 class _Leaf:
     """An option found in a settings tree: where it lives (`path` of field names) and what it is."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from regnas.errors import RegnasError
-from regnas.images import check_image_size, load_folder, scan_folder
+from regnas.images import Folder, check_image_size, load_folder, scan_folder
 
 SPLITS = ("train", "calib", "val", "test")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -298,6 +298,28 @@ def _digest(splits: dict[str, Split]) -> str:
     return h.hexdigest()
 
 
+def _read(spec: str, kind: str, path: Path | None) -> tuple[np.ndarray | None, np.ndarray, list, tuple | None, str, Folder | None]:
+    """(images as uint8, or None for a folder decoded later; labels; class names; the official test set if the data
+    set has one; its name; the scanned folder, if it is one)."""
+    if kind == "named":
+        x, y, classes, official_test = _LOADERS[spec]()
+        return _to_uint8_images(np.asarray(x), spec), y, classes, official_test, spec, None
+    if kind == "npz":
+        x, y, classes, _ = _load_npz(path)
+        return _to_uint8_images(np.asarray(x), path.name), y, classes, None, path.name, None
+    folder = scan_folder(path)
+    return None, folder.labels, folder.class_names, None, path.name, folder
+
+
+def _with_val_size(fractions: SplitFractions, val_size: int, n: int, name: str) -> SplitFractions:
+    """`fractions` with a val split of `val_size` images (at most MAX_VAL_SHARE of the data)."""
+    if val_size > MAX_VAL_SHARE * n:
+        raise RegnasError(
+            f"--val-size {val_size} takes more than {MAX_VAL_SHARE:.0%} of {name}'s {n} images; use at most {int(MAX_VAL_SHARE * n)}"
+        )
+    return replace(fractions, val=max(fractions.val, val_size / n), val_cap=val_size)
+
+
 def load_dataset(
     spec: str,
     seed: int = 0,
@@ -317,18 +339,7 @@ def load_dataset(
     check_image_size(image_size)
     if image_size is not None and kind != "folder":
         raise RegnasError(f"--image-size resizes the images of an image folder; {spec} is not one, so drop --image-size")
-    official_test = None
-    if kind == "named":
-        x, y, classes, official_test = _LOADERS[spec]()
-        name = spec
-    elif kind == "npz":
-        x, y, classes, _ = _load_npz(path)
-        name = path.name
-    else:
-        folder = scan_folder(path)
-        x, y, classes, name = None, folder.labels, folder.class_names, path.name
-    if x is not None:
-        x = _to_uint8_images(np.asarray(x), name)
+    x, y, classes, official_test, name, folder = _read(spec, kind, path)
     if len(y) == 0:
         raise RegnasError(f"dataset {name} is empty; give at least a few images per class")
     labels, y = np.unique(y, return_inverse=True)
@@ -336,14 +347,8 @@ def load_dataset(
         raise RegnasError(f"dataset {name} has a single class ({classes[0] if classes else labels[0]}); a classifier needs at least two")
     if len(classes) != len(labels):
         classes = [str(c) for c in labels]
-
     if val_size is not None:
-        if val_size > MAX_VAL_SHARE * len(y):
-            raise RegnasError(
-                f"--val-size {val_size} takes more than {MAX_VAL_SHARE:.0%} of {name}'s {len(y)} images; "
-                f"use at most {int(MAX_VAL_SHARE * len(y))}"
-            )
-        fractions = replace(fractions, val=max(fractions.val, val_size / len(y)), val_cap=val_size)
+        fractions = _with_val_size(fractions, val_size, len(y), name)
     rng = np.random.default_rng(seed)
     fr = {"calib": fractions.calib, "val": fractions.val}
     caps = {"calib": fractions.calib_cap, "val": fractions.val_cap}

@@ -167,6 +167,87 @@ class SearchResult:
         return len(self.candidates)
 
 
+class _Evolution:
+    """One search's state: the candidates scored on each split, the val samples behind the margin, the RNG."""
+
+    def __init__(
+        self, evaluator: Evaluator, budget: Budget, reward: Reward, prev: Arch | None, cfg: SearchConfig, seed: int, refs: list[Arch]
+    ):
+        self.evaluator, self.space, self.budget, self.reward, self.prev, self.cfg = evaluator, evaluator.space, budget, reward, prev, cfg
+        self.refs = refs
+        """The members whose flips count (the previous one, or every earlier one)."""
+        self.rng = random.Random(seed)
+        self.screen = cfg.screen_split(len(evaluator.labels("val")))
+        self.scored: dict[str, dict[Arch, Candidate]] = {self.screen: {}, "val": {}}
+        self.samples: dict[Arch, np.ndarray] = {}
+
+    def score(self, arch: Arch, split: str) -> Candidate:
+        """`arch`'s top-1, flips and reward on `split` (scored once)."""
+        seen = self.scored[split]
+        if arch not in seen:
+            ev = self.evaluator
+            labels = ev.labels(split)
+            refs = [ev.predictions(a, split) for a in self.refs]
+            pred = ev.predictions(arch, split)
+            correct = pred == labels
+            flipped = negative_flips_any(refs, pred, labels) if refs else None
+            acc, flip = float(correct.mean()), None if flipped is None else float(flipped.mean())
+            seen[arch] = Candidate(arch, self.space.flops(arch), acc, flip, self.reward(acc, flip))
+            if split == "val":
+                self.samples[arch] = self.reward.per_sample(correct, flipped)
+        return seen[arch]
+
+    def rank(self, c: Candidate) -> tuple:
+        return (-c.reward, -c.top1, c.flops, self.space.encode(c.arch))
+
+    def unique(self, make: Callable[[], Arch], population: list[Arch]) -> Arch:
+        """An arch from `make`, shrunk into the budget, not yet in `population` (after 20 tries, whatever came)."""
+        for _ in range(20):
+            arch = self.space.shrink_within(make(), self.budget.cost, self.budget.limit, self.rng, self.prev)
+            if arch not in population:
+                return arch
+        return arch
+
+    def first_population(self) -> list[Arch]:
+        population: list[Arch] = []
+        for _ in range(self.cfg.population):
+            population.append(self.unique(lambda: self.space.sample(self.rng, self.prev), population))
+        return population
+
+    def next_population(self, ranked: list[Candidate]) -> list[Arch]:
+        """The best as parents, then their mutants, then crossovers of them."""
+        cfg, space, rng = self.cfg, self.space, self.rng
+        n_parents = max(2, round(cfg.parent_ratio * cfg.population))
+        parents = [c.arch for c in ranked[:n_parents]]
+        population = list(parents)
+        for _ in range(round(cfg.mutation_ratio * (cfg.population - n_parents))):
+            population.append(self.unique(lambda: space.mutate(rng.choice(parents), rng, cfg.mutate_prob, self.prev), population))
+        while len(population) < cfg.population:
+            population.append(self.unique(lambda: space.crossover(*rng.sample(parents, 2), rng), population))
+        return population
+
+    def run(self) -> SearchResult:
+        population, seen = self.first_population(), self.scored[self.screen]
+        for gen in range(self.cfg.generations):
+            self.evaluator.prefetch(population, self.screen)
+            ranked = sorted((self.score(a, self.screen) for a in population), key=self.rank)
+            best = min(seen.values(), key=self.rank)
+            progress = f"best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)"
+            logger.info(f"search: generation {gen + 1}/{self.cfg.generations} {progress}")
+            if gen < self.cfg.generations - 1:
+                population = self.next_population(ranked)
+        if self.screen != "val":
+            finalists = [c.arch for c in sorted(seen.values(), key=self.rank)[: self.cfg.finalists]]
+            self.evaluator.prefetch(finalists, "val")
+            for arch in finalists:
+                self.score(arch, "val")
+            logger.info(f"search: {len(finalists)} finalists of {len(seen)} scored on all {len(self.evaluator.labels('val'))} val images")
+        final = self.scored["val"]
+        ranked = sorted(final.values(), key=self.rank)
+        candidates = [final.get(arch, c) for arch, c in seen.items()]
+        return SearchResult(ranked[0], candidates, margin(ranked, self.samples), len(final))
+
+
 def evolve(
     evaluator: Evaluator,
     budget: Budget | int,
@@ -188,67 +269,7 @@ def evolve(
     if floor > budget.limit:
         what = "the previous family member" if prev is not None else "the smallest arch"
         raise RegnasError(f"budget {budget.describe()} is below {what} ({budget.describe(floor)}); raise the budget")
-    rng = random.Random(seed)
-    refs_of = earlier or ([prev] if prev is not None else [])
-    screen = cfg.screen_split(len(evaluator.labels("val")))
-    scored: dict[str, dict[Arch, Candidate]] = {screen: {}, "val": {}}
-    samples: dict[Arch, np.ndarray] = {}
-
-    def score(arch: Arch, split: str) -> Candidate:
-        seen = scored[split]
-        if arch not in seen:
-            labels = evaluator.labels(split)
-            refs = [evaluator.predictions(a, split) for a in refs_of]
-            pred = evaluator.predictions(arch, split)
-            correct = pred == labels
-            flipped = negative_flips_any(refs, pred, labels) if refs else None
-            acc, flip = float(correct.mean()), None if flipped is None else float(flipped.mean())
-            seen[arch] = Candidate(arch, space.flops(arch), acc, flip, reward(acc, flip))
-            if split == "val":
-                samples[arch] = reward.per_sample(correct, flipped)
-        return seen[arch]
-
-    def rank(c: Candidate):
-        return (-c.reward, -c.top1, c.flops, space.encode(c.arch))
-
-    def unique(make, population: list[Arch]) -> Arch:
-        for _ in range(20):
-            arch = space.shrink_within(make(), budget.cost, budget.limit, rng, prev)
-            if arch not in population:
-                return arch
-        return arch
-
-    population: list[Arch] = []
-    for _ in range(cfg.population):
-        population.append(unique(lambda: space.sample(rng, prev), population))
-    n_parents = max(2, round(cfg.parent_ratio * cfg.population))
-    n_mutants = round(cfg.mutation_ratio * (cfg.population - n_parents))
-    seen = scored[screen]
-    for gen in range(cfg.generations):
-        evaluator.prefetch(population, screen)
-        ranked = sorted((score(a, screen) for a in population), key=rank)
-        best = min(seen.values(), key=rank)
-        logger.info(
-            f"search: generation {gen + 1}/{cfg.generations} best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)"
-        )
-        if gen == cfg.generations - 1:
-            break
-        parents = [c.arch for c in ranked[:n_parents]]
-        population = list(parents)
-        for _ in range(n_mutants):
-            population.append(unique(lambda ps=parents: space.mutate(rng.choice(ps), rng, cfg.mutate_prob, prev), population))
-        while len(population) < cfg.population:
-            population.append(unique(lambda ps=parents: space.crossover(*rng.sample(ps, 2), rng), population))
-    if screen != "val":
-        finalists = [c.arch for c in sorted(seen.values(), key=rank)[: cfg.finalists]]
-        evaluator.prefetch(finalists, "val")
-        for arch in finalists:
-            score(arch, "val")
-        logger.info(f"search: {len(finalists)} finalists of {len(seen)} scored on all {len(evaluator.labels('val'))} val images")
-    final = scored["val"]
-    ranked = sorted(final.values(), key=rank)
-    candidates = [final.get(arch, c) for arch, c in seen.items()]
-    return SearchResult(ranked[0], candidates, margin(ranked, samples), len(final))
+    return _Evolution(evaluator, budget, reward, prev, cfg, seed, earlier or ([prev] if prev is not None else [])).run()
 
 
 def margin(ranked: list[Candidate], samples: dict[Arch, np.ndarray]) -> Margin | None:

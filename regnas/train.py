@@ -464,10 +464,20 @@ BF16_MIN_SPEEDUP = 1.15
 inputs (8-px digits) autocast's casts cost more than the bf16 kernels save."""
 
 
-def settle_precision(out_dir: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, world: World = World()) -> TrainConfig:
+BF16_TRIAL_MIN_S = 300.0
+"""A run whose fp32 training would take less than this here trains in fp32 without timing bf16 steps: setting up bf16
+kernels for the trial costs seconds to a minute, more than a run this short could win back (on 8-px digits
+bf16 is slower anyway)."""
+
+
+def settle_precision(
+    out_dir: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, world: World = World(), epochs: int | None = None
+) -> TrainConfig:
     """`cfg` with its training precision decided: the one given; else the one of a checkpoint in `out_dir` made with the
     same data and settings (so a resumed run goes on as it began); else bf16 on a GPU, fp32 on a CPU without native
-    bf16, and on one with it whichever of the two timed sandwich steps here is faster (bf16 by `BF16_MIN_SPEEDUP`)."""
+    bf16, and on one with it whichever of the two timed sandwich steps here is faster (bf16 by `BF16_MIN_SPEEDUP`),
+    unless the run is too short to time both (`BF16_TRIAL_MIN_S`; `epochs`: the run's, when fixed, else at most
+    `cfg.max_epochs`)."""
     if cfg.precision is not None:
         return cfg
     old = _kept_config(out_dir, data)
@@ -475,8 +485,17 @@ def settle_precision(out_dir: str | Path, data: Dataset, space: SearchSpace, cfg
         return replace(cfg, precision=old.precision)
     if world.device.type != "cpu" or not native_bf16(world.device):
         return replace(cfg, precision="fp32" if world.device.type == "cpu" else "bf16")
-    fp32, bf16 = (_step_timer(data, space, replace(cfg, precision=p), world)[0](1, warmup=1, repeats=3) for p in ("fp32", "bf16"))
-    (fp32, bf16) = world.sum([fp32 if world.main else 0.0, bf16 if world.main else 0.0])
+
+    def timed(precision: str) -> tuple[float, int]:  # every rank steps; rank 0's timing decides for all
+        timer, steps = _step_timer(data, space, replace(cfg, precision=precision), world)
+        seconds = timer(1, warmup=1, repeats=3)
+        return world.sum([seconds if world.main else 0.0])[0], steps
+
+    fp32, steps = timed("fp32")
+    if fp32 * steps * (epochs or cfg.max_epochs) < BF16_TRIAL_MIN_S:
+        logger.debug(f"train: fp32 steps (training takes under {BF16_TRIAL_MIN_S:g} s at {1000 * fp32:.0f} ms a step; bf16 not tried)")
+        return replace(cfg, precision="fp32")
+    bf16, _ = timed("bf16")
     precision = "bf16" if fp32 >= BF16_MIN_SPEEDUP * bf16 else "fp32"
     logger.debug(f"train: {precision} steps (a sandwich step takes {1000 * fp32:.0f} ms in fp32, {1000 * bf16:.0f} ms in bf16 here)")
     return replace(cfg, precision=precision)

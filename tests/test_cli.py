@@ -194,14 +194,18 @@ tensorrt = ["int8"]
 [budget]
 flops_fraction = 0.3
 """
+CONVOLUTIONS_ONLY = {"tvm", "coreml"}
+"""Exporters that see nothing new in resnet (convolutions, as mbv3 in the `built` fixture): its build skips them."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("space", ["resnet", "vit"])
 def test_every_space_builds_with_every_exporter(space, tmp_path):
-    """mbv3 is the `built` fixture; the other spaces go through every exporter too (resnet once broke ExecuTorch lowering)."""
+    """mbv3 is the `built` fixture; the other spaces go through every exporter too (resnet once broke ExecuTorch
+    lowering), except those to which resnet's convolutions are nothing new."""
+    skipped = CONVOLUTIONS_ONLY if space == "resnet" else set()
     target = tmp_path / "all.toml"
-    target.write_text(EVERY_FORMAT)
+    target.write_text("".join(line + "\n" for line in EVERY_FORMAT.splitlines() if line.split(" = ")[0] not in skipped))
     out = tmp_path / "build"
     code, _, stderr = run("build", "--targets", str(target), "--space", space, "--out", str(out), *FAST)
     assert code == 0, stderr
@@ -209,16 +213,10 @@ def test_every_space_builds_with_every_exporter(space, tmp_path):
     assert trained == {**trained, **space_class(space).recipe}  # the space's own training recipe was used
     report = json.loads((out / "report.json").read_text())
     formats = {(a["format"], a["precision"]) for a in report["artifacts"]}
-    assert formats == {
-        ("onnx", "fp32"),
-        ("onnx", "int8"),
-        ("executorch", "int8"),
-        ("tvm", "fp32"),
-        ("coreml", "fp16"),
-        ("tensorrt", "int8"),
-    }
+    every = {("onnx", "fp32"), ("onnx", "int8"), ("executorch", "int8"), ("tvm", "fp32"), ("coreml", "fp16"), ("tensorrt", "int8")}
+    assert formats == {(f, p) for f, p in every if f not in skipped}
     ran = [a for a in report["artifacts"] if a["status"] == "ok" and a["top1"] is not None]
-    assert {a["format"] for a in ran} == {"onnx", "executorch", "tvm", "tensorrt"}  # Core ML predicts on macOS only
+    assert {a["format"] for a in ran} == {"onnx", "executorch", "tvm", "tensorrt"} - skipped  # Core ML predicts on macOS only
     assert all(a["status"] == "ok" or a["status"].startswith("skipped: ") for a in report["artifacts"])
 
 

@@ -147,12 +147,16 @@ def test_the_precision_is_the_given_one_a_checkpoints_or_the_faster_one_here(dig
     assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "fp32"  # emulated bf16 is never faster
     monkeypatch.setattr(train_mod, "native_bf16", lambda device: True)
     timed = {"fp32": 1.0, "bf16": 0.5}
-    monkeypatch.setattr(train_mod, "_step_timer", lambda d, s, c, w: (lambda epoch, **_: timed[c.precision], 1))
+    monkeypatch.setattr(train_mod, "_step_timer", lambda d, s, c, w: (lambda epoch, **_: timed[c.precision], 100))
     with caplog.at_level("DEBUG", logger="regnas"):
         assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "bf16"
     assert "1000 ms in fp32, 500 ms in bf16" in caplog.text
     timed["bf16"] = 0.95  # faster, but not by BF16_MIN_SPEEDUP
     assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "fp32"
+    timed["bf16"] = 0.5  # twice as fast, but a run this short is not worth the trial: bf16 is not even timed
+    short = int(train_mod.BF16_TRIAL_MIN_S / 100) - 1  # epochs of 100 one-second fp32 steps
+    assert train_mod.settle_precision(tmp_path, data, space, cfg, epochs=short).precision == "fp32"
+    assert train_mod.settle_precision(tmp_path, data, space, cfg, epochs=short + 2).precision == "bf16"
     train_supernet(data, tmp_path, replace(cfg, precision="bf16", time_budget_min=0.5))  # as a planned build records it
     assert train_mod.settle_precision(tmp_path, data, space, cfg).precision == "bf16"  # the checkpoint's, to resume it
 

@@ -116,10 +116,8 @@ def _exporters(value: list | dict, source: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> Target:
-    """Validate a target definition; every problem is a one-line RegnasError naming `source`."""
-    from regnas.runtimes import runtime_names
-
+def _check_keys(obj: dict[str, Any], source: str) -> None:
+    """Every key known and of its type, and the two a target cannot do without."""
     for key, value in obj.items():
         if key not in _FIELDS:
             raise RegnasError(f"{source}: unknown key {key!r}; allowed keys are {', '.join(_FIELDS)}")
@@ -133,7 +131,10 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
         raise RegnasError(
             f"{source}: target name {obj['name']!r} must be a plain identifier (letters, digits, '-' or '_'): it names a build folder"
         )
-    budget = obj["budget"]
+
+
+def _budget(budget: dict[str, Any], source: str) -> dict[str, float]:
+    """The [budget] table: exactly one positive budget (a FLOPs fraction at most 1)."""
     kinds = [k for k in budget if k in _BUDGETS]
     if len(kinds) != 1 or len(budget) != 1:
         raise RegnasError(f"{source}: [budget] needs exactly one of {', '.join(_BUDGETS)}, got {sorted(budget)}")
@@ -142,6 +143,13 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
         raise RegnasError(f"{source}: budget {kinds[0]} must be a positive number, got {value!r}")
     if kinds[0] == "flops_fraction" and value > 1:
         raise RegnasError(f"{source}: budget flops_fraction must be in (0, 1], got {value}")
+    return {kinds[0]: float(value)}
+
+
+def _measurement(obj: dict[str, Any], source: str) -> tuple[str, str, int]:
+    """How the target's latency is measured: runtime, precision and threads."""
+    from regnas.runtimes import runtime_names
+
     if obj.get("threads", 1) < 1:
         raise RegnasError(f"{source}: threads must be at least 1")
     runtime = obj.get("runtime", "onnxruntime")
@@ -150,34 +158,59 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
     precision = obj.get("precision", "fp32")
     if precision not in ("fp32", "fp16", "int8"):
         raise RegnasError(f"{source}: precision must be fp32, fp16 or int8, got {precision!r}")
+    return runtime, precision, obj.get("threads", 1)
+
+
+def _limits(obj: dict[str, Any], source: str) -> tuple[float, float]:
+    """The check's flip limit and the int8 fallback's latency cap."""
     max_nfr = float(obj.get("max_nfr_vs_fp32", DEFAULT_MAX_NFR))
     if not 0 <= max_nfr <= 1:  # also false for nan
         raise RegnasError(f"{source}: max_nfr_vs_fp32 is a fraction in [0, 1], got {max_nfr}")
     slowdown = float(obj.get("max_int8_slowdown", DEFAULT_MAX_INT8_SLOWDOWN))
     if not slowdown >= 1:  # also true for nan
         raise RegnasError(f"{source}: max_int8_slowdown is a latency multiple of at least 1 (1: no unit kept in float), got {slowdown}")
+    return max_nfr, slowdown
+
+
+def _lut(obj: dict[str, Any], source: str, base: Path | None) -> str | None:
+    """The target's own LUT file (relative to the target file's folder), which must exist."""
     lut = obj.get("lut")
     if lut is not None and base is not None and not Path(lut).is_absolute():
         lut = str(base / lut)
     if lut is not None and not Path(lut).is_file():
         raise RegnasError(f"{source}: its lut file {lut} does not exist; run regnas profile --target {obj['name']} --out {lut}")
+    return lut
+
+
+def _keep_float(obj: dict[str, Any], source: str) -> dict[str, tuple[str, ...]]:
+    """Units each of the target's exporters keeps in float."""
     keep_float = obj.get("keep_float", {})
     for name, units in keep_float.items():
         if name not in obj.get("exporters", []) or not isinstance(units, list) or not all(isinstance(u, str) for u in units):
             raise RegnasError(f"{source}: keep_float.{name} must be a list of unit names for an exporter this target uses")
+    return {k: tuple(v) for k, v in keep_float.items()}
+
+
+def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> Target:
+    """Validate a target definition; every problem is a one-line RegnasError naming `source`."""
+    _check_keys(obj, source)
+    budget = _budget(obj["budget"], source)
+    runtime, precision, threads = _measurement(obj, source)
+    max_nfr, slowdown = _limits(obj, source)
+    lut, keep_float = _lut(obj, source, base), _keep_float(obj, source)
     return Target(
         name=obj["name"],
-        budget={kinds[0]: float(value)},
+        budget=budget,
         description=obj.get("description", ""),
         runtime=runtime,
         precision=precision,
-        threads=obj.get("threads", 1),
+        threads=threads,
         exporters=_exporters(obj.get("exporters", []), source),
         max_nfr_vs_fp32=max_nfr,
         max_int8_slowdown=slowdown,
         lut=lut,
         tvm_target=obj.get("tvm_target", "llvm"),
-        keep_float={k: tuple(v) for k, v in keep_float.items()},
+        keep_float=keep_float,
     )
 
 

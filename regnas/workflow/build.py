@@ -342,7 +342,7 @@ def _train_config(
         precision=opts.precision,
         subnet_flops=tuple(sorted({round(b.limit / b.cost(largest), 4) for _, b in budgets})),
     )
-    cfg = settle_precision(out, data, space, cfg, world)
+    cfg = settle_precision(out, data, space, cfg, world, opts.epochs)
     if opts.epochs:
         return cfg, {}
     budget_min = opts.time_budget or POLICY_TIME_BUDGET_MIN.get(cfg.augment, DEFAULT_TIME_BUDGET_MIN)

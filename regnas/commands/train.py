@@ -1,0 +1,89 @@
+"""`regnas train`: a supernet alone (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+from regnas.cli import Command, register_command
+from regnas.config import minutes, positive, positive_float
+
+DEFAULT_TRAIN_MINUTES = 30.0
+
+
+@register_command
+class Train(Command):
+    name = "train"
+    help = "train a weight-sharing supernet (sandwich rule, in-place distillation); runs under torchrun unchanged"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
+        p.add_argument("--batch-size", type=positive, default=None, help="default: 32 below 4096 training images, else 128")
+        p.add_argument(
+            "--lr",
+            type=positive_float,
+            default=None,
+            help="peak learning rate of the one-cycle schedule for a net trained alone; a space's recipe may train its supernet "
+            "at a multiple of it (default: the recipe's, 0.003 for AdamW)",
+        )
+        p.add_argument(
+            "--time-budget",
+            type=minutes,
+            default=None,
+            metavar="MIN",
+            help=f"minutes of training; epochs are planned from timed steps here (default: {DEFAULT_TRAIN_MINUTES:g} unless --epochs)",
+        )
+        p.add_argument(
+            "--sort-channels", action="store_true", help="after the warm start (the largest subnet alone), order channels by importance"
+        )
+        from regnas.config import add_options
+        from regnas.workflow.build import BuildOptions
+
+        add_options(p, BuildOptions, {"data", "image_size", "val_size", "seed", "space", "epochs", "precision", "augment"}, defaults=True)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from dataclasses import replace
+
+        from regnas.augment import create_augment
+        from regnas.builddir import DATA_CACHE, locked
+        from regnas.data import load_dataset
+        from regnas.distributed import init_world
+        from regnas.io import ensure_writable_dir
+        from regnas.spaces import space_class, space_for
+        from regnas.train import CHECKPOINT, check_precision, default_batch_size, planned, recipe, settle_precision, train_supernet
+
+        if args.space:
+            space_class(args.space)
+        check_precision(args.precision)
+        if args.augment:
+            create_augment(args.augment)
+        ensure_writable_dir(args.out, "--out")
+        data = load_dataset(args.data, args.seed, val_size=args.val_size, image_size=args.image_size, cache=args.out / DATA_CACHE)
+        space = space_for(data.input_shape, data.num_classes, args.space)
+        n = len(data["train"])
+        world = init_world()
+        cfg = recipe(
+            space,
+            epochs=args.epochs or 1,
+            batch_size=args.batch_size or default_batch_size(n),
+            lr=args.lr,
+            sort_channels=args.sort_channels,
+            seed=args.seed,
+            augment=args.augment,
+            precision=args.precision,
+        )
+        try:
+            cfg = settle_precision(args.out, data, space, cfg, world, args.epochs)
+            if not args.epochs:
+                budget = args.time_budget or DEFAULT_TRAIN_MINUTES
+                cfg = planned(args.out, data, space, replace(cfg, time_budget_min=budget), budget * 60, world)
+            with locked(args.out, "train") if world.main else contextlib.nullcontext():
+                train_supernet(data, args.out, cfg, space.name, world=world)
+        finally:
+            world.close()
+        if world.main:
+            print(f"wrote {args.out / CHECKPOINT}")
+        return 0
