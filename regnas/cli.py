@@ -54,15 +54,12 @@ def remote_from(args: argparse.Namespace):
 
 
 def data_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    """`--data` (its help says what this command reads it for) and `--image-size`, as `regnas build` declares it."""
+    from regnas.config import add_options
+    from regnas.workflow.build import BuildOptions
+
     p.add_argument("--data", required=required, default=None if required else "digits", help=help)
-    p.add_argument(
-        "--image-size",
-        type=positive,
-        default=None,
-        metavar="N",
-        help="an image folder's images: shorter side resized to N px, then centre-cropped to NxN (default: as they are; they "
-        "must then share one size)",
-    )
+    add_options(p, BuildOptions, {"image_size"}, defaults=True)
 
 
 def seed_option(p: argparse.ArgumentParser, seeds: str) -> None:
