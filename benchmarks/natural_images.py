@@ -135,14 +135,14 @@ def stage_nfr(args: argparse.Namespace, space: str) -> dict:
         reward=nfr_family.DEFAULT_REWARD,
         sweep=[],
         finetune="joint",
-        keep=[],
+        keep=args.keep,
         no_control=True,
         targets="phone,edge,server",
         time_budget=None,
         pct_epochs=None,
         work=args.work,
     )
-    res = nfr_family.bench_space(ns, space, None)
+    res = nfr_family.bench_space(ns, space, args.earlier.get("nfr"))
     nfr_family.print_space(res)
     s = res["summary"]
     return {
@@ -289,12 +289,20 @@ def main() -> int:
     ap.add_argument("--data", required=True, help="an image folder of colour photographs (one subfolder per class)")
     ap.add_argument("--stages", nargs="+", default=["build", "twins", "nfr", "memory"], choices=["build", "twins", "nfr", "memory"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds of the nfr stage (the first is the build's)")
+    ap.add_argument(
+        "--keep",
+        nargs="*",
+        default=[],
+        choices=nfr_family.KEEPABLE,
+        help="nfr stage: rows of the earlier result in --out to keep, per seed it has (same supernet and settings; nfr_family.py's --keep)",
+    )
     ap.add_argument("--work", type=Path, default=Path("build/bench"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/natural_images.json"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     configure(-1)
     old = read_json(args.out) if args.out.is_file() else {}
+    args.earlier = old
     result = {k: v for k, v in old.items() if k not in ("targets", "met")}
     result |= {
         "benchmark": "natural_images",

@@ -43,12 +43,14 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from regnas.builddir import is_build, load_member, read_report, read_search_cache
+from regnas.distill import DistillConfig
 from regnas.evaluate import Evaluator, predict
 from regnas.family import Member, assess, search_baseline, search_family
+from regnas.finetune import FINETUNE_MODES, nested_finetune
 from regnas.flips import nfr
 from regnas.io import atomic_path, read_json, write_json
 from regnas.logs import configure
-from regnas.pct import FINETUNE_MODES, PCTConfig, nested_finetune, pct_family
+from regnas.pct import pct_family
 from regnas.report import trade_off_plot
 from regnas.search import SearchConfig, parse_reward
 from regnas.train import load_checkpoint
@@ -75,7 +77,7 @@ def row(names: list[str], preds: list[np.ndarray], labels: np.ndarray, section: 
     return out
 
 
-def tuned(nets, data, cfg: PCTConfig, labels: np.ndarray, names: list[str]) -> dict:
+def tuned(nets, data, cfg: DistillConfig, labels: np.ndarray, names: list[str]) -> dict:
     """Top-1 and pair NFRs after (focal-distillation) fine-tuning each model towards the one before it."""
     out = pct_family(nets, data, cfg)
     return row(names, [predict(n, data["test"].x) for n in out], labels)
@@ -101,7 +103,7 @@ def same_supernet(old: dict, report: dict, digest: str, seed0_baseline: dict) ->
     return settings[0] == settings[1] and first["seed"] == report["config"]["seed"] and reproduced
 
 
-def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Namespace, same: bool) -> dict[int, dict]:
+def kept_rows(old: dict | None, report: dict, pct: DistillConfig, args: argparse.Namespace, same: bool) -> dict[int, dict]:
     """Per seed, the `--keep` rows of an earlier result on the same supernet and settings (nothing when it differs).
 
     `family` (the searched family) needs the same reward; `family_finetune` also the same fine-tune mode and
@@ -129,7 +131,7 @@ def kept_rows(old: dict | None, report: dict, pct: PCTConfig, args: argparse.Nam
     return {r["seed"]: {k: v for k, v in r.items() if wanted(k)} for r in old["runs"]}
 
 
-def built_finetune(report: dict, space, archs: list, cfg: PCTConfig, mode: str) -> bool:
+def built_finetune(report: dict, space, archs: list, cfg: DistillConfig, mode: str) -> bool:
     """Whether the seed-0 build already fine-tuned these archs in this mode with these settings (its members are then the result)."""
     done = report.get("finetune", {})
     same_archs = [space.from_json(m["arch"]) for m in report["family"]] == archs
@@ -155,7 +157,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     budgets = [(m["target"], m["budget_flops"]) for m in report["family"]]
     names = [m["target"] for m in report["family"]]
     cfg = SearchConfig(**report["config"]["search"])
-    pct = PCTConfig(epochs=args.pct_epochs)
+    pct = DistillConfig(epochs=args.pct_epochs)
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
     built_with = report["config"]["reward"]
     cache = read_search_cache(work)
@@ -325,7 +327,7 @@ def main() -> int:
     ap.add_argument("--no-control", action="store_true", help="skip the plain fine-tune row (the control for PCT; not in the targets)")
     ap.add_argument("--targets", default="phone,edge,server")
     ap.add_argument("--time-budget", type=float, default=45.0, help="minutes for the seed-0 build (default: 45)")
-    ap.add_argument("--pct-epochs", type=int, default=PCTConfig.epochs)
+    ap.add_argument("--pct-epochs", type=int, default=DistillConfig.epochs)
     ap.add_argument("--work", type=Path, default=Path("build/bench"), help="build directories (WORK/<space>-<data>), reused when present")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/nfr_family.json"))
     args = ap.parse_args()

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import os
 import shutil
 import tempfile
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
+import torch
 
 from regnas.builddir import ArtifactRecord, inside, load_member, member_dir
 from regnas.data import Dataset, to_float
@@ -42,8 +42,9 @@ CONFIDENCE = 0.95
 """Confidence, over every configuration one artifact's search may judge, that the one kept is within its flip limit."""
 
 
-PREDICT_THREADS = os.cpu_count() or 1
-"""Runtime threads for predictions (flip counts, not timings): every core, since nothing else runs meanwhile."""
+PREDICT_THREADS = torch.get_num_threads()
+"""Runtime threads for predictions (flip counts, not timings): as many as torch computes with (every core unless
+OMP_NUM_THREADS says fewer), since nothing else runs meanwhile."""
 RANK_SAMPLES = 1000
 """Calib images that score each unit's sensitivity (val judges the configurations, and only that)."""
 RANK_CALIB = 128

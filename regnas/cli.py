@@ -48,9 +48,7 @@ def add_rpc_options(p: argparse.ArgumentParser) -> None:
 def remote_from(args: argparse.Namespace):
     from regnas.runtimes import Remote
 
-    if args.rpc_key and not args.rpc:
-        raise RegnasError("--rpc-key needs --rpc HOST:PORT of the tracker")
-    return Remote.parse(args.rpc, args.rpc_key) if args.rpc else None
+    return Remote.from_options(args.rpc, args.rpc_key)
 
 
 def data_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:

@@ -1,7 +1,8 @@
 """Human-readable views of a build: a self-contained `report.html` and a markdown summary.
 
-Both are rendered from `report.json` alone, so `regnas report BUILD_DIR` can redo them at any
-time. The HTML embeds its plots as PNG data URIs and loads nothing from anywhere else.
+Both are rendered from `report.json` alone (read as a `BuildReport`: members and artifacts as records, the
+sections that have none, such as search candidates and LUTs, as written), so `regnas report BUILD_DIR` can
+redo them at any time. The HTML embeds its plots as PNG data URIs and loads nothing from anywhere else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from regnas.builddir import ArtifactRecord, BuildReport, MemberRecord  # noqa: E402
 from regnas.io import atomic_path  # noqa: E402
 
 
@@ -25,17 +27,33 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}%"
 
 
-def _budget(m: dict[str, Any]) -> str:
-    if m.get("budget_latency_ms") is not None:
-        return f"{m['budget_latency_ms']:.3f} ms"
-    return "–" if m["budget_flops"] is None else f"{m['budget_flops'] / 1e6:.2f} MFLOPs"
+def _budget(m: MemberRecord) -> str:
+    if m.budget_latency_ms is not None:
+        return f"{m.budget_latency_ms:.3f} ms"
+    return "–" if m.budget_flops is None else f"{m.budget_flops / 1e6:.2f} MFLOPs"
 
 
 def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def markdown_summary(report: dict[str, Any]) -> str:
+def _member_rows(report: BuildReport) -> list[list[str]]:
+    """Family then baseline, one row each: cost, budget, test top-1 and NFR against the member before."""
+    return [
+        [kind, m.target, f"{m.flops / 1e6:.2f}", _budget(m), _ms(m.predicted_latency_ms), f"{m.params:,}"]
+        + [_pct(m.top1), _pct(m.nfr_vs_prev)]
+        for kind, members in (("family", report.family), ("baseline", report.baseline))
+        for m in members
+    ]
+
+
+def _mean_nfr(nfr_vs_prev: list[float | None]) -> float | None:
+    """Mean NFR between consecutive members (the first member has none)."""
+    flips = [v for v in nfr_vs_prev[1:] if v is not None]
+    return float(np.mean(flips)) if flips else None
+
+
+def markdown_summary(report: BuildReport) -> str:
     """A pull-request comment: the family against the baseline, nesting, flips and the artifact check."""
     lines = [
         "### regnas build",
@@ -43,46 +61,37 @@ def markdown_summary(report: dict[str, Any]) -> str:
         "| | target | MFLOPs | budget | predicted ms | params | top-1 | NFR vs previous |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for kind, members in (("family", report["family"]), ("baseline", report["baseline"]["family"])):
-        for m in members:
-            cells = [kind, m["target"], f"{m['flops'] / 1e6:.2f}", _budget(m), _ms(m.get("predicted_latency_ms")), f"{m['params']:,}"]
-            lines.append("| " + " | ".join([*cells, _pct(m["top1"]), _pct(m["nfr_vs_prev"])]) + " |")
-    for m in report["family"]:
-        if m.get("same_as_previous"):
-            lines.append(
-                f"\n**Warning**: family member {m['target']} has the same arch as the one before it: its larger budget buys nothing."
-            )
+    lines += ["| " + " | ".join(row) + " |" for row in _member_rows(report)]
+    for m in report.family:
+        if m.same_as_previous:
+            lines.append(f"\n**Warning**: family member {m.target} has the same arch as the one before it: its larger budget buys nothing.")
     lines += ["", "| pair | nested | shared weights (of larger) |", "| --- | --- | --- |"]
-    for n in report["nesting"]:
+    for n in report.sections["nesting"]:
         lines.append(
             f"| {n['smaller']} ⊂ {n['larger']} | {'yes' if n['contains'] and n['literal'] else 'no'} | {n['shared_weight_fraction']:.3f} |"
         )
-    fam = [m["nfr_vs_prev"] for m in report["family"][1:]]
-    base = [m["nfr_vs_prev"] for m in report["baseline"]["family"][1:]]
-    if fam and base:
-        lines += [
-            "",
-            f"Mean NFR between consecutive members: family {_pct(float(np.mean(fam)))}, independent baseline {_pct(float(np.mean(base)))}.",
-        ]
-    if report.get("finetune"):
-        before = report["finetune"]["before"]
-        flips = [m["nfr_vs_prev"] for m in before[1:]]
+    fam, base = (_mean_nfr([m.nfr_vs_prev for m in ms]) for ms in (report.family, report.baseline))
+    if fam is not None and base is not None:
+        lines += ["", f"Mean NFR between consecutive members: family {_pct(fam)}, independent baseline {_pct(base)}."]
+    if finetune := report.sections.get("finetune"):
+        before = finetune["before"]  # target, top-1 and NFR of each member before the fine-tune
+        flips = _mean_nfr([m["nfr_vs_prev"] for m in before])
         lines.append(
-            f"The family is fine-tuned (`--finetune {report['finetune']['mode']}`); before it, top-1 "
+            f"The family is fine-tuned (`--finetune {finetune['mode']}`); before it, top-1 "
             + " / ".join(_pct(m["top1"]) for m in before)
-            + (f" and mean NFR {_pct(float(np.mean(flips)))}." if flips else ".")
+            + (f" and mean NFR {_pct(flips)}." if flips is not None else ".")
         )
-    if report.get("artifacts"):
+    if report.artifacts:
         lines += ["", "| " + " | ".join(ARTIFACT_COLUMNS) + " |", "|" + " --- |" * len(ARTIFACT_COLUMNS)]
-        lines += ["| " + " | ".join(_artifact_cells(a)) + " |" for a in report["artifacts"]]
-        for a in report["artifacts"]:
-            q = a.get("quantization")
+        lines += ["| " + " | ".join(_artifact_cells(a)) + " |" for a in report.artifacts]
+        for a in report.artifacts:
+            q = a.quantization
             if q and q["after"] != q["before"]:
                 lines.append(
-                    f"- {a['path']}: flip-aware quantization kept {q['after']['options']} "
+                    f"- {a.path}: flip-aware quantization kept {q['after']['options']} "
                     f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32{_fallback_cost(q)})"
                 )
-        lines += [f"- {on_device(a)}" for a in report["artifacts"] if a.get("device")]
+        lines += [f"- {on_device(a)}" for a in report.artifacts if a.device]
         lines += ["", f"Artifact check on the test split: {_check_verdict(report)}."]
     return "\n".join(lines) + "\n"
 
@@ -108,30 +117,29 @@ ARTIFACT_COLUMNS = (
 )
 
 
-def _artifact_cells(a: dict[str, Any]) -> list[str]:
+def _artifact_cells(a: ArtifactRecord) -> list[str]:
     """One artifact's row: what ran, its flips against its fp32 model with their interval and verdict."""
     nfr = "–"
-    if a.get("nfr_vs_fp32") is not None:
-        low, high = a.get("nfr_interval") or (None, None)
-        nfr = _pct(a["nfr_vs_fp32"]) + ("" if low is None else f" [{_pct(low)}, {_pct(high)}]")
-    flips = "–" if a.get("flips") is None else str(a["flips"])
-    return [a["path"], a["runtime"], a["status"], _pct(a.get("top1")), flips, nfr, a.get("verdict") or "–", _pct(a.get("nfr_vs_prev"))]
+    if a.nfr_vs_fp32 is not None:
+        low, high = a.nfr_interval or (None, None)
+        nfr = _pct(a.nfr_vs_fp32) + ("" if low is None else f" [{_pct(low)}, {_pct(high)}]")
+    flips = "–" if a.flips is None else str(a.flips)
+    return [a.path, a.runtime, a.status, _pct(a.top1), flips, nfr, a.verdict or "–", _pct(a.nfr_vs_prev)]
 
 
-def on_device(a: dict[str, Any]) -> str:
+def on_device(a: ArtifactRecord) -> str:
     """Where a device-checked artifact ran, and how it agreed with this host's build of the same graph."""
-    line = f"{a['path']} ran on {a['device']}"
-    vs = a.get("vs_host")
+    line = f"{a.path} ran on {a.device}"
+    vs = a.vs_host
     if vs:
         line += f": {vs['flips']} flips, {vs['disagreements']} disagreements vs {vs['artifact']} (this host)"
     return line
 
 
-def _check_verdict(report: dict[str, Any]) -> str:
-    check = report.get("check", {})
-    if not check.get("passed"):
-        return "FAILED: " + "; ".join(check.get("failures", []))
-    undecided = check.get("inconclusive", [])
+def _check_verdict(report: BuildReport) -> str:
+    if not report.passed:
+        return "FAILED: " + "; ".join(report.failures)
+    undecided = report.inconclusive
     return "passed" + (f"; {len(undecided)} artifact(s) inconclusive on this many test images (see the verdicts)" if undecided else "")
 
 
@@ -142,8 +150,8 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _pareto_plot(report: dict[str, Any]) -> str | None:
-    search = report.get("search")
+def _pareto_plot(report: BuildReport) -> str | None:
+    search = report.sections.get("search")
     if not search:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -162,21 +170,14 @@ def _pareto_plot(report: dict[str, Any]) -> str | None:
     if front:
         ax.plot(*zip(*front), color="black", lw=1, label="Pareto front (val)")
     for kind, marker, colour in (("family", "*", "#d62728"), ("baseline", "s", "#1f77b4")):
-        members = report["family"] if kind == "family" else report["baseline"]["family"]
-        ax.scatter(
-            [m["flops"] / 1e6 for m in members],
-            [100 * m["val_top1"] for m in members],
-            marker=marker,
-            s=120,
-            color=colour,
-            label=kind,
-            zorder=3,
-        )
+        members = [m for m in (report.family if kind == "family" else report.baseline) if m.val_top1 is not None]
+        xs, ys = [m.flops / 1e6 for m in members], [100 * m.val_top1 for m in members]
+        ax.scatter(xs, ys, marker=marker, s=120, color=colour, label=kind, zorder=3)
         for m in members:
-            ax.annotate(m["target"], (m["flops"] / 1e6, 100 * m["val_top1"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    for m in report["family"]:
-        if m["budget_flops"] is not None:  # latency budgets have no place on a FLOP axis
-            ax.axvline(m["budget_flops"] / 1e6, color="#888", ls="--", lw=0.8)
+            ax.annotate(m.target, (m.flops / 1e6, 100 * m.val_top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for m in report.family:
+        if m.budget_flops is not None:  # latency budgets have no place on a FLOP axis
+            ax.axvline(m.budget_flops / 1e6, color="#888", ls="--", lw=0.8)
     ax.set_xlabel("MFLOPs (multiply-accumulates); dashed: FLOP budgets")
     ax.set_ylabel("val top-1 (%)")
     ax.legend(fontsize=8, loc="lower right")
@@ -206,13 +207,16 @@ def trade_off_plot(points: list[dict[str, Any]], title: str) -> str | None:
     return _png(fig)
 
 
-def _heatmaps(report: dict[str, Any]) -> str:
-    sections = [("REG-NAS family", report), ("independent baseline", report["baseline"])]
+def _heatmaps(report: BuildReport) -> str:
+    sections = [
+        ("REG-NAS family", report.sections["flip_matrix"], report.family),
+        ("independent baseline", report.sections["baseline"]["flip_matrix"], report.baseline),
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    vmax = max(100 * max(max(r) for r in s["flip_matrix"]) for _, s in sections) or 1.0
-    for ax, (title, sec) in zip(axes, sections):
-        m = 100 * np.asarray(sec["flip_matrix"])
-        names = [x["target"] for x in sec["family"]]
+    vmax = max(100 * max(max(r) for r in matrix) for _, matrix, _ in sections) or 1.0
+    for ax, (title, matrix, members) in zip(axes, sections):
+        m = 100 * np.asarray(matrix)
+        names = [x.target for x in members]
         ax.imshow(m, cmap="Reds", vmin=0, vmax=vmax)
         ax.set_xticks(range(len(names)), names)
         ax.set_yticks(range(len(names)), names)
@@ -226,14 +230,9 @@ def _heatmaps(report: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def _per_class_plot(report: dict[str, Any]) -> str | None:
-    classes = report.get("config", {}).get("data", {}).get("class_names")
-    pairs = [
-        (kind, m)
-        for kind, ms in (("family", report["family"]), ("baseline", report["baseline"]["family"]))
-        for m in ms
-        if m.get("flips_per_class")
-    ]
+def _per_class_plot(report: BuildReport) -> str | None:
+    classes = report.sections.get("config", {}).get("data", {}).get("class_names")
+    pairs = [(kind, m) for kind, ms in (("family", report.family), ("baseline", report.baseline)) for m in ms if m.flips_per_class]
     if not pairs or not classes:
         return None
     fig, ax = plt.subplots(figsize=(9, 3.8))
@@ -241,9 +240,9 @@ def _per_class_plot(report: dict[str, Any]) -> str | None:
     for k, (kind, m) in enumerate(pairs):
         ax.bar(
             np.arange(len(classes)) + k * width,
-            m["flips_per_class"],
+            m.flips_per_class,
             width,
-            label=f"{kind}: → {m['target']}",
+            label=f"{kind}: → {m.target}",
             hatch="//" if kind == "baseline" else None,
         )
     ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, ha="right", fontsize=8)
@@ -259,17 +258,17 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _artifact_table(report: dict[str, Any]) -> str:
-    arts = report.get("artifacts")
+def _artifact_table(report: BuildReport) -> str:
+    arts = report.artifacts
     if not arts:
         return "<p>No artifacts: the build ran with --no-export. Run regnas export on the build directory.</p>"
-    rows = [[*_artifact_cells(a), (a["sha256"] or "–")[:12]] for a in arts]
-    devices = "".join(f"<p>{html.escape(on_device(a))}</p>" for a in arts if a.get("device"))
+    rows = [[*_artifact_cells(a), (a.sha256 or "–")[:12]] for a in arts]
+    devices = "".join(f"<p>{html.escape(on_device(a))}</p>" for a in arts if a.device)
     return _table(rows, [*ARTIFACT_COLUMNS, "sha256"]) + devices + f"<p>Check on the test split: {html.escape(_check_verdict(report))}</p>"
 
 
-def _artifact_heatmap(report: dict[str, Any]) -> str | None:
-    matrix = report.get("check", {}).get("flip_matrix")
+def _artifact_heatmap(report: BuildReport) -> str | None:
+    matrix = report.sections.get("check", {}).get("flip_matrix")
     if not matrix or len(matrix["labels"]) < 2:
         return None
     m, names = 100 * np.asarray(matrix["nfr"]), matrix["labels"]
@@ -284,8 +283,8 @@ def _artifact_heatmap(report: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def _lut_section(report: dict[str, Any]) -> str:
-    luts = report.get("luts") or {}
+def _lut_section(report: BuildReport) -> str:
+    luts = report.sections.get("luts") or {}
     if not luts:
         return "<p>No target has a LUT for this space and input size; budgets are FLOPs. Run regnas profile to measure one.</p>"
     rows = []
@@ -312,27 +311,13 @@ def _lut_section(report: dict[str, Any]) -> str:
     return table + f"<img alt='LUT prediction vs measurement' src='{_png(fig)}'>"
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: BuildReport) -> str:
     """The whole report as one HTML page with embedded plots."""
-    rows = [
-        [
-            kind,
-            m["target"],
-            f"{m['flops'] / 1e6:.2f}",
-            _budget(m),
-            _ms(m.get("predicted_latency_ms")),
-            f"{m['params']:,}",
-            _pct(m["top1"]),
-            _pct(m["nfr_vs_prev"]),
-        ]
-        for kind, ms in (("family", report["family"]), ("baseline", report["baseline"]["family"]))
-        for m in ms
-    ]
-    members = _table(rows, ["", "target", "MFLOPs", "budget", "predicted ms", "params", "test top-1", "NFR vs previous"])
+    members = _table(_member_rows(report), ["", "target", "MFLOPs", "budget", "predicted ms", "params", "test top-1", "NFR vs previous"])
     nest = _table(
         [
             [kind, f"{n['smaller']} ⊂ {n['larger']}", str(n["contains"]), str(n["literal"]), f"{n['shared_weight_fraction']:.3f}"]
-            for kind, pairs in (("family", report["nesting"]), ("baseline", report["baseline"]["nesting"]))
+            for kind, pairs in (("family", report.sections["nesting"]), ("baseline", report.sections["baseline"]["nesting"]))
             for n in pairs
         ],
         ["", "pair", "contains", "literal slices", "shared weight fraction"],
@@ -340,12 +325,12 @@ def render_html(report: dict[str, Any]) -> str:
     figures = [
         ("Flips between members", _heatmaps(report)),
         ("Search", _pareto_plot(report)),
-        ("Flips against top-1, per reward", trade_off_plot(report.get("reward_sweep", []), "Family per reward, and the baseline")),
+        ("Flips against top-1, per reward", trade_off_plot(report.sections.get("reward_sweep", []), "Family per reward, and the baseline")),
         ("Flips per class", _per_class_plot(report)),
         ("Flips between artifacts", _artifact_heatmap(report)),
     ]
     imgs = "".join(f"<h2>{t}</h2><img alt='{t}' src='{src}'>" for t, src in figures if src)
-    cfg = report.get("config", {})
+    cfg = report.sections.get("config", {})
     data = cfg.get("data", {})
     reward = cfg.get("reward", {}).get("name", "?")
     lut = _lut_section(report)
@@ -369,11 +354,11 @@ space {html.escape(str(cfg.get("space", "?")))}, seed {html.escape(str(cfg.get("
 """
 
 
-def write_reports(build_dir: str | Path, report: dict[str, Any]) -> list[Path]:
-    """Write report.html and summary.md next to report.json, atomically."""
+def write_reports(report: BuildReport) -> list[Path]:
+    """Write report.html and summary.md next to the build's report.json, atomically."""
     out = []
     for name, text in (("report.html", render_html(report)), ("summary.md", markdown_summary(report))):
-        path = Path(build_dir) / name
+        path = report.out / name
         with atomic_path(path) as tmp:
             tmp.write_text(text)
         out.append(path)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from regnas.data import load_dataset
+from regnas.data import load_dataset, to_float
 from regnas.targets import BUILTIN_DIR
 from regnas.train import TrainConfig, train_supernet
 
@@ -23,6 +24,13 @@ def run(*args, cwd=None):
         [sys.executable, "-m", "regnas", *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "PYTHONHASHSEED": "0"}
     )
     return p.returncode, p.stdout, p.stderr
+
+
+def logit_gap(new, old, x):
+    """Mean squared logit distance, the quantity focal distillation pulls down."""
+    x = to_float(x)
+    with torch.no_grad():
+        return (new(x) - old(x)).pow(2).sum(1).mean().item()
 
 
 @pytest.fixture(scope="session")

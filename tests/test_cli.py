@@ -97,7 +97,7 @@ def test_same_seed_same_archs_with_a_given_supernet(built, tmp_path):
     assert code == 0, stderr
     a = json.loads((out / "report.json").read_text())
     b = json.loads((tmp_path / "report.json").read_text())
-    assert "finetune" not in b and "pct: " not in stderr
+    assert "finetune" not in b and "finetune: " not in stderr
     assert [m["arch"] for m in a["family"]] == [m["arch"] for m in b["family"]]
     assert [m["arch"] for m in a["baseline"]["family"]] == [m["arch"] for m in b["baseline"]["family"]]
     assert not (tmp_path / "supernet.safetensors").exists()
@@ -113,7 +113,7 @@ def test_rerun_resumes_from_the_cache(built, tmp_path):
     before = json.loads((out / "report.json").read_text())
     (out / "search.json").write_text("{truncated")
     code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", "--no-finetune", *FAST)
-    assert code == 0 and "ignoring unreadable cache" in stderr and "pct: epoch" not in stderr
+    assert code == 0 and "ignoring unreadable cache" in stderr and "finetune: epoch" not in stderr
     after = json.loads((out / "report.json").read_text())
     assert [m["arch"] for m in after["family"]] == [m["arch"] for m in before["family"]]
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from regnas.builddir import read_report
+from regnas.builddir import BuildReport
 from regnas.errors import RegnasError
 from regnas.report import markdown_summary, render_html
 from regnas.targets import BUILTIN_DIR, parse_target
@@ -84,7 +84,7 @@ def test_a_mutated_report_is_read_and_rendered_or_refused_in_one_line(report, tm
     out = tmp_path_factory.mktemp("fuzz")
     (out / "report.json").write_text(json.dumps(doc))
     try:
-        read = read_report(out)
+        read = BuildReport.read(out)
     except RegnasError as exc:
         assert "\n" not in str(exc)
         return

@@ -120,12 +120,15 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     data = small(digits, 128)
     space = create_space("mbv3", space_class("mbv3").default_config(data.input_shape, data.num_classes))
     cfg = TrainConfig(epochs=1, batch_size=64)
-    assert train_mod.plan_epochs(data, space, cfg, 1e6) == cfg.max_epochs  # a huge budget stops at the recipe's ceiling
-    assert train_mod.plan_epochs(data, space, replace(cfg, max_epochs=13), 1e6) == 13  # a space's recipe may move it
-    with pytest.raises(RegnasError, match="too small for one training epoch"):
-        train_mod.plan_epochs(data, space, cfg, 1e-4)
-    assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
-    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0)
+    with monkeypatch.context() as m:  # the plan's arithmetic on given step times (0.1 s warm, 0.2 s sandwich; 10 steps an epoch)
+        m.setattr(train_mod, "_step_timer", lambda *_: (lambda epoch: 0.1 * (1 + epoch), 10))
+        assert train_mod.plan_epochs(data, space, cfg, 1e6) == cfg.max_epochs  # a huge budget stops at the recipe's ceiling
+        assert train_mod.plan_epochs(data, space, replace(cfg, max_epochs=13), 1e6) == 13  # a space's recipe may move it
+        assert train_mod.plan_epochs(data, space, replace(cfg, warm_fraction=0.0), 7.0) == 3  # 2 s a sandwich epoch
+        with pytest.raises(RegnasError, match="too small for one training epoch"):
+            train_mod.plan_epochs(data, space, cfg, 1e-4)
+        assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
+    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0)  # the run below trains what fits
     assert 1 <= first.epochs <= cfg.max_epochs and first.time_budget_min == 0.5
     train_supernet(data, tmp_path, first)
 
@@ -133,7 +136,7 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
         raise AssertionError("a finished run's plan must be reused, not re-timed")
 
     monkeypatch.setattr(train_mod, "plan_epochs", no_timing)
-    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 30.0) == first
+    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0) == first
 
 
 def test_the_precision_is_the_given_one_a_checkpoints_or_the_faster_one_here(digits, tmp_path, monkeypatch, caplog):

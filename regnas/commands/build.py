@@ -47,10 +47,10 @@ class Build(Command):
         from regnas.workflow.build import BuildOptions, build
 
         opts = apply_args(load_toml(BuildOptions, args.config) if args.config else BuildOptions(), args)
-        report = build(opts)
+        report = BuildReport.from_json(opts.out, build(opts))
         print(markdown_summary(report), end="")
         print(f"wrote {opts.out / 'report.json'}")
-        return _check_exit(BuildReport.from_json(opts.out, report), opts.strict)
+        return _check_exit(report, opts.strict)
 
 
 def _check_exit(report: BuildReport, strict: bool) -> int:
@@ -85,7 +85,7 @@ def _export_then_check(args: argparse.Namespace, export: bool) -> int:
         print(f"{a.label:40} {a.runtime:12} {got}")
     for a in result.artifacts:
         if a.device:
-            print(on_device(a.to_json()))
+            print(on_device(a))
     print(f"updated {args.build_dir / 'report.json'}")
     return _check_exit(BuildReport.read(args.build_dir), args.strict)
 

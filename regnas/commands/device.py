@@ -26,7 +26,7 @@ class Device(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas import emulator
+        from regnas.device import emulator
 
         if args.action == "setup":
             print(f"sysroot ready: {emulator.setup(args.sysroot, args.force)}")

@@ -19,12 +19,12 @@ class Report(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from regnas.builddir import locked, read_report
+        from regnas.builddir import BuildReport, locked
         from regnas.report import write_reports
 
-        report = read_report(args.build_dir)
+        report = BuildReport.read(args.build_dir)
         with locked(args.build_dir, "report"):
-            paths = write_reports(args.build_dir, report)
+            paths = write_reports(report)
         for path in paths:
             print(f"wrote {path}")
         return 0

@@ -9,8 +9,6 @@ from pathlib import Path
 from regnas.cli import Command, register_command
 from regnas.config import minutes, positive, positive_float
 
-DEFAULT_TRAIN_MINUTES = 30.0
-
 
 @register_command
 class Train(Command):
@@ -19,6 +17,8 @@ class Train(Command):
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
+        from regnas.plan import default_budget_text
+
         p.add_argument("--out", type=Path, required=True, help="output directory for the checkpoint")
         p.add_argument("--batch-size", type=positive, default=None, help="default: 32 below 4096 training images, else 128")
         p.add_argument(
@@ -33,7 +33,7 @@ class Train(Command):
             type=minutes,
             default=None,
             metavar="MIN",
-            help=f"minutes of training; epochs are planned from timed steps here (default: {DEFAULT_TRAIN_MINUTES:g} unless --epochs)",
+            help=f"minutes of training; epochs are planned from timed steps here (default: {default_budget_text()}, unless --epochs)",
         )
         p.add_argument(
             "--sort-channels", action="store_true", help="after the warm start (the largest subnet alone), order channels by importance"
@@ -45,15 +45,14 @@ class Train(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from dataclasses import replace
-
         from regnas.augment import create_augment
         from regnas.builddir import DATA_CACHE, locked
         from regnas.data import load_dataset
         from regnas.distributed import init_world
         from regnas.io import ensure_writable_dir
+        from regnas.plan import TimeBudget, plan_training, train_config
         from regnas.spaces import space_class, space_for
-        from regnas.train import CHECKPOINT, check_precision, default_batch_size, planned, recipe, settle_precision, train_supernet
+        from regnas.train import CHECKPOINT, check_precision, train_supernet
 
         if args.space:
             space_class(args.space)
@@ -63,23 +62,22 @@ class Train(Command):
         ensure_writable_dir(args.out, "--out")
         data = load_dataset(args.data, args.seed, val_size=args.val_size, image_size=args.image_size, cache=args.out / DATA_CACHE)
         space = space_for(data.input_shape, data.num_classes, args.space)
-        n = len(data["train"])
         world = init_world()
-        cfg = recipe(
-            space,
-            epochs=args.epochs or 1,
-            batch_size=args.batch_size or default_batch_size(n),
-            lr=args.lr,
-            sort_channels=args.sort_channels,
-            seed=args.seed,
-            augment=args.augment,
-            precision=args.precision,
-        )
         try:
-            cfg = settle_precision(args.out, data, space, cfg, world, args.epochs)
-            if not args.epochs:
-                budget = args.time_budget or DEFAULT_TRAIN_MINUTES
-                cfg = planned(args.out, data, space, replace(cfg, time_budget_min=budget), budget * 60, world)
+            cfg = train_config(
+                args.out,
+                data,
+                space,
+                world,
+                epochs=args.epochs,
+                seed=args.seed,
+                augment=args.augment,
+                precision=args.precision,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                sort_channels=args.sort_channels,
+            )
+            cfg, _ = plan_training(args.out, data, space, cfg, world, TimeBudget(args.epochs, args.time_budget))
             with locked(args.out, "train") if world.main else contextlib.nullcontext():
                 train_supernet(data, args.out, cfg, space.name, world=world)
         finally:

@@ -20,6 +20,14 @@ from regnas.quiet import quiet
 DEFAULT_INT8 = {"per_channel": True, "calib_samples": 512}
 
 
+def _lowering_config():
+    """ExecuTorch's edge settings without its IR validity check, which re-verifies every node after each pass: on a
+    digits resnet member the int8 lowering took 14.5 s instead of 21.8 s, to the same bytes (executorch 1.5)."""
+    from executorch.exir import EdgeCompileConfig
+
+    return EdgeCompileConfig(_check_ir_validity=False)
+
+
 def _export(model: torch.nn.Module, input_shape: tuple[int, ...], batch: int | None = 1) -> torch.export.ExportedProgram:
     """Batch 1 for the program, as phones run it (XNNPACK's memory plan is static); dynamic for calibration."""
     if batch is None:
@@ -121,7 +129,9 @@ class ExecuTorchExporter(Exporter):
                 model = job.model.eval()
                 if precision == "int8":
                     model = _quantize(job, opts)
-                program = to_edge_transform_and_lower(_export(model, job.input_shape), partitioner=[XnnpackPartitioner()]).to_executorch()
+                program = to_edge_transform_and_lower(
+                    _export(model, job.input_shape), partitioner=[XnnpackPartitioner()], compile_config=_lowering_config()
+                ).to_executorch()
             except Exception as exc:  # torch.export / exir raise many types for unsupported graphs
                 raise RegnasError(f"could not lower the model to ExecuTorch ({str(exc).splitlines()[0]}); report it with the arch") from exc
         with atomic_path(path) as tmp:

@@ -36,6 +36,13 @@ class Remote:
             raise RegnasError(f"RPC address {address!r} is not host:port; pass e.g. --rpc 192.168.1.20:9090")
         return cls(host, int(port), key)
 
+    @classmethod
+    def from_options(cls, address: str | None, key: str | None) -> Remote | None:
+        """The device `--rpc` and `--rpc-key` name (None without --rpc; a key alone is refused)."""
+        if key is not None and address is None:
+            raise RegnasError("--rpc-key needs --rpc HOST:PORT of the tracker")
+        return cls.parse(address, key) if address else None
+
     def __str__(self) -> str:
         return f"{self.host}:{self.port}" + (f" (key {self.key})" if self.key else "")
 

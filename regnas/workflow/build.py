@@ -24,6 +24,7 @@ from regnas.builddir import (
     BUILD_CONFIG,
     DATA_CACHE,
     SEARCH_CACHE,
+    BuildReport,
     MemberRecord,
     locked,
     read_finetuned,
@@ -35,14 +36,16 @@ from regnas.builddir import (
 )
 from regnas.config import count, dumps_toml, minutes, option, positive, section
 from regnas.data import Dataset, load_dataset, load_recorded_split
+from regnas.distill import DistillConfig, finetune_schedule
 from regnas.distributed import World, init_world, launched_by_torchrun
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator, predict
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
+from regnas.finetune import FINETUNE_MODES, check_finetune_mode, finetune_seconds, nested_finetune
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
 from regnas.logs import Stages
-from regnas.pct import FINETUNE_MODES, PCTConfig, check_finetune_mode, finetune_schedule, finetune_seconds, nested_finetune
+from regnas.plan import TimeBudget, default_budget_text, plan_training, train_config
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
@@ -54,11 +57,7 @@ from regnas.train import (
     TrainConfig,
     check_precision,
     checkpoint_header,
-    default_batch_size,
     load_checkpoint,
-    planned,
-    recipe,
-    settle_precision,
     train_supernet,
 )
 from regnas.workflow.check import check
@@ -112,7 +111,7 @@ class BuildOptions:
     )
     time_budget: float | None = option(
         None,
-        "minutes for the whole build; the supernet trains for the epochs that fit (default: 60 for colour photos, 40 for other data)",
+        f"minutes for the whole build; the supernet trains for the epochs that fit (default: {default_budget_text()})",
         section="train",
         parse=minutes,
         metavar="MIN",
@@ -155,7 +154,7 @@ class BuildOptions:
         metavar="MODE",
         cli={"nargs": "?", "const": "joint"},
     )
-    finetune: PCTConfig = field(default_factory=PCTConfig)
+    finetune: DistillConfig = field(default_factory=DistillConfig)
     """The settings of the nesting-preserving focal distillation after the search (not a user option)."""
     export: bool = option(
         True, "stop after the family: no artifacts, no check (in a config file: export = false)", section="export", flag="--no-export"
@@ -172,20 +171,11 @@ class BuildOptions:
         self.out, self.rewards = Path(self.out), tuple(self.rewards)
         if self.finetune.seed != self.seed:
             self.finetune = replace(self.finetune, seed=self.seed)
-        if self.rpc_key is not None and self.rpc is None:
-            raise RegnasError("--rpc-key needs --rpc HOST:PORT of the tracker")
-        self.remote = Remote.parse(self.rpc, self.rpc_key) if self.rpc else None
+        self.remote = Remote.from_options(self.rpc, self.rpc_key)
 
 
 Luts = dict[str, tuple[Path, LUT]]
 
-DEFAULT_TIME_BUDGET_MIN = 40.0
-"""The whole build's budget when neither --epochs nor --time-budget is given ..."""
-POLICY_TIME_BUDGET_MIN = {"photo": 60.0}
-"""... unless the data's augmentation policy has its own: colour photographs need more epochs than glyphs to be
-learnt (the natural-images benchmark), and a family of them is worth the wait."""
-DEFAULT_MIN_EPOCHS = 3
-"""The fewest epochs a build under the default budget trains (one given by the user is kept, or refused)."""
 EXPORT_FIXED_S_PER_TARGET = 10.0
 EXPORT_EVALS_PER_TARGET = 150
 """Export and check of one target cost about EXPORT_FIXED_S_PER_TARGET seconds (lowering, compiling) plus this
@@ -332,33 +322,20 @@ def _train_config(
     """The supernet's training settings (its random subnets aimed at the targets' budgets), its epochs given or planned
     so the whole build fits --time-budget, and the plan: seconds set aside for each later stage (empty when --epochs
     was given)."""
-    n, n_targets, largest = len(data["train"]), len(budgets), space.largest()
-    cfg = recipe(
+    largest = space.largest()
+    cfg = train_config(
+        out,
+        data,
         space,
-        epochs=opts.epochs or 1,
-        batch_size=default_batch_size(n),
+        world,
+        epochs=opts.epochs,
         seed=opts.seed,
         augment=opts.augment,
         precision=opts.precision,
         subnet_flops=tuple(sorted({round(b.limit / b.cost(largest), 4) for _, b in budgets})),
     )
-    cfg = settle_precision(out, data, space, cfg, world, opts.epochs)
-    if opts.epochs:
-        return cfg, {}
-    budget_min = opts.time_budget or POLICY_TIME_BUDGET_MIN.get(cfg.augment, DEFAULT_TIME_BUDGET_MIN)
-    reserve = _reserve(opts, data, space, n_targets, world)
-    kept = sum(reserve.values())
-    left = budget_min * 60 - kept - (time.time() - t0)
-    after = "search, fine-tune and export" if "finetune" in reserve else "search and export"
-    logger.info(f"plan: {budget_min:g} min for the build, about {kept / 60:.1f} min of it kept for {after}")
-    if left <= 0 and opts.time_budget is not None:
-        raise RegnasError(
-            f"a time budget of {budget_min:g} min leaves no time to train after {after} (about {kept / 60:.1f} min here); "
-            f"raise --time-budget above {kept / 60:.0f}, or pass --epochs"
-        )
-    floor = 0 if opts.time_budget is not None else DEFAULT_MIN_EPOCHS
-    cfg = planned(out, data, space, replace(cfg, time_budget_min=budget_min), max(left, 0.0), world, floor)
-    return cfg, {"budget": budget_min * 60, "train": max(left, 0.0), **reserve}
+    reserve = {} if opts.epochs else _reserve(opts, data, space, len(budgets), world)
+    return plan_training(out, data, space, cfg, world, TimeBudget(opts.epochs, opts.time_budget, reserve, t0))
 
 
 def warn_overrun(plan: dict[str, float], timing: dict[str, float]) -> list[str]:
@@ -432,7 +409,7 @@ def _search(
     return {"key": key, "family": family, "baseline": baseline, "sweep": sweep}
 
 
-def _finetune_section(before: dict[str, Any], cfg: PCTConfig, mode: str) -> dict[str, Any]:
+def _finetune_section(before: dict[str, Any], cfg: DistillConfig, mode: str) -> dict[str, Any]:
     """What `--finetune` changes: the family's test numbers before it, and its settings."""
     return {
         "mode": mode,
@@ -661,5 +638,5 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
     if plan:
         report["plan_s"] = {**plan, "overrun": warn_overrun(plan, report["timing_s"])}
     write_report(out, report)
-    write_reports(out, report)
+    write_reports(BuildReport.from_json(out, report))
     return report

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from regnas.artifacts import PREDICT_THREADS, artifact_path, export_family, open_artifact, verify_artifact
-from regnas.builddir import ArtifactRecord, load_member, locked, member_dir, open_build, write_report
+from regnas.builddir import ArtifactRecord, BuildReport, load_member, locked, member_dir, open_build, write_report
 from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
@@ -154,5 +154,5 @@ def save_check(out: Path, report: dict[str, Any], result: CheckResult) -> dict[s
     report["artifacts"] = [a.to_json() for a in result.artifacts]
     report["check"] = result.section()
     write_report(out, report)
-    write_reports(out, report)
+    write_reports(BuildReport.from_json(out, report))
     return report

@@ -1,4 +1,4 @@
-"""Every exporter writes real artifacts from a trained digits subnet; what runs here agrees with torch."""
+"""Every exporter writes real artifacts (the end-to-end build's, and a trained digits subnet's); what runs here agrees with torch."""
 
 import sys
 
@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+from regnas.artifacts import artifact_path
+from regnas.builddir import BuildReport, load_member, member_dir
 from regnas.data import to_float
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import Evaluator, predict
@@ -25,38 +27,41 @@ def member(digits, digits_supernet):
 
 
 @pytest.mark.parametrize("name,precision", CASES)
-def test_exporter_writes_artifacts_that_run_or_say_why_not(member, tmp_path, name, precision):
-    net, data = member
-    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
-    job.scratch.mkdir()
-    exported = create_exporter(name).export(job, precision)
-    assert exported and all(e.format == name and e.precision == precision for e in exported)
-    x, ref = data["test"].x.numpy(), predict(net, data["test"].x)
-    ran = 0
-    for e in exported:
-        if e.status != "ok":
-            assert e.status.startswith("skipped: ") and not e.path.exists()
-            if e.runtime == "tensorrt":
-                assert e.command.startswith("trtexec --onnx=") and f"--{precision}" in e.command
+def test_exporter_writes_artifacts_that_run_or_say_why_not(built, digits, tmp_path, name, precision):
+    """On the end-to-end build (the built-in targets name every exporter and precision): each artifact exists and runs
+    here, agreeing with its member in torch, or says why it cannot."""
+    out = built[0]
+    report = BuildReport.read(out)
+    records = [a for a in report.artifacts if a.format == name and a.precision == precision]
+    assert records, f"no built-in target exports {name} {precision}"
+    x, ran = digits["test"].x, False
+    for a in records:
+        path = artifact_path(out, a)
+        if a.sha256 is None:  # not written: the exporter said why
+            assert a.status.startswith("skipped: ") and not path.exists()
+            if a.runtime == "tensorrt":
+                assert a.command.startswith("trtexec --onnx=") and f"--{precision}" in a.command
             continue
-        assert e.path.exists() and len(sha256_file(e.path)) == 64
+        assert path.exists() and sha256_file(path) == a.sha256
+        _, net = load_member(member_dir(out, a.target))
         if name == "tvm":  # TVM lays functions out differently per compile: what decides behaviour is recorded instead
-            assert e.options["compiled_from_sha256"] == sha256_file(job.onnx()) and e.options["byte_identical_rebuilds"] is False
-        if e.path.suffix == ".onnx":
-            onnx.checker.check_model(str(e.path), full_check=True)  # strict consumers (TensorRT's parser) need a valid graph
+            job = ExportJob(net, digits.input_shape, digits["calib"].x.numpy(), tmp_path, tmp_path)
+            assert a.options["compiled_from_sha256"] == sha256_file(job.onnx()) and a.options["byte_identical_rebuilds"] is False
+        if path.suffix == ".onnx":
+            onnx.checker.check_model(str(path), full_check=True)  # strict consumers (TensorRT's parser) need a valid graph
         try:
-            preds = load_runtime(e.runtime, e.path).predict(x)
+            preds = load_runtime(a.runtime, path).predict(x.numpy())
         except Unavailable as exc:
-            assert e.runtime in ("coreml", "tvm"), exc  # Core ML predicts on macOS only; aarch64 TVM needs --rpc
-            if e.runtime == "tvm":
-                assert e.path.read_bytes()[:4] == b"\x7fELF" and e.path.read_bytes()[18] == 0xB7  # EM_AARCH64
+            assert a.runtime in ("coreml", "tvm"), exc  # Core ML predicts on macOS only; aarch64 TVM needs --rpc
+            if a.runtime == "tvm":
+                assert path.read_bytes()[:4] == b"\x7fELF" and path.read_bytes()[18] == 0xB7  # EM_AARCH64
             continue
-        ran += 1
-        agree = np.mean(preds == ref)
+        ran = True
+        agree = np.mean(preds == predict(net, x))
         # fp32 must be exact; fp16 close; int8 with its default options may saturate (what flip-aware quantization fixes)
         floor = {"fp32": 1.0, "fp16": 0.97, "int8": 0.5}[precision]
-        assert agree >= floor, f"{e.path.name} agrees with torch on {agree:.1%}"
-    assert ran or name == "coreml"  # everything else has a build that runs on this machine
+        assert agree >= floor, f"{a.label} agrees with torch on {agree:.1%}"
+    assert name == "coreml" or ran  # everything else has a build that runs on this machine
 
 
 def test_unknown_exporter_and_missing_backend_are_one_line_errors(monkeypatch):

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from regnas import emulator
+from regnas.device import emulator
 from regnas.errors import RegnasError
 from regnas.io import write_json
 from tests.conftest import run

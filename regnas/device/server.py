@@ -3,7 +3,7 @@
 It imports only TVM (the sysroot holds nothing else), serves in this process, and forks one child per
 session: qemu-user can fork, but cannot exec another aarch64 program without binfmt_misc, which
 `python -m tvm.exec.rpc_server` needs for its worker process. It prints one line once it listens
-(`listening HOST:PORT`) or fails (`error: ...`), which is what `regnas.emulator.start` waits for.
+(`listening HOST:PORT`) or fails (`error: ...`), which is what `regnas.device.emulator.start` waits for.
 """
 
 import logging

@@ -19,6 +19,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ PACKAGES = (f"python{PYTHON}-minimal", f"libpython{PYTHON}-stdlib", "libstdc++6"
 WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 STAMP = "regnas-sysroot.json"
 """Written last by setup: a sysroot without it is unfinished."""
-SERVER = Path(__file__).with_name("emulator_server.py")
+SERVER = Path(__file__).with_name("server.py")
 READY_TIMEOUT_S = 180.0
 """Starting the server imports TVM under emulation (about 8 s here); a slow host gets ample margin."""
 
@@ -211,9 +212,20 @@ class Emulator:
         self.stop()
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse an address this host cannot listen on before starting qemu, whose Python takes seconds to find out
+    (qemu-user shares this host's network, so the server would meet the same error)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RegnasError(f"emulated device: cannot listen on {host}:{port} ({exc.strerror or exc}); pass another --port") from None
+
+
 def start(host: str = "127.0.0.1", port: int = 9090, root: Path | None = None, timeout: float = READY_TIMEOUT_S) -> Emulator:
     """Start the emulated device's RPC server and return once it listens on `host:port`."""
     root = require_sysroot(root)
+    _check_port(host, port)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.environ.get("HOME", "/"),

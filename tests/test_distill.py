@@ -1,0 +1,27 @@
+"""Focal distillation, the loss both the family fine-tune and the PCT baseline minimise."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regnas.distill import DistillConfig, focal_distillation
+from regnas.errors import RegnasError
+
+
+def test_focal_distillation_weights_samples_the_old_model_got_right():
+    torch.manual_seed(0)
+    new, old = torch.randn(4, 3), torch.randn(4, 3)
+    labels = old.argmax(1).clone()
+    labels[2:] = (labels[2:] + 1) % 3  # the old model is right on samples 0 and 1 only
+    cfg = DistillConfig(alpha=1.0, beta=5.0, weight=2.0)
+    d = 0.5 * (new - old).pow(2).sum(1)
+    expected = F.cross_entropy(new, labels) + 2.0 * (torch.tensor([6.0, 6.0, 1.0, 1.0]) * d).mean()
+    assert focal_distillation(new, old, labels, cfg).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert focal_distillation(old, old, labels, cfg).item() == pytest.approx(F.cross_entropy(old, labels).item(), rel=1e-6)
+    kl = focal_distillation(new, old, labels, DistillConfig(kind="kl", temperature=2.0))
+    assert kl.item() > F.cross_entropy(new, labels).item()
+
+
+def test_unknown_distillation_kind_is_a_one_line_error():
+    with pytest.raises(RegnasError, match="unknown focal distillation 'l2'; use lm"):
+        DistillConfig(kind="l2")
