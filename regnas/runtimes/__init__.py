@@ -70,6 +70,11 @@ class Runtime(ABC):
         except PackageNotFoundError:
             return "not installed"
 
+    @classmethod
+    def device_emulation(cls, remote: Remote) -> str | None:
+        """What emulates the device at `remote` (asked before anything is built for it), or None for real hardware."""
+        return None
+
     @abstractmethod
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         """Load the artifact at `path`; RegnasError when it is unreadable, Unavailable when it cannot run here."""

@@ -133,6 +133,10 @@ class TvmRuntime(Runtime):
             )
         self.emulated = emulation(self.session)
 
+    @classmethod
+    def device_emulation(cls, remote: Remote) -> str | None:
+        return emulation(connect(remote))
+
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self._shape

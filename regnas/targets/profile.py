@@ -104,6 +104,11 @@ def time_interleaved(
     from tqdm import tqdm
 
     rounds = max(1, math.ceil(repeats / BURST))
+    if remote is not None and (emulated := runtime_class(target.runtime).device_emulation(remote)):
+        raise RegnasError(
+            f"the device at {remote} is emulated ({emulated}); a latency table needs the real device's timings: "
+            "run the RPC server on the board"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         root = cache if cache is not None else Path(tmp)
         opened = []
@@ -118,11 +123,6 @@ def time_interleaved(
                 path = export_on_target(module, shape, target, work, remote)
                 done.write_text(str(path.relative_to(work)))
             rt = load_runtime(target.runtime, path, target.threads, remote)
-            if rt.emulated:
-                raise RegnasError(
-                    f"the device at {remote} is emulated ({rt.emulated}); a latency table needs the real device's timings: "
-                    "run the RPC server on the board"
-                )
             x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
             rt.time_ms(x, warmup, 1)
             opened.append((rt, x))
