@@ -81,7 +81,7 @@ def main() -> int:
                 print(run["error"], file=sys.stderr)
                 return run["exit"]
             met = None if limit is None else run["seconds"] <= limit
-            runs.append({"data": data, "repeat": repeat, **run, "limit_s": limit, "met": met})
+            runs.append({"data": data, "repeat": repeat, **run, "limit_s": limit, "met": met, "provenance": provenance()})
             print(
                 f"{run['space']} {data} run {repeat + 1}/{args.repeats}: {run['seconds']:.0f}s (limit {limit}s): "
                 + ", ".join(f"{k} {v:.0f}s" for k, v in run["stages_s"].items())
