@@ -47,8 +47,7 @@ def build(config: BuildOptions | str | Path | None = None, **overrides: Any) -> 
 
 def check(out: str | Path, rpc: str | None = None, rpc_key: str | None = None, export: bool = False) -> BuildReport:
     """Check a build's artifacts on its test split (`regnas check`; `export`: export them first, `regnas export`)."""
-    check_build(Path(out), Remote.parse(rpc, rpc_key) if rpc else None, export)
-    return BuildReport.read(out)
+    return check_build(Path(out), Remote.from_options(rpc, rpc_key), export)
 
 
 def gate(reference: str | Path, candidate: str | Path, data: str, **settings: Any) -> GateResult:

@@ -75,19 +75,18 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_then_check(args: argparse.Namespace, export: bool) -> int:
-    from regnas.builddir import BuildReport
     from regnas.report import on_device
     from regnas.workflow.check import check_build
 
-    result = check_build(args.build_dir, remote_from(args), export)
-    for a in result.artifacts:
+    report = check_build(args.build_dir, remote_from(args), export)
+    for a in report.artifacts:
         got = f"top-1 {a.top1:.2%}  {a.flips} flips vs fp32 ({a.verdict})" if a.status == "ok" else a.status
         print(f"{a.label:40} {a.runtime:12} {got}")
-    for a in result.artifacts:
+    for a in report.artifacts:
         if a.device:
             print(on_device(a))
     print(f"updated {args.build_dir / 'report.json'}")
-    return _check_exit(BuildReport.read(args.build_dir), args.strict)
+    return _check_exit(report, args.strict)
 
 
 @register_command

@@ -127,13 +127,13 @@ def compare_with_host(artifacts: list[ArtifactRecord], preds: dict[int, np.ndarr
         logger.info(f"check: {a.label} on {a.device}: {vs['flips']} flips, {vs['disagreements']} disagreements vs {vs['artifact']}")
 
 
-def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> CheckResult:
-    """Check a build's artifacts (exporting them first when asked) and record the result in its report."""
+def check_build(out: Path, remote: Remote | None = None, export: bool = False) -> BuildReport:
+    """Check a build's artifacts (exporting them first when asked), record the result in its report and return it."""
     with locked(out, "export" if export else "check"):
         return _check_build(out, remote, export)
 
 
-def _check_build(out: Path, remote: Remote | None, export: bool) -> CheckResult:
+def _check_build(out: Path, remote: Remote | None, export: bool) -> BuildReport:
     build = open_build(out)
     report, targets, data = build.report, build.targets, build.data
     if export:
@@ -142,17 +142,17 @@ def _check_build(out: Path, remote: Remote | None, export: bool) -> CheckResult:
         artifacts = [ArtifactRecord.from_json(a) for a in report["artifacts"]]
     else:
         raise RegnasError(f"{out} has no artifacts; run regnas export {out} first")
-    result = check(out, artifacts, targets, data, remote)
-    save_check(out, report, result)
-    return result
+    return save_check(out, report, check(out, artifacts, targets, data, remote))
 
 
-def save_check(out: Path, report: dict[str, Any], result: CheckResult) -> dict[str, Any]:
-    """Write the artifacts and check section into report.json (atomically) and refresh the HTML and markdown."""
+def save_check(out: Path, report: dict[str, Any], result: CheckResult) -> BuildReport:
+    """Write the artifacts and check section into report.json (atomically), refresh the HTML and markdown, and return
+    the report as records."""
     from regnas.report import write_reports
 
     report["artifacts"] = [a.to_json() for a in result.artifacts]
     report["check"] = result.section()
     write_report(out, report)
-    write_reports(BuildReport.from_json(out, report))
-    return report
+    records = BuildReport.from_json(out, report)
+    write_reports(records)
+    return records
