@@ -9,6 +9,8 @@ global options, then, if still above, keeps its most flip-sensitive units (ranke
 only judges) in float, as few as meet the goal. What that costs is timed in the artifact's runtime
 beside the artifact fully quantized (interleaved rounds, a fresh process): where it exceeds the
 target's `max_int8_slowdown`, the configuration with the next fewest val flips is timed, and so on.
+Where a target deploys a format in several runtimes (its `runtimes`: ONNX files in ONNX Runtime and
+OpenVINO), a trial's flips are counted in each that runs here, and the worst one counts.
 Before, after and every trial are recorded.
 """
 
@@ -58,8 +60,17 @@ class _QuantSearch:
     files on disk hold, and the winner is exported again only when it is not the last trial.
     """
 
-    def __init__(self, exporter: Exporter, job: ExportJob, precision: str, runtime: str, val: tuple[np.ndarray, np.ndarray, np.ndarray]):
-        self.exporter, self.job, self.precision, self.runtime = exporter, job, precision, runtime
+    def __init__(
+        self,
+        exporter: Exporter,
+        job: ExportJob,
+        precision: str,
+        runtimes: list[str],
+        val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ):
+        self.exporter, self.job, self.precision = exporter, job, precision
+        self.runtime, self.runtimes = runtimes[0], runtimes
+        """The artifact's own runtime (what ranks units and times trials), and every runtime a trial's flips are counted in."""
         self.x, self.fp32, self.labels = val
         self.last: tuple[dict[str, Any], list[Exported]] | None = None
 
@@ -94,16 +105,18 @@ class _QuantSearch:
         return copy
 
     def score(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Export with `options` and count its flips against the fp32 model on val."""
+        """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts."""
         _, run = self.export(options)
-        preds = load_runtime(self.runtime, run.path, PREDICT_THREADS).predict(self.x)
-        flips = int(negative_flips(self.fp32, preds, self.labels).sum())
-        return {
-            "options": run.options,
-            "flips_val": flips,
-            "nfr_val": nfr(self.fp32, preds, self.labels),
-            "top1_val": top1(preds, self.labels),
-        }
+        by_runtime = {}
+        for runtime in self.runtimes:
+            preds = load_runtime(runtime, run.path, PREDICT_THREADS).predict(self.x)
+            by_runtime[runtime] = {
+                "flips_val": int(negative_flips(self.fp32, preds, self.labels).sum()),
+                "nfr_val": nfr(self.fp32, preds, self.labels),
+                "top1_val": top1(preds, self.labels),
+            }
+        worst = max(by_runtime.values(), key=lambda r: r["flips_val"])
+        return {"options": run.options, **worst, **({"by_runtime": by_runtime} if len(self.runtimes) > 1 else {})}
 
     def rank(self, options: dict[str, Any], units: list[str]) -> list[dict[str, Any]]:
         """Each unit's sensitivity: how far quantizing it alone moves the predictions (changed labels, then mean |Δscore|),
@@ -227,7 +240,9 @@ def flip_aware(
     runnable = [e for e in exported if e.status == "ok" and runtime_class(e.runtime).runs_here(e.path)]
     if len(grid) == 1 or not runnable:
         return exported, None
-    search = _QuantSearch(exporter, job, precision, runnable[0].runtime, val)
+    own = runnable[0]
+    runtimes = [r for r in target.check_runtimes(exporter.name, own.runtime) if runtime_class(r).runs_here(own.path)]
+    search = _QuantSearch(exporter, job, precision, runtimes, val)
     search.last = (grid[0], exported)
     limit, label = target.max_nfr_vs_fp32, f"{target.name} {exporter.name}-{precision}"
     units = exporter.float_candidates(job, precision)
@@ -235,6 +250,7 @@ def flip_aware(
     allowed = search.allowed_flips(limit, configurations)
     before = search.score(grid[0])
     record = {"selected_on": "val", "runtime": search.runtime, "threshold": limit, "allowed_val_flips": allowed}
+    record |= {"runtimes": runtimes} if len(runtimes) > 1 else {}
     record["configurations"] = configurations
     record |= {"before": before, "after": before, "tried": [before]}
     if before["flips_val"] <= allowed:

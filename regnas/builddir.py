@@ -104,6 +104,34 @@ class Verdict(StrEnum):
 
 
 @dataclass
+class RunRecord:
+    """One more run of an artifact in the check, beside its own runtime on this host: another runtime its target deploys
+    it with, or its runtime on the RPC device."""
+
+    runtime: str
+    device: str | None
+    """The RPC device it ran on (and what emulates it), or None for this host."""
+    status: str
+    top1: float | None = None
+    nfr_vs_fp32: float | None = None
+    flips: int | None = None
+    nfr_interval: list[float] | None = None
+    verdict: str | None = None
+    vs: dict[str, Any] | None = None
+    """Against the artifact's own run on this host: flips, disagreements, and the true classes of the images they disagree on."""
+    seconds: float | None = None
+    """Wall time of its predictions on the test split (upload and load included)."""
+
+    @property
+    def label(self) -> str:
+        return self.runtime + (f" on {self.device}" if self.device else " on this host")
+
+    @property
+    def judged(self) -> Verdict | None:
+        return Verdict.of(self.verdict)
+
+
+@dataclass
 class ArtifactRecord:
     """One exported build of one family member, as listed in report.json's `artifacts`."""
 
@@ -131,6 +159,10 @@ class ArtifactRecord:
     """Where the check ran it when not here: the RPC address, and what emulates it if anything does."""
     vs_host: dict[str, Any] | None = None
     """For an artifact checked on a device: flips and disagreements against this host's build of the same graph."""
+    seconds: float | None = None
+    """Wall time of the check's predictions on the test split in its own runtime (loading included)."""
+    runs: list[RunRecord] = field(default_factory=list)
+    """Its other runs in the check: the other runtimes its target names for it, and the RPC device of its target's arch."""
 
     @property
     def label(self) -> str:
@@ -151,7 +183,7 @@ class ArtifactRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ArtifactRecord:
         try:
-            return cls(**obj)
+            return cls(**{**obj, "runs": [RunRecord(**r) for r in obj.get("runs", [])]})
         except TypeError as exc:
             raise RegnasError(f"report.json has a malformed artifact entry ({exc}); re-run regnas export") from exc
 
@@ -354,6 +386,11 @@ _SECTION = {
 }
 """What the family and the baseline each record: members, nesting between consecutive ones, flips between all."""
 _NFR_VAL = record({"nfr_val": RATE, "options": anything})
+_VS = record(
+    {"flips": number(0, integer=True), "disagreements": number(0, integer=True), "artifact": text},
+    {"classes": mapping(number(0, integer=True))},
+)
+"""One run's agreement with another of the same graph: flips, disagreements, and their images' true classes."""
 _ARTIFACT = record(
     {"target": text, "format": text, "precision": text, "path": text, "sha256": maybe(text), "runtime": text, "status": text},
     {
@@ -367,7 +404,22 @@ _ARTIFACT = record(
         "options": mapping(anything),
         "companions": mapping(text),
         "device": maybe(text),
-        "vs_host": maybe(record({"flips": number(0, integer=True), "disagreements": number(0, integer=True), "artifact": text})),
+        "vs_host": maybe(_VS),
+        "seconds": maybe(number(0)),
+        "runs": list_of(
+            record(
+                {"runtime": text, "device": maybe(text), "status": text},
+                {
+                    "top1": maybe(RATE),
+                    "nfr_vs_fp32": maybe(RATE),
+                    "flips": maybe(number(0, integer=True)),
+                    "nfr_interval": maybe(list_of(RATE, length=2)),
+                    "verdict": maybe(text),
+                    "vs": maybe(_VS),
+                    "seconds": maybe(number(0)),
+                },
+            )
+        ),
         "quantization": maybe(
             record(
                 {"before": _NFR_VAL, "after": _NFR_VAL},

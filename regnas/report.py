@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from regnas.builddir import ArtifactRecord, BuildReport, MemberRecord  # noqa: E402
+from regnas.builddir import ArtifactRecord, BuildReport, MemberRecord, RunRecord  # noqa: E402
 from regnas.io import atomic_path  # noqa: E402
 
 
@@ -92,6 +92,11 @@ def markdown_summary(report: BuildReport) -> str:
                     f"({_pct(q['before']['nfr_val'])} → {_pct(q['after']['nfr_val'])} val NFR vs fp32{_fallback_cost(q)})"
                 )
         lines += [f"- {on_device(a)}" for a in report.artifacts if a.device]
+        runs = [(a, r) for a in report.artifacts for r in a.runs]
+        if runs:
+            lines += ["", "Other runs: the other runtimes each target deploys an artifact with, and its device (`--rpc`).", ""]
+            lines += ["| " + " | ".join(RUN_COLUMNS) + " |", "|" + " --- |" * len(RUN_COLUMNS)]
+            lines += ["| " + " | ".join(_run_cells(a, r)) + " |" for a, r in runs]
         lines += ["", f"Artifact check on the test split: {_check_verdict(report)}."]
     return "\n".join(lines) + "\n"
 
@@ -127,12 +132,33 @@ def _artifact_cells(a: ArtifactRecord) -> list[str]:
     return [a.path, a.runtime, a.status, _pct(a.top1), flips, nfr, a.verdict or "–", _pct(a.nfr_vs_prev)]
 
 
+RUN_COLUMNS = ("artifact", "runtime", "where", "status", "test top-1", "flips vs fp32", "NFR vs fp32 [95%]", "verdict", "vs its run here")
+
+
+def agreement(vs: dict | None) -> str:
+    """Disagreements and flips against another run of the same graph, and the classes of the images they differ on."""
+    if not vs:
+        return "–"
+    classes = vs.get("classes") or {}
+    where = ", ".join(f"{name} {n}" for name, n in list(classes.items())[:3]) + (", …" if len(classes) > 3 else "")
+    return f"{vs['disagreements']} disagreements, {vs['flips']} flips" + (f" ({where})" if where else "")
+
+
+def _run_cells(a: ArtifactRecord, r: RunRecord) -> list[str]:
+    """One more run of an artifact: where, its flips against the fp32 model, and its agreement with the artifact's own run."""
+    nfr = "–"
+    if r.nfr_vs_fp32 is not None:
+        low, high = r.nfr_interval or (None, None)
+        nfr = _pct(r.nfr_vs_fp32) + ("" if low is None else f" [{_pct(low)}, {_pct(high)}]")
+    flips = "–" if r.flips is None else str(r.flips)
+    return [a.path, r.runtime, r.device or "this host", r.status, _pct(r.top1), flips, nfr, r.verdict or "–", agreement(r.vs)]
+
+
 def on_device(a: ArtifactRecord) -> str:
     """Where a device-checked artifact ran, and how it agreed with this host's build of the same graph."""
     line = f"{a.path} ran on {a.device}"
-    vs = a.vs_host
-    if vs:
-        line += f": {vs['flips']} flips, {vs['disagreements']} disagreements vs {vs['artifact']} (this host)"
+    if a.vs_host:
+        line += f": {agreement(a.vs_host)} vs {a.vs_host['artifact']} (this host)"
     return line
 
 
@@ -264,6 +290,10 @@ def _artifact_table(report: BuildReport) -> str:
         return "<p>No artifacts: the build ran with --no-export. Run regnas export on the build directory.</p>"
     rows = [[*_artifact_cells(a), (a.sha256 or "–")[:12]] for a in arts]
     devices = "".join(f"<p>{html.escape(on_device(a))}</p>" for a in arts if a.device)
+    runs = [_run_cells(a, r) for a in arts for r in a.runs]
+    if runs:
+        devices += "<p>Other runs: the other runtimes each target deploys an artifact with, and its device (--rpc).</p>"
+        devices += _table(runs, list(RUN_COLUMNS))
     return _table(rows, [*ARTIFACT_COLUMNS, "sha256"]) + devices + f"<p>Check on the test split: {html.escape(_check_verdict(report))}</p>"
 
 

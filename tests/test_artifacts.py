@@ -12,7 +12,7 @@ from regnas.io import sha256_file
 
 def _search(n):
     labels = np.zeros(n, dtype=np.int64)
-    return _QuantSearch(None, None, "int8", "onnxruntime", (np.zeros((n, 1)), labels, labels))
+    return _QuantSearch(None, None, "int8", ["onnxruntime"], (np.zeros((n, 1)), labels, labels))
 
 
 @pytest.mark.parametrize("n,expected", [(5000, 4), (10000, 12)])

@@ -75,13 +75,16 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _export_then_check(args: argparse.Namespace, export: bool) -> int:
-    from regnas.report import on_device
+    from regnas.report import agreement, on_device
     from regnas.workflow.check import check_build
 
     report = check_build(args.build_dir, remote_from(args), export)
     for a in report.artifacts:
-        got = f"top-1 {a.top1:.2%}  {a.flips} flips vs fp32 ({a.verdict})" if a.status == "ok" else a.status
-        print(f"{a.label:40} {a.runtime:12} {got}")
+        for runtime, where, r in [(a.runtime, "", a), *((r.runtime, r.device or "this host", r) for r in a.runs)]:
+            got = f"top-1 {r.top1:.2%}  {r.flips} flips vs fp32 ({r.verdict})" if r.status == "ok" else r.status
+            print(f"{a.label:40} {runtime:12} " + (f"on {where}: " if where else "") + got)
+            if where and r.vs:
+                print(f"{'':40} {'':12} vs {a.runtime} on this host: {agreement(r.vs)}")
     for a in report.artifacts:
         if a.device:
             print(on_device(a))

@@ -1,15 +1,22 @@
-"""An emulated aarch64 edge device: a TVM RPC server run by qemu-user on this machine.
+"""An emulated aarch64 device: regnas's TVM RPC server run by qemu-user on this machine, as a Neoverse-N1 CPU.
 
-The edge target's cross-compiled library (`edge/tvm-fp32-aarch64.so`) otherwise needs a board to run.
-Under emulation it runs the real code path: `regnas check BUILD --rpc 127.0.0.1:9090` uploads it over
-TVM RPC and predicts with aarch64 instructions, so its flips against fp32 and against the host's
-library are real. Its latency is not a board's: the server says it is emulated, `bench` labels its
-timings so, and `profile` refuses to write them into a LUT.
+The aarch64 targets' artifacts (the edge's cross-compiled TVM library, its ONNX Runtime int8 model)
+otherwise need a board to run. Under emulation they run the real code path: `regnas check BUILD --rpc
+127.0.0.1:9090` uploads them over TVM RPC and predicts with aarch64 instructions and ARM's kernels
+(MLAS's NEON and dot-product paths, which round differently from x86's), so their flips against fp32
+and against this host's run of the same artifact are real. Their latency is not a board's: the server
+says it is emulated, `bench` labels its timings so, and `profile` refuses to write them into a LUT.
 
 `regnas device setup` builds the sysroot once into the user cache (no root, nothing system-wide):
 Debian's arm64 Python and the libraries it links, from Debian's archive through a private apt
-configuration, and PyPI's aarch64 wheels of the host's apache-tvm version (RPC needs both ends to
-agree). qemu itself is Debian's `qemu-user-static`.
+configuration, and PyPI's aarch64 wheels of the host's apache-tvm and onnxruntime versions (RPC needs
+both ends to agree; the same ONNX Runtime tells ARM from x86 rounding, not one release from another).
+qemu-user reports this host's /proc/cpuinfo to the guest, which ARM CPU probing (cpuinfo, in ONNX
+Runtime and XNNPACK) cannot parse: the sysroot carries the emulated CPU's own, which qemu's `-L` serves.
+ExecuTorch is not there: its aarch64 Python bindings link PyPI's aarch64 torch, which links CUDA 13
+(libcudart, cuDNN, NCCL: gigabytes of wheels to load a CPU runtime), so the phone's `.pte` programs are
+reported as not run on this device; a board with ExecuTorch installed runs them (`python -m
+regnas.device.server HOST PORT`). qemu itself is Debian's `qemu-user-static`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux2014_aarch64")
 STAMP = "regnas-sysroot.json"
 """Written last by setup: a sysroot without it is unfinished."""
 SERVER = Path(__file__).with_name("server.py")
+CPU = "neoverse-n1"
+"""The emulated CPU (qemu's name): an Armv8.2 server/edge core with NEON and the dot-product instructions."""
+CPU_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs"
+CPU_PART = "0xd0c"
+"""Neoverse-N1's MIDR part number, as its /proc/cpuinfo says."""
+CORES = 2
 READY_TIMEOUT_S = 180.0
 """Starting the server imports TVM under emulation (about 8 s here); a slow host gets ample margin."""
 
@@ -56,8 +69,33 @@ def host_tvm_version() -> str:
         raise RegnasError("apache-tvm is not installed; pip install 'regnas[tvm]'") from None
 
 
+def host_versions() -> dict[str, str]:
+    """The packages the device's Python needs at this host's versions: apache-tvm always, onnxruntime when installed here."""
+    out = {"apache-tvm": host_tvm_version()}
+    try:
+        out["onnxruntime"] = version("onnxruntime")
+    except PackageNotFoundError:
+        pass
+    return out
+
+
 def default_sysroot() -> Path:
     return cache_root() / f"aarch64-py{PYTHON}-tvm{host_tvm_version()}"
+
+
+def _cpu_files(sysroot: Path) -> None:
+    """The emulated CPU's /proc/cpuinfo and CPU lists, which qemu's -L serves in place of this host's."""
+    (sysroot / "proc").mkdir(parents=True, exist_ok=True)
+    cpus = sysroot / "sys" / "devices" / "system" / "cpu"
+    cpus.mkdir(parents=True, exist_ok=True)
+    block = (
+        "processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: " + CPU_FEATURES + "\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: " + CPU_PART + "\nCPU revision\t: 1\n\n"
+    )
+    (sysroot / "proc" / "cpuinfo").write_text("".join(block.format(i=i) for i in range(CORES)))
+    for name in ("possible", "present", "online"):
+        (cpus / name).write_text(f"0-{CORES - 1}\n")
+    (cpus / "kernel_max").write_text("255\n")
 
 
 def _find_qemu() -> str | None:
@@ -128,9 +166,9 @@ def setup(root: Path | None = None, force: bool = False) -> Path:
     """Build the emulated device's sysroot at `root` (default: the user cache) unless a finished one is there."""
     install_qemu()
     root = ensure_writable_dir(root or default_sysroot(), "sysroot folder")
-    tvm_version = host_tvm_version()
-    if (root / STAMP).is_file() and not force:
-        logger.info(f"emulated device: sysroot {root} is ready (apache-tvm {read_json(root / STAMP)['apache-tvm']})")
+    wanted = host_versions()
+    if _stale(root, wanted) is None and not force:
+        logger.info(f"emulated device: sysroot {root} is ready ({', '.join(f'{k} {v}' for k, v in wanted.items())})")
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -140,7 +178,8 @@ def setup(root: Path | None = None, force: bool = False) -> Path:
         debs = _debian_packages(work)
         for deb in debs:
             _run(["dpkg-deb", "-x", str(deb), str(sysroot)], f"unpacking {deb.name}")
-        logger.info(f"emulated device: downloading PyPI's aarch64 wheels of apache-tvm {tvm_version}")
+        _cpu_files(sysroot)
+        logger.info(f"emulated device: downloading PyPI's aarch64 wheels of {', '.join(f'{k} {v}' for k, v in wanted.items())}")
         platforms = [arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)]
         wheels = ["--only-binary=:all:", "--implementation", "cp", "--python-version", PYTHON, *platforms]
         _run(
@@ -154,13 +193,12 @@ def setup(root: Path | None = None, force: bool = False) -> Path:
                 "--target",
                 str(sysroot / "site"),
                 *wheels,
-                f"apache-tvm=={tvm_version}",
+                *(f"{k}=={v}" for k, v in wanted.items()),
             ],
-            "downloading the aarch64 apache-tvm wheels",
+            "downloading the aarch64 wheels",
         )
-        write_json(
-            sysroot / STAMP, {"apache-tvm": tvm_version, "python": PYTHON, "debian": list(DEBIAN), "packages": sorted(d.name for d in debs)}
-        )
+        stamp = {**wanted, "python": PYTHON, "cpu": CPU, "debian": list(DEBIAN), "packages": sorted(d.name for d in debs)}
+        write_json(sysroot / STAMP, stamp)
         if root.exists():
             shutil.rmtree(root)
         os.replace(sysroot, root)
@@ -170,15 +208,26 @@ def setup(root: Path | None = None, force: bool = False) -> Path:
     return root
 
 
-def require_sysroot(root: Path | None = None) -> Path:
-    """A finished sysroot whose apache-tvm matches the host's, and qemu; RegnasError naming the set-up command otherwise."""
-    root = Path(root or default_sysroot())
+def _stale(root: Path, wanted: dict[str, str]) -> str | None:
+    """Why the sysroot at `root` cannot serve this host (none there, or a package at another version), or None."""
     if not (root / STAMP).is_file():
+        return "none"
+    stamp = read_json(root / STAMP, "sysroot stamp")
+    for package, ours in wanted.items():
+        if stamp.get(package) != ours:
+            return f"{package} {stamp.get(package) or 'missing'}, this host {ours}"
+    return None if stamp.get("cpu") == CPU else f"CPU {stamp.get('cpu') or 'unnamed'}, regnas emulates {CPU}"
+
+
+def require_sysroot(root: Path | None = None) -> Path:
+    """A finished sysroot with the host's apache-tvm (and onnxruntime), and qemu; RegnasError naming the set-up command otherwise."""
+    root = Path(root or default_sysroot())
+    why = _stale(root, host_versions())
+    if why == "none":
         how = SETUP_COMMAND if root == default_sysroot() else f"{SETUP_COMMAND} --sysroot {root}"
         raise RegnasError(f"no emulated-device sysroot at {root}; run {how} first")
-    theirs, ours = read_json(root / STAMP, "sysroot stamp").get("apache-tvm"), host_tvm_version()
-    if theirs != ours:
-        raise RegnasError(f"the sysroot at {root} has apache-tvm {theirs}, this host {ours}; run {SETUP_COMMAND} --force")
+    if why:
+        raise RegnasError(f"the sysroot at {root} has {why}; run {SETUP_COMMAND} --force")
     qemu()
     return root
 
@@ -233,7 +282,8 @@ def start(host: str = "127.0.0.1", port: int = 9090, root: Path | None = None, t
         "PYTHONPATH": str(root / "site"),
         "PYTHONNOUSERSITE": "1",
     }
-    cmd = [qemu(), "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"), str(SERVER), host, str(port)]
+    python = str(root / "usr" / "bin" / f"python{PYTHON}")
+    cmd = [qemu(), "-cpu", CPU, "-L", str(root), python, str(SERVER), host, str(port), f"--emulated={CPU}"]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     emulator, lines = Emulator(host, port, process), queue.Queue()
     threading.Thread(target=lambda: [lines.put(line.strip()) for line in process.stdout] + [lines.put(None)], daemon=True).start()
@@ -241,7 +291,7 @@ def start(host: str = "127.0.0.1", port: int = 9090, root: Path | None = None, t
     try:
         while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
             if line.startswith("listening "):
-                logger.info(f"emulated device: aarch64 TVM RPC server on {line.removeprefix('listening ')} (correctness, not speed)")
+                logger.info(f"emulated device: aarch64 ({CPU}) RPC server on {line.removeprefix('listening ')} (correctness, not speed)")
                 return emulator
             if line.startswith("error: "):
                 raise RegnasError(f"emulated device: {line.removeprefix('error: ')}; pass another --port")

@@ -52,11 +52,17 @@ class Runtime(ABC):
 
     name: str
     suffixes: tuple[str, ...]
+    by_suffix: bool = True
+    """Whether `runtime_for` picks it for its suffixes (False where another runtime is the usual reader of those files)."""
     max_batch: int = 256
     exporter: str
     """The exporter whose artifacts this runtime runs (what `regnas profile` exports units with)."""
     package: str
     """The pip distribution that provides the runtime, for provenance."""
+    rpc_native: bool = False
+    """Whether it reaches an RPC device itself (TVM); other runtimes' files are run there by regnas's device server."""
+    per_arch: bool = False
+    """Whether its artifacts are compiled for one CPU architecture (a device runs its own build of the graph, not this one)."""
     emulated: str | None = None
     """What emulates the device this artifact runs on (its timings are not the device's); None on real hardware."""
 
@@ -73,7 +79,9 @@ class Runtime(ABC):
     @classmethod
     def device_emulation(cls, remote: Remote) -> str | None:
         """What emulates the device at `remote` (asked before anything is built for it), or None for real hardware."""
-        return None
+        from regnas.runtimes.tvm import connect, emulation
+
+        return emulation(connect(remote))
 
     @abstractmethod
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
@@ -111,6 +119,10 @@ class Runtime(ABC):
             self.run(x)
             out[i] = (time.perf_counter() - t) * 1e3
         return out
+
+    def close(self) -> None:
+        """Release what it holds on a device (an RPC server serves one session at a time); nothing for local runtimes."""
+        return None
 
     def version(self) -> str:
         """The runtime library's version, for provenance."""
@@ -154,25 +166,33 @@ def runtime_class(name: str) -> type[Runtime]:
     return _RUNTIMES[name]
 
 
+def _load(cls: type[Runtime], path: Path, threads: int, remote: Remote | None) -> Runtime:
+    if remote is None or cls.rpc_native:
+        return cls(path, threads, remote)
+    from regnas.runtimes.device import DeviceRuntime
+
+    return DeviceRuntime(path, threads, remote, cls.name)
+
+
 def load_runtime(name: str, path: str | Path, threads: int = 1, remote: Remote | None = None) -> Runtime:
-    """Load `path` with the runtime called `name`."""
-    return runtime_class(name)(Path(path), threads, remote)
+    """Load `path` with the runtime called `name`, here or on the RPC device `remote`."""
+    return _load(runtime_class(name), Path(path), threads, remote)
 
 
 def runtime_for(path: str | Path, threads: int = 1, remote: Remote | None = None) -> Runtime:
-    """Load `path` with the runtime that handles its suffix."""
+    """Load `path` with the runtime that handles its suffix, here or on the RPC device `remote`."""
     path = Path(path)
     for cls in _RUNTIMES.values():
-        if path.name.endswith(cls.suffixes):
-            return cls(path, threads, remote)
+        if cls.by_suffix and path.name.endswith(cls.suffixes):
+            return _load(cls, path, threads, remote)
     known = sorted(s for c in _RUNTIMES.values() for s in c.suffixes)
     raise RegnasError(f"no runtime reads {path.suffix or 'files without a suffix'} ({path}); give one of {', '.join(known)}")
 
 
 def local_only(runtime: str, remote: Remote | None) -> None:
-    """Refuse an RPC device for a runtime that has no remote mode."""
+    """Refuse an RPC device in a runtime's own constructor: `load_runtime` sends such runtimes' files to the device's server."""
     if remote is not None:
-        raise RegnasError(f"the {runtime} runtime runs locally only; --rpc needs the tvm runtime")
+        raise RegnasError(f"the {runtime} runtime reaches a device through load_runtime(..., remote=...)")
 
 
-from regnas.runtimes import coreml, executorch, onnxruntime, tensorrt, tvm  # noqa: E402,F401  (registers the built-in runtimes)
+from regnas.runtimes import coreml, executorch, onnxruntime, openvino, tensorrt, tvm  # noqa: E402,F401  (registers the built-in runtimes)

@@ -91,6 +91,8 @@ class TvmRuntime(Runtime):
     suffixes = (".so",)
     exporter = "tvm"
     package = "apache-tvm"
+    rpc_native = True
+    per_arch = True
 
     def __init__(self, path: Path, threads: int = 1, remote: Remote | None = None):
         tvm = require("tvm", "tvm")
@@ -133,10 +135,6 @@ class TvmRuntime(Runtime):
             )
         self.emulated = emulation(self.session)
 
-    @classmethod
-    def device_emulation(cls, remote: Remote) -> str | None:
-        return emulation(connect(remote))
-
     @property
     def input_shape(self) -> tuple[int | None, ...]:
         return self._shape
@@ -158,6 +156,9 @@ class TvmRuntime(Runtime):
         arr = self._tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32), self.dev)
         self.vm.time_evaluator("main", self.dev, number=warmup, repeat=1)(arr)
         return np.asarray(self.vm.time_evaluator("main", self.dev, number=1, repeat=repeats)(arr).results) * 1e3
+
+    def close(self) -> None:
+        self.vm = self.dev = self.session = None
 
     def version(self) -> str:
         where = f" over RPC {self.remote}" if self.remote else ""

@@ -32,7 +32,10 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "lut": str,
     "tvm_target": (str, dict),
     "keep_float": dict,
+    "runtimes": dict,
+    "arch": str,
 }
+ARCHES = ("aarch64", "x86_64")
 _BUDGETS = ("flops", "flops_fraction", "latency_ms")
 DEFAULT_MAX_NFR = 0.002
 DEFAULT_MAX_INT8_SLOWDOWN = 1.3
@@ -56,6 +59,15 @@ class Target:
     tvm_target: str | dict[str, Any] = "llvm"
     keep_float: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per exporter, units its int8 artifacts always keep in float (graph node or module names, or first / last)."""
+    runtimes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per exporter, every runtime its artifacts are deployed with: each artifact is checked, and quantized, in each."""
+    arch: str | None = None
+    """The device's CPU architecture (`aarch64`, `x86_64`): `regnas check --rpc` runs the target's artifacts on a device
+    of that architecture, beside this host; None for the host's own."""
+
+    def check_runtimes(self, exporter: str, own: str) -> list[str]:
+        """The runtimes an artifact of `exporter` that runs in `own` is checked in: its own first, then the others named."""
+        return [own, *(r for r in self.runtimes.get(exporter, ()) if r != own)]
 
     @property
     def latency_ms(self) -> float | None:
@@ -93,6 +105,10 @@ class Target:
         }
         if self.keep_float:
             out["keep_float"] = {k: list(v) for k, v in self.keep_float.items()}
+        if self.runtimes:
+            out["runtimes"] = {k: list(v) for k, v in self.runtimes.items()}
+        if self.arch:
+            out["arch"] = self.arch
         return {**out, "lut": self.lut} if self.lut else out
 
 
@@ -191,6 +207,22 @@ def _keep_float(obj: dict[str, Any], source: str) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in keep_float.items()}
 
 
+def _runtimes(obj: dict[str, Any], source: str) -> dict[str, tuple[str, ...]]:
+    """Per exporter the target uses, the runtimes its artifacts are deployed with, each one that reads that exporter's files."""
+    from regnas.runtimes import runtime_class, runtime_names
+
+    out = {}
+    for name, runtimes in obj.get("runtimes", {}).items():
+        if name not in obj.get("exporters", []) or not isinstance(runtimes, list) or not runtimes:
+            raise RegnasError(f"{source}: runtimes.{name} must be a non-empty list of runtime names for an exporter this target uses")
+        for r in runtimes:
+            if r not in runtime_names() or runtime_class(r).exporter != name:
+                readers = [n for n in runtime_names() if runtime_class(n).exporter == name]
+                raise RegnasError(f"{source}: runtimes.{name} names {r!r}; {name} artifacts run in {', '.join(readers)}")
+        out[name] = tuple(dict.fromkeys(runtimes))
+    return out
+
+
 def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> Target:
     """Validate a target definition; every problem is a one-line RegnasError naming `source`."""
     _check_keys(obj, source)
@@ -198,6 +230,8 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
     runtime, precision, threads = _measurement(obj, source)
     max_nfr, slowdown = _limits(obj, source)
     lut, keep_float = _lut(obj, source, base), _keep_float(obj, source)
+    if obj.get("arch", ARCHES[0]) not in ARCHES:
+        raise RegnasError(f"{source}: arch must be one of {', '.join(ARCHES)}, got {obj['arch']!r}")
     return Target(
         name=obj["name"],
         budget=budget,
@@ -211,6 +245,8 @@ def parse_target(obj: dict[str, Any], source: str, base: Path | None = None) -> 
         lut=lut,
         tvm_target=obj.get("tvm_target", "llvm"),
         keep_float=keep_float,
+        runtimes=_runtimes(obj, source),
+        arch=obj.get("arch"),
     )
 
 

@@ -60,11 +60,23 @@ def test_aarch64_library_checked_on_the_emulated_device(device, built, tmp_path)
     arts = {a["path"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
     arm = arts["edge/tvm-fp32-aarch64.so"]
     assert arm["status"] == "ok" and "emulated: qemu-user aarch64" in arm["device"]
-    assert arm["vs_host"] == {"artifact": "edge/tvm-fp32-x86_64.so", "flips": 0, "disagreements": 0}
+    assert arm["vs_host"] == {"artifact": "edge/tvm-fp32-x86_64.so", "flips": 0, "disagreements": 0, "classes": {}}
     assert arm["top1"] == arts["edge/tvm-fp32-x86_64.so"]["top1"]
     assert arts["edge/tvm-fp32-x86_64.so"]["device"] is None and arts["edge/tvm-fp32-x86_64.so"]["vs_host"] is None
-    assert "0 disagreements vs edge/tvm-fp32-x86_64.so" in stdout
+    assert "0 disagreements, 0 flips vs edge/tvm-fp32-x86_64.so" in stdout
     assert "ran on" in (out / "summary.md").read_text()
+    assert arts["edge/tvm-fp32-x86_64.so"]["runs"] == []  # a per-architecture build runs on the device as its own build
+    # The edge's ONNX Runtime int8 model also runs on the device, with ARM's kernels, and is compared with its run here.
+    (onnx,) = [r for r in arts["edge/onnx-int8.onnx"]["runs"] if r["device"]]
+    assert onnx["runtime"] == "onnxruntime" and onnx["status"] == "ok" and "neoverse-n1" in onnx["device"]
+    vs = onnx["vs"]
+    assert vs["artifact"] == "edge/onnx-int8.onnx in onnxruntime on this host" and sum(vs["classes"].values()) == vs["disagreements"]
+    assert onnx["verdict"] and len(onnx["nfr_interval"]) == 2 and onnx["seconds"] > 0
+    # The phone's programs need ExecuTorch on the device, which the emulated one lacks: said, not failed.
+    for name in ("phone/executorch-fp32.pte", "phone/executorch-int8.pte"):
+        (phone,) = arts[name]["runs"]
+        assert phone["status"].startswith("skipped: ") and "runs no executorch (it has onnxruntime)" in phone["status"]
+    assert not [r for r in arts["server/onnx-int8.onnx"]["runs"] if r["device"]]  # the server target names no arch
 
     code, stdout, stderr = run(
         "bench", str(out / "edge" / "tvm-fp32-aarch64.so"), "--rpc", device.address, "--repeats", "5", "--warmup", "1"

@@ -18,6 +18,10 @@ def test_user_target_file(tmp_path):
     assert t.to_json()["max_int8_slowdown"] == 1.5
 
 
+ONNX = 'name = "x"\nexporters = ["onnx"]\n'
+BUDGET = "[budget]\nflops = 1\n"
+
+
 @pytest.mark.parametrize(
     "text,match",
     [
@@ -28,6 +32,10 @@ def test_user_target_file(tmp_path):
         ('name = "x"\nthreads = "four"\n[budget]\nflops = 1\n', "threads must be a int"),
         ('name = "x"\nmax_int8_slowdown = 0.5\n[budget]\nflops = 1\n', "max_int8_slowdown is a latency multiple of at least 1"),
         ("name = [", "not valid TOML"),
+        ('name = "x"\narch = "riscv"\n[budget]\nflops = 1\n', "arch must be one of aarch64, x86_64"),
+        (ONNX + '[runtimes]\nonnx = ["executorch"]\n[budget]\nflops = 1\n', "onnx artifacts run in onnxruntime, openvino"),
+        (ONNX + '[runtimes]\ntvm = ["tvm"]\n[budget]\nflops = 1\n', "runtimes.tvm must be .* an exporter this target uses"),
+        (ONNX + "[runtimes]\nonnx = []\n[budget]\nflops = 1\n", "non-empty list"),
     ],
 )
 def test_bad_target_files(tmp_path, text, match):
@@ -35,6 +43,17 @@ def test_bad_target_files(tmp_path, text, match):
     p.write_text(text)
     with pytest.raises(RegnasError, match=match):
         resolve_targets(str(p))
+
+
+def test_a_target_deploys_a_format_in_several_runtimes_and_names_its_arch(tmp_path):
+    p = tmp_path / "box.toml"
+    p.write_text('name = "box"\narch = "aarch64"\nexporters = ["onnx"]\n[runtimes]\nonnx = ["openvino", "onnxruntime"]\n' + BUDGET)
+    (t,) = resolve_targets(str(p))
+    assert t.arch == "aarch64" and t.check_runtimes("onnx", "onnxruntime") == ["onnxruntime", "openvino"]
+    assert t.check_runtimes("tvm", "tvm") == ["tvm"]
+    assert resolve_targets(str(p))[0].to_json()["runtimes"] == {"onnx": ["openvino", "onnxruntime"]}
+    edge = builtin_targets()["edge"]
+    assert edge.arch == "aarch64" and "openvino" in edge.runtimes["onnx"] and builtin_targets()["server"].arch is None
 
 
 def test_unknown_and_duplicate_targets():
