@@ -84,7 +84,10 @@ class Exporter(ABC):
         """
         if precision not in self.precisions:
             raise RegnasError(f"the {runtime} runtime has no {precision} build; use {self.precisions}")
-        runs = [e for e in self.export(job, precision) if e.runtime == runtime and e.status == "ok"]
+        from regnas.runtimes import runtime_class
+
+        suffixes = runtime_class(runtime).suffixes  # a runtime that is not its suffix's usual reader runs that reader's file
+        runs = [e for e in self.export(job, precision) if e.status == "ok" and (e.runtime == runtime or e.path.name.endswith(suffixes))]
         if not runs:
             raise RegnasError(f"cannot build a {runtime} {precision} model on this machine")
         return Path(runs[0].path)

@@ -98,17 +98,23 @@ class _Judged:
 
 @dataclass(frozen=True)
 class _Device:
-    """The RPC device the check runs aarch64 targets' artifacts on: its address, CPU architecture and emulation."""
+    """The RPC device the check runs aarch64 targets' artifacts on: its address, CPU architecture and emulation, or why it
+    cannot be reached (its runs are then skipped with that reason, and this host's results stand)."""
 
     remote: Remote
-    arch: str | None
-    emulated: str | None
+    arch: str | None = None
+    emulated: str | None = None
+    unreachable: str | None = None
 
     @classmethod
     def ask(cls, remote: Remote) -> _Device:
         from regnas.runtimes.tvm import connect, emulation, remote_arch
 
-        session = connect(remote)
+        try:
+            session = connect(remote)
+        except RegnasError as exc:
+            logger.warning(f"check: {exc}; the device's runs are skipped")
+            return cls(remote, unreachable=str(exc))
         return cls(remote, remote_arch(session), emulation(session))
 
     def serves(self, target: Target) -> bool:
@@ -135,7 +141,7 @@ def check(out: Path, artifacts: list[ArtifactRecord], targets: list[Target], dat
     for i, a in enumerate(artifacts):
         limit = by_name[a.target].max_nfr_vs_fp32 if a.target in by_name else 1.0
         a.runs = []
-        p = _own_run(out, a, remote, x)
+        p = _own_run(out, a, device, x)
         if p is None:
             continue
         preds[i] = p
@@ -157,24 +163,28 @@ def check(out: Path, artifacts: list[ArtifactRecord], targets: list[Target], dat
     return CheckResult(artifacts, matrix, found.failures, found.inconclusive)
 
 
-def _own_run(out: Path, a: ArtifactRecord, remote: Remote | None, x: np.ndarray) -> np.ndarray | None:
+def _own_run(out: Path, a: ArtifactRecord, device: _Device | None, x: np.ndarray) -> np.ndarray | None:
     """The artifact's predictions in its own runtime (a library built for another CPU: on the RPC device), or None with
-    its status saying why it cannot run."""
-    device = remote if a.sha256 and runtime_class(a.runtime).needs_device(artifact_path(out, a)) else None
+    its status saying why it cannot run (a device run that cannot start says why, and the check goes on)."""
+    remote = device.remote if device and a.sha256 and runtime_class(a.runtime).needs_device(artifact_path(out, a)) else None
     a.device = a.seconds = None
     t0 = time.perf_counter()
     try:
-        rt = open_artifact(out, a, PREDICT_THREADS, remote=device)
+        if remote is not None and device.unreachable:
+            raise Unavailable(device.unreachable)
+        rt = open_artifact(out, a, PREDICT_THREADS, remote=remote)
         try:
             p = rt.predict(x)
         finally:
             rt.close()
-    except Unavailable as exc:
+    except (Unavailable, RegnasError) as exc:
+        if remote is None and not isinstance(exc, Unavailable):
+            raise
         a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev, a.flips, a.nfr_interval, a.verdict = f"skipped: {exc}", *[None] * 6
         logger.info(f"check: {a.label} skipped: {exc}")
         return None
     a.status, a.seconds = "ok", round(time.perf_counter() - t0, 2)
-    a.device = None if device is None else str(device) + (f" (emulated: {rt.emulated})" if rt.emulated else "")
+    a.device = None if remote is None else str(remote) + (f" (emulated: {rt.emulated})" if rt.emulated else "")
     return p
 
 
@@ -205,12 +215,16 @@ def _other_run(
     path = artifact_path(out, a)
     t0 = time.perf_counter()
     try:
+        if device is not None and device.unreachable:
+            raise Unavailable(device.unreachable)
         rt = load_runtime(runtime, path, PREDICT_THREADS, None if device is None else device.remote)
         try:
             p = rt.predict(x)
         finally:
             rt.close()
-    except Unavailable as exc:
+    except (Unavailable, RegnasError) as exc:
+        if device is None and not isinstance(exc, Unavailable):
+            raise
         run.status = f"skipped: {exc}"
         logger.info(f"check: {a.label} in {run.label} skipped: {exc}")
         return run

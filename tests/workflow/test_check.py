@@ -13,11 +13,13 @@ from regnas.workflow.build import BuildOptions, build
 TOML = """name = "{name}"
 runtime = "onnxruntime"
 max_nfr_vs_fp32 = {limit}
-[exporters]
+{extra}[exporters]
 onnx = ["fp32", "int8"]
-[budget]
+{runtimes}[budget]
 flops_fraction = {fraction}
 """
+BOX = ('arch = "aarch64"\n', '[runtimes]\nonnx = ["onnxruntime", "openvino"]\n')
+"""The large member's target: an aarch64 box that runs its ONNX files in ONNX Runtime and OpenVINO."""
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def family_dir(digits_supernet, tmp_path_factory):
     _, ckpt = digits_supernet
     root = tmp_path_factory.mktemp("checked")
     (root / "targets").mkdir()
-    for name, fraction in (("small", 0.4), ("large", 0.8)):
-        (root / "targets" / f"{name}.toml").write_text(TOML.format(name=name, limit=0.5, fraction=fraction))
+    for name, fraction, (extra, runtimes) in (("small", 0.4, ("", "")), ("large", 0.8, BOX)):
+        (root / "targets" / f"{name}.toml").write_text(TOML.format(name=name, limit=0.5, fraction=fraction, extra=extra, runtimes=runtimes))
     out = root / "build"
     opts = BuildOptions(
         targets="small,large",
@@ -66,6 +68,33 @@ def test_export_then_check_fills_the_artifact_contract(family_dir, capsys):
     matrix = report["check"]["flip_matrix"]
     assert len(matrix["labels"]) == 4 and all(matrix["nfr"][i][i] == 0 for i in range(4))
     assert report["check"]["passed"] and "onnx-int8.onnx" in (family_dir / "summary.md").read_text()
+    # The large target deploys its ONNX files in OpenVINO too: each is judged there, beside its agreement with ONNX Runtime.
+    assert all(a["runs"] == [] for a in arts if a["target"] == "small")
+    for a in (a for a in arts if a["target"] == "large"):
+        (ov,) = a["runs"]
+        assert ov["runtime"] == "openvino" and ov["device"] is None and ov["status"] == "ok" and ov["verdict"]
+        assert ov["vs"]["artifact"] == f"{a['target']}/{a['path'].split('/')[-1]} in onnxruntime on this host"
+        assert ov["vs"]["disagreements"] == sum(ov["vs"]["classes"].values()) <= 269  # the digits test split
+    large_int8 = next(a for a in arts if a["target"] == "large" and a["precision"] == "int8")
+    q = large_int8["quantization"]  # flip-aware quantization counted its val flips in both runtimes, and kept the worst
+    assert q["runtimes"] == ["onnxruntime", "openvino"]
+    assert q["before"]["flips_val"] == max(r["flips_val"] for r in q["before"]["by_runtime"].values())
+    assert "Other runs" in (family_dir / "summary.md").read_text() and "openvino" in (family_dir / "report.html").read_text()
+
+
+def test_a_device_that_cannot_be_reached_skips_its_runs_and_keeps_this_hosts(family_dir, capsys):
+    assert main(["check", str(family_dir), "--rpc", "127.0.0.1:9"]) == 0
+    captured = capsys.readouterr()
+    assert "cannot reach the TVM RPC server at 127.0.0.1:9" in captured.err
+    arts = json.loads((family_dir / "report.json").read_text())["artifacts"]
+    for a in arts:
+        assert a["status"] == "ok" and a["verdict"]
+        device = [r for r in a["runs"] if r["device"]]
+        if a["target"] == "large":  # an aarch64 target: its device runs are skipped, saying why in one line
+            (run,) = device
+            assert run["status"].startswith("skipped: cannot reach") and "\n" not in run["status"]
+        else:
+            assert not device
 
 
 def _negated(path):
