@@ -107,6 +107,8 @@ def main() -> int:
         report = check_build(work, Remote(device.host, device.port), export=args.export)
     seconds = time.time() - t0
     result = {
+        "benchmark": "device_flips",
+        "data": report.sections["config"]["data"]["name"],
         "build": str(args.build),
         "retargeted": changed,
         "left_out": left_out,
@@ -116,7 +118,7 @@ def main() -> int:
         "check_seconds": round(seconds, 1),
         "emulated_cpu": emulator.CPU,
         **summarize(report.sections),
-        "provenance": provenance(),
+        **provenance(),
     }
     write_json(args.out, result)
     print(f"{'artifact':32} {'runtime':12} {'where':8} {'flips':>5} {'NFR vs fp32':>11} {'vs host':>8} {'s':>6}  verdict")
