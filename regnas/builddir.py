@@ -71,6 +71,8 @@ class MemberRecord:
     budget_latency_ms: float | None = None
     same_as_previous: bool | None = None
     weights_sha256: str | None = None
+    vs_deployed: dict[str, Any] | None = None
+    """Against its target's deployed model on test (`--deployed`): NFR with its interval, flips, positive flips."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -84,7 +86,7 @@ class MemberRecord:
             raise RegnasError(f"{source} has a malformed member record (missing {exc}); re-run regnas build") from exc
 
 
-_SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256")
+_SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256", "vs_deployed")
 
 
 class Verdict(StrEnum):

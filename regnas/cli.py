@@ -51,12 +51,12 @@ def remote_from(args: argparse.Namespace):
     return Remote.from_options(args.rpc, args.rpc_key)
 
 
-def data_option(p: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+def data_option(p: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = "digits") -> None:
     """`--data` (its help says what this command reads it for) and `--image-size`, as `regnas build` declares it."""
     from regnas.config import add_options
     from regnas.workflow.build import BuildOptions
 
-    p.add_argument("--data", required=required, default=None if required else "digits", help=help)
+    p.add_argument("--data", required=required, default=None if required else default, help=help)
     add_options(p, BuildOptions, {"image_size"}, defaults=True)
 
 

@@ -69,6 +69,15 @@ def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: 
     return (focus * d).mean()
 
 
+def deployed_term(new: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    """The pull towards a deployed model: `focal_term` towards its logits (float `teacher`), or, where only its predictions
+    are known (integer `teacher`), the same focus on a cross-entropy towards its predicted classes."""
+    if teacher.is_floating_point():
+        return focal_term(new.float(), teacher.float(), labels, cfg)
+    focus = cfg.alpha + cfg.beta * (teacher == labels).float()
+    return (focus * F.cross_entropy(new.float(), teacher, reduction="none")).mean()
+
+
 def focal_distillation(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
     """PCT's loss: `CE(new, y) + weight·focal_term(new, old)`."""
     new, old = new.float(), old.float()
@@ -101,12 +110,13 @@ def finetune_schedule(n_train: int, cfg: DistillConfig) -> tuple[int, int]:
 
 def fine_tune(
     model: nn.Module,
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     data: Dataset,
     cfg: DistillConfig,
     after_step: Callable[[], None] | None = None,
 ) -> None:
-    """Minimise `loss(x, y)` over train batches in place: AdamW, cosine schedule, about 600 steps unless `cfg.epochs`.
+    """Minimise `loss(x, y, idx)` over train batches (`idx`: the batch's rows of the train split) in place: AdamW, cosine
+    schedule, about 600 steps unless `cfg.epochs`.
 
     Where the model is (a GPU: the train split is moved there once, and steps run under the training's
     autocast), channels-last as the supernet trains (twice as fast on CPU for the depthwise
@@ -128,7 +138,7 @@ def fine_tune(
             for step in range(steps):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 with autocast(device):
-                    value = loss(to_float(x_all[idx]).contiguous(memory_format=torch.channels_last), y_all[idx])
+                    value = loss(to_float(x_all[idx]).contiguous(memory_format=torch.channels_last), y_all[idx], idx)
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()

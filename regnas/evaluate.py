@@ -142,9 +142,12 @@ class Evaluator:
 
     def labels(self, split: str = "val") -> np.ndarray:
         """A split's labels (or `split:N`'s subset)."""
-        base, rows = self._rows(split)
-        y = self.data[base].y.numpy()
-        return y if rows is None else y[rows]
+        return self.restrict(split, self.data[self._rows(split)[0]].y.numpy())
+
+    def restrict(self, split: str, values: np.ndarray) -> np.ndarray:
+        """Per-sample `values` over all of `split`'s split, cut to `split` (`val:N`: its N rows; `val`: all of them)."""
+        rows = self._rows(split)[1]
+        return values if rows is None else values[rows]
 
     @property
     def evaluated(self) -> int:

@@ -57,8 +57,10 @@ def search_family(
     cfg: SearchConfig,
     seed: int,
     nested: bool = True,
+    deployed: dict[str, np.ndarray] | None = None,
 ) -> list[Member]:
-    """Search one arch per (target, budget) in the given order (an int budget is FLOPs); nested: each ⊇ the previous."""
+    """Search one arch per (target, budget) in the given order (an int budget is FLOPs); nested: each ⊇ the previous.
+    `deployed`: per target, its deployed model's val predictions, whose flips the reward's λ3 weighs."""
     space = evaluator.space
     members: list[Member] = []
     prev: Arch | None = None
@@ -66,7 +68,8 @@ def search_family(
         budget = budget if isinstance(budget, Budget) else Budget.flops(space, budget)
         logger.info(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget.describe()})")
         earlier = [m.arch for m in members] if nested and reward.against == "all" else None
-        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, earlier)
+        theirs = (deployed or {}).get(name)
+        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, earlier, theirs)
         best = result.best
         seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
         flops, ms = (int(budget.limit), None) if budget.unit == "FLOPs" else (None, budget.limit)

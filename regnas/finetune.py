@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regnas.data import Dataset, to_float
-from regnas.distill import DistillConfig, fine_tune, finetune_schedule, focal_distillation
+from regnas.distill import DistillConfig, deployed_term, fine_tune, finetune_schedule, focal_distillation
 from regnas.errors import RegnasError
 from regnas.evaluate import device_of, recalibrate_bn
 from regnas.pct import pct_family
@@ -32,21 +32,34 @@ FINETUNE_MODES = {
 }
 
 
-def joint_loss(logits: list[torch.Tensor], labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+def joint_loss(
+    logits: list[torch.Tensor], labels: torch.Tensor, cfg: DistillConfig, teachers: list[torch.Tensor | None] | None = None
+) -> torch.Tensor:
     """The family's loss for one batch: the first member's cross-entropy, then each later member's focal
     distillation towards the one before it (whose logits are held fixed for the step), as in PCT;
-    plus `ensemble`·½‖z − z̄‖² for every member towards the members' mean logits (fixed for the step)."""
+    plus `ensemble`·½‖z − z̄‖² for every member towards the members' mean logits (fixed for the step);
+    plus, for a member whose target has a deployed model, `weight`·`deployed_term` towards that model on the batch."""
     logits = [z.float() for z in logits]
     first = F.cross_entropy(logits[0], labels)
     loss = sum((focal_distillation(z, prev.detach(), labels, cfg) for z, prev in zip(logits[1:], logits)), first)
+    for z, teacher in zip(logits, teachers or []):
+        if teacher is not None:
+            loss = loss + cfg.weight * deployed_term(z, teacher, labels, cfg)
     if cfg.ensemble:
         mean = torch.stack(logits).mean(0).detach()
         loss = loss + cfg.ensemble * sum(0.5 * (z - mean).pow(2).sum(1).mean() for z in logits)
     return loss
 
 
-def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: DistillConfig = DistillConfig()) -> list[nn.Module]:
+def joint_finetune(
+    supernet: Supernet,
+    archs: list[Arch],
+    data: Dataset,
+    cfg: DistillConfig = DistillConfig(),
+    teachers: list[torch.Tensor | None] | None = None,
+) -> list[nn.Module]:
     """The nested family's members fine-tuned together (`joint_loss`) in a copy of the supernet, then extracted (BN recalibrated).
+    `teachers`: per member, its deployed model's logits (or predicted classes) on every train image, or None.
 
     The gradients meet in the weights the members share, so the smaller members move towards
     agreement too, not only the larger ones' own weights; the members are slices of one set of
@@ -56,7 +69,13 @@ def joint_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: Di
         raise RegnasError("a nested fine-tune pulls each member towards the one before it, so it needs 2 or more members")
     model = copy.deepcopy(supernet.model)
     logger.info(f"finetune: {len(archs)} members fine-tuned together in the supernet")
-    fine_tune(model, lambda x, y: joint_loss([model(x, arch) for arch in archs], y, cfg), data, cfg)
+    device = next(model.parameters()).device
+    moved = [None if t is None else t.to(device) for t in teachers or [None] * len(archs)]
+
+    def loss(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return joint_loss([model(x, arch) for arch in archs], y, cfg, [None if t is None else t[idx] for t in moved])
+
+    fine_tune(model, loss, data, cfg)
     calib = data["calib"].x[:1000]
     return [recalibrate_bn(supernet.space.extract(model, arch), calib) for arch in archs]
 
@@ -91,10 +110,20 @@ def finetune_seconds(model: nn.Module, archs: list[Arch], data: Dataset, cfg: Di
     return min(timings[1:]) * steps * epochs * share
 
 
-def nested_finetune(supernet: Supernet, archs: list[Arch], data: Dataset, cfg: DistillConfig, mode: str = "joint") -> list[nn.Module]:
-    """`regnas build --finetune MODE`: the family fine-tuned towards each member's predecessor, still literally nested."""
+def nested_finetune(
+    supernet: Supernet,
+    archs: list[Arch],
+    data: Dataset,
+    cfg: DistillConfig,
+    mode: str = "joint",
+    teachers: list[torch.Tensor | None] | None = None,
+) -> list[nn.Module]:
+    """`regnas build --finetune MODE`: the family fine-tuned towards each member's predecessor (and, jointly, towards the
+    deployed models `teachers` holds), still literally nested."""
     check_finetune_mode(mode)
     if mode == "joint":
-        return joint_finetune(supernet, archs, data, cfg)
+        return joint_finetune(supernet, archs, data, cfg, teachers)
+    if any(t is not None for t in teachers or []):
+        raise RegnasError("--finetune own does not distil towards deployed models; use --finetune joint (the default) or none")
     calib = data["calib"].x[:1000]
     return pct_family([recalibrate_bn(supernet.space.extract(supernet.model, a), calib) for a in archs], data, cfg, nested=True)

@@ -39,7 +39,7 @@ def pct_finetune(
         params[name].register_hook(lambda g, m=mask: g * m)
     old = old.eval()
 
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(x: torch.Tensor, y: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             teacher = old(x)
         return focal_distillation(model(x), teacher, y, cfg)

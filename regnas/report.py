@@ -47,6 +47,20 @@ def _member_rows(report: BuildReport) -> list[list[str]]:
     ]
 
 
+DEPLOYED_COLUMNS = ("target", "deployed model", "NFR vs deployed [95%]", "positive flips", "top-1", "without --deployed: NFR", "top-1")
+
+
+def _deployed_rows(section: dict[str, Any]) -> list[list[str]]:
+    """Per member with a deployed model: its flips against it with their interval, beside the family searched without it."""
+    rows = []
+    for m in section.get("members", []):
+        w, wo = m["with"], m["without"]
+        nfr = f"{_pct(w['nfr'])} [{_pct(w['nfr_interval'][0])}, {_pct(w['nfr_interval'][1])}] ({w['flips']} of {w['n']})"
+        rows.append([m["target"], w["deployed"], nfr, str(w["positive_flips"]), _pct(m["top1_with"])])
+        rows[-1] += [f"{_pct(wo['nfr'])} [{_pct(wo['nfr_interval'][0])}, {_pct(wo['nfr_interval'][1])}]", _pct(m["top1_without"])]
+    return rows
+
+
 def _mean_nfr(nfr_vs_prev: list[float | None]) -> float | None:
     """Mean NFR between consecutive members (the first member has none)."""
     flips = [v for v in nfr_vs_prev[1:] if v is not None]
@@ -73,6 +87,11 @@ def markdown_summary(report: BuildReport) -> str:
     fam, base = (_mean_nfr([m.nfr_vs_prev for m in ms]) for ms in (report.family, report.baseline))
     if fam is not None and base is not None:
         lines += ["", f"Mean NFR between consecutive members: family {_pct(fam)}, independent baseline {_pct(base)}."]
+    if deployed := report.sections.get("deployed"):
+        rewards = f"reward {deployed['reward']}; searched without them: {deployed['without_reward']}"
+        lines += ["", f"Against the deployed models on test ({rewards}):"]
+        lines += ["", "| " + " | ".join(DEPLOYED_COLUMNS) + " |", "|" + " --- |" * len(DEPLOYED_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in _deployed_rows(deployed)]
     if finetune := report.sections.get("finetune"):
         before = finetune["before"]  # target, top-1 and NFR of each member before the fine-tune
         flips = _mean_nfr([m["nfr_vs_prev"] for m in before])
@@ -365,6 +384,9 @@ def render_html(report: BuildReport) -> str:
     reward = cfg.get("reward", {}).get("name", "?")
     lut = _lut_section(report)
     artifacts = _artifact_table(report)
+    if deployed := report.sections.get("deployed"):
+        members += "<p>Against the deployed models on test (the family searched without them beside it):</p>"
+        members += _table(_deployed_rows(deployed), list(DEPLOYED_COLUMNS))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>regnas build report</title>
 <style>

@@ -1,6 +1,7 @@
 """Evolutionary architecture search under a FLOP or latency budget with the REG-NAS reward.
 
-reward(a) = λ1·Top1(a) − λ2·NFR(a, a_prev), both on the val split. With a previous family member,
+reward(a) = λ1·Top1(a) − λ2·NFR(a, a_prev) − λ3·NFR(a, deployed), all on the val split; the last term
+only where the member's target has a deployed model (`regnas.deployed`). With a previous family member,
 every candidate is a superset of it: sampling draws from its supersets, and mutation, crossover
 and the budget repair (shrinking one choice at a time) never go below it.
 
@@ -24,7 +25,7 @@ import numpy as np
 from regnas.config import count, option, positive
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
-from regnas.flips import negative_flips_any
+from regnas.flips import negative_flips, negative_flips_any
 from regnas.spaces import Arch, SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -35,24 +36,28 @@ FLIPS_AGAINST = ("previous", "all")
 
 @dataclass(frozen=True)
 class Reward:
-    """`λ1·Top1 − λ2·NFR`, the NFR against the previous member or against every earlier one (`against`)."""
+    """`λ1·Top1 − λ2·NFR − λ3·NFR_deployed`: the NFR against the previous member or against every earlier one (`against`),
+    and against the target's deployed model where it has one."""
 
     top1: float
     nfr: float
     name: str = "custom"
     against: str = "previous"
+    deployed: float = 0.0
 
-    def __call__(self, acc: float, flip_rate: float | None) -> float:
-        return self.top1 * acc - self.nfr * (flip_rate or 0.0)
+    def __call__(self, acc: float, flip_rate: float | None, deployed_rate: float | None = None) -> float:
+        return self.top1 * acc - self.nfr * (flip_rate or 0.0) - self.deployed * (deployed_rate or 0.0)
 
-    def per_sample(self, correct: np.ndarray, flipped: np.ndarray | None) -> np.ndarray:
+    def per_sample(self, correct: np.ndarray, flipped: np.ndarray | None, flipped_deployed: np.ndarray | None = None) -> np.ndarray:
         """Each sample's share of the reward: the reward is their mean."""
         score = self.top1 * correct.astype(np.float64)
-        return score if flipped is None else score - self.nfr * flipped
+        if flipped is not None:
+            score = score - self.nfr * flipped
+        return score if flipped_deployed is None else score - self.deployed * flipped_deployed
 
     def describe(self) -> str:
-        """A short name: the preset, or the two weights; `+all` when flips count against every earlier member."""
-        weights = self.name if self.name != "custom" else f"{self.top1:g},{self.nfr:g}"
+        """A short name: the preset, or the weights; `+all` when flips count against every earlier member."""
+        weights = self.name if self.name != "custom" else f"{self.top1:g},{self.nfr:g}" + (f",{self.deployed:g}" if self.deployed else "")
         return weights + ("+all" if self.against == "all" else "")
 
 
@@ -60,18 +65,21 @@ PRESETS = {"R0": Reward(1.0, 0.0, "R0"), "R1": Reward(0.0, 1.0, "R1"), "R2": Rew
 
 
 def parse_reward(spec: str, against: str = "previous") -> Reward:
-    """A preset name (R0 accuracy only, R1 flips only, R2 both) or custom `λ1,λ2`; flips counted `against` previous or all."""
+    """A preset name (R0 accuracy only, R1 flips only, R2 both) or custom `λ1,λ2` or `λ1,λ2,λ3` (λ3: flips against the
+    target's deployed model); flips counted `against` previous or all."""
     if against not in FLIPS_AGAINST:
         raise RegnasError(f"unknown --flips-against {against!r}; use previous (the member before) or all (every earlier member)")
     if spec.upper() in PRESETS:
         return replace(PRESETS[spec.upper()], against=against)
     try:
-        l1, l2 = (float(v) for v in spec.split(","))
+        weights = [float(v) for v in spec.split(",")]
     except ValueError:
-        raise RegnasError(f"unknown reward {spec!r}; use R0, R1, R2 or two weights 'λ1,λ2' such as 1,0.5") from None
-    if not (math.isfinite(l1) and math.isfinite(l2) and l1 >= 0 and l2 >= 0 and l1 + l2 > 0):
-        raise RegnasError(f"reward weights {spec!r} must be finite, 0 or more, not both 0 (a negative λ1 minimises accuracy); e.g. 1,0.5")
-    return Reward(l1, l2, against=against)
+        weights = []
+    if len(weights) not in (2, 3):
+        raise RegnasError(f"unknown reward {spec!r}; use R0, R1, R2 or weights 'λ1,λ2' or 'λ1,λ2,λ3' such as 1,0.5 or 1,5,5")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise RegnasError(f"reward weights {spec!r} must be finite, 0 or more, not all 0 (a negative λ1 minimises accuracy); e.g. 1,0.5")
+    return Reward(weights[0], weights[1], against=against, deployed=weights[2] if len(weights) == 3 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class Candidate:
     top1: float
     nfr: float | None
     reward: float
+    nfr_deployed: float | None = None
 
 
 Z95 = 1.959964
@@ -171,11 +180,21 @@ class _Evolution:
     """One search's state: the candidates scored on each split, the val samples behind the margin, the RNG."""
 
     def __init__(
-        self, evaluator: Evaluator, budget: Budget, reward: Reward, prev: Arch | None, cfg: SearchConfig, seed: int, refs: list[Arch]
+        self,
+        evaluator: Evaluator,
+        budget: Budget,
+        reward: Reward,
+        prev: Arch | None,
+        cfg: SearchConfig,
+        seed: int,
+        refs: list[Arch],
+        deployed: np.ndarray | None,
     ):
         self.evaluator, self.space, self.budget, self.reward, self.prev, self.cfg = evaluator, evaluator.space, budget, reward, prev, cfg
         self.refs = refs
         """The members whose flips count (the previous one, or every earlier one)."""
+        self.deployed = deployed if reward.deployed else None
+        """The target's deployed model's predictions on all of val, when the reward counts flips against it."""
         self.rng = random.Random(seed)
         self.screen = cfg.screen_split(len(evaluator.labels("val")))
         self.scored: dict[str, dict[Arch, Candidate]] = {self.screen: {}, "val": {}}
@@ -191,10 +210,12 @@ class _Evolution:
             pred = ev.predictions(arch, split)
             correct = pred == labels
             flipped = negative_flips_any(refs, pred, labels) if refs else None
+            lost = None if self.deployed is None else negative_flips(ev.restrict(split, self.deployed), pred, labels)
             acc, flip = float(correct.mean()), None if flipped is None else float(flipped.mean())
-            seen[arch] = Candidate(arch, self.space.flops(arch), acc, flip, self.reward(acc, flip))
+            dep = None if lost is None else float(lost.mean())
+            seen[arch] = Candidate(arch, self.space.flops(arch), acc, flip, self.reward(acc, flip, dep), dep)
             if split == "val":
-                self.samples[arch] = self.reward.per_sample(correct, flipped)
+                self.samples[arch] = self.reward.per_sample(correct, flipped, lost)
         return seen[arch]
 
     def rank(self, c: Candidate) -> tuple:
@@ -256,10 +277,12 @@ def evolve(
     cfg: SearchConfig = SearchConfig(),
     seed: int = 0,
     earlier: list[Arch] | None = None,
+    deployed: np.ndarray | None = None,
 ) -> SearchResult:
     """Search the supersets of `prev` (all archs when None) within `budget` (an int is FLOPs) for the best reward.
 
-    Flips count against `prev`, or, with `earlier` (every member before this one), against any of them.
+    Flips count against `prev`, or, with `earlier` (every member before this one), against any of them; and against the
+    `deployed` model's val predictions where the reward weighs them.
     """
     space = evaluator.space
     if not isinstance(budget, Budget):
@@ -269,7 +292,8 @@ def evolve(
     if floor > budget.limit:
         what = "the previous family member" if prev is not None else "the smallest arch"
         raise RegnasError(f"budget {budget.describe()} is below {what} ({budget.describe(floor)}); raise the budget")
-    return _Evolution(evaluator, budget, reward, prev, cfg, seed, earlier or ([prev] if prev is not None else [])).run()
+    refs = earlier or ([prev] if prev is not None else [])
+    return _Evolution(evaluator, budget, reward, prev, cfg, seed, refs, deployed).run()
 
 
 def margin(ranked: list[Candidate], samples: dict[Arch, np.ndarray]) -> Margin | None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regnas.distill import DistillConfig, focal_distillation, focal_term
+from regnas.distill import DistillConfig, deployed_term, focal_distillation, focal_term
 from regnas.distributed import state_digest
 from regnas.errors import RegnasError
 from regnas.finetune import finetune_seconds, joint_finetune, joint_loss
@@ -25,6 +25,22 @@ def test_joint_loss_is_the_first_members_labels_and_each_later_ones_pull_back():
         assert torch.allclose(logits[i].grad, z.grad, atol=1e-6)
     assert joint_loss(logits, labels, cfg).item() == pytest.approx(sum(e.item() for e in expected), rel=1e-6)
     assert focal_term(logits[0], logits[0], labels, cfg).item() == 0.0
+
+
+def test_a_deployed_model_pulls_its_member_by_its_logits_or_by_its_predicted_classes():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (16,))
+    logits = [torch.randn(16, 10) for _ in range(2)]
+    cfg = DistillConfig(weight=0.5, ensemble=0.0)
+    teacher = torch.randn(16, 10)
+    plain = joint_loss(logits, labels, cfg).item()
+    pulled = joint_loss(logits, labels, cfg, [None, teacher]).item()
+    assert pulled == pytest.approx(plain + 0.5 * focal_term(logits[1], teacher, labels, cfg).item(), rel=1e-6)
+    classes = teacher.argmax(1)  # only its predictions saved: the same focus on a cross-entropy towards them
+    focus = cfg.alpha + cfg.beta * (classes == labels).float()
+    expected = (focus * F.cross_entropy(logits[0], classes, reduction="none")).mean()
+    assert deployed_term(logits[0], classes, labels, cfg).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert joint_loss(logits, labels, cfg, [classes, None]).item() == pytest.approx(plain + 0.5 * expected.item(), rel=1e-6)
 
 
 def test_the_ensemble_term_pulls_every_member_towards_the_members_mean():

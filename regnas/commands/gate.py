@@ -17,10 +17,20 @@ class Gate(Command):
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         what = "an .onnx model, a build member directory (BUILD_DIR/<target>) or .npy/.json predictions"
-        p.add_argument("--reference", required=True, help=f"the model to stay compatible with: {what}")
-        p.add_argument("--candidate", required=True, help=f"the new model: {what}")
-        data_option(p, "dataset name or path, as for regnas build", required=True)
-        p.add_argument("--split", default=None, help="train, calib, val or test (default: the whole set, in source order)")
+        p.add_argument("--reference", help=f"the model to stay compatible with: {what}")
+        p.add_argument("--candidate", help=f"the new model: {what}")
+        data_option(p, "dataset name or path, as for regnas build", default=None)
+        p.add_argument(
+            "--build",
+            type=Path,
+            default=None,
+            help="instead of the three above: a build made with --deployed; gates its --target member against that target's "
+            "deployed model (kept in the build) on the build's own test split",
+        )
+        p.add_argument("--target", default=None, help="with --build: the member to gate")
+        p.add_argument(
+            "--split", default=None, help="train, calib, val or test (default: the whole set, in source order; with --build: test)"
+        )
         seed_option(p, "the dataset's split, as given to regnas build")
         p.add_argument("--max-nfr", type=fraction, default=0.01, help="largest acceptable NFR upper bound (default: 0.01)")
         p.add_argument("--max-top1-drop", type=fraction, default=0.01, help="largest acceptable top-1 drop (default: 0.01)")
@@ -35,26 +45,36 @@ class Gate(Command):
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from regnas.errors import RegnasError
         from regnas.io import ensure_writable_file
-        from regnas.workflow.gate import Preprocess, gate, write_outputs
+        from regnas.workflow.gate import Preprocess, gate, gate_build, write_outputs
 
         for option in ("json", "junit", "markdown"):
             ensure_writable_file(getattr(args, option), f"--{option}")
-        result = gate(
-            args.reference,
-            args.candidate,
-            args.data,
-            args.split,
-            args.seed,
-            args.image_size,
-            args.max_nfr,
-            args.max_top1_drop,
-            args.confidence,
-            args.list,
-            Preprocess(tuple(args.mean), tuple(args.std)),
-            args.threads,
-        )
-        write_outputs(result, args.reference, args.candidate, args.json, args.junit, args.markdown)
+        reference, candidate = args.reference, args.candidate
+        if args.build is not None:
+            if reference or candidate or args.data or not args.target:
+                raise RegnasError("--build takes --target NAME and no --reference, --candidate or --data: it gates the build's own")
+            limits = (args.max_nfr, args.max_top1_drop, args.confidence, args.list, args.threads)
+            result, reference, candidate = gate_build(args.build, args.target, args.split or "test", *limits)
+        elif not (reference and candidate and args.data):
+            raise RegnasError("regnas gate needs --reference, --candidate and --data (or --build DIR --target NAME)")
+        else:
+            result = gate(
+                reference,
+                candidate,
+                args.data,
+                args.split,
+                args.seed,
+                args.image_size,
+                args.max_nfr,
+                args.max_top1_drop,
+                args.confidence,
+                args.list,
+                Preprocess(tuple(args.mean), tuple(args.std)),
+                args.threads,
+            )
+        write_outputs(result, reference, candidate, args.json, args.junit, args.markdown)
         verdict = "passed" if result.passed else "REGRESSION"
         print(
             f"gate {verdict}: {result.flips} negative flips in {result.n} samples, NFR {100 * result.nfr:.2f}% "

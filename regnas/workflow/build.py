@@ -36,6 +36,7 @@ from regnas.builddir import (
 )
 from regnas.config import count, dumps_toml, minutes, option, positive, section
 from regnas.data import Dataset, load_dataset, load_recorded_split
+from regnas.deployed import Deployed, keep, load_deployed, parse_deployed
 from regnas.distill import DistillConfig, finetune_schedule
 from regnas.distributed import World, init_world, launched_by_torchrun
 from regnas.errors import RegnasError
@@ -139,6 +140,15 @@ class BuildOptions:
     flips_against: str = option(
         "previous", "the reward's flips: against the previous member (previous) or any earlier member (all)", section="search"
     )
+    deployed: tuple[str, ...] = option(
+        (),
+        "TARGET=PATH: the model TARGET runs in production now (an ONNX file, a member folder of an earlier build, or .npy/.json "
+        "predictions on the whole data set); the search counts flips against it (λ3 of --reward λ1,λ2,λ3; default λ3 = λ2) "
+        "and the report compares the family with one searched without it. Repeat it per target",
+        section="search",
+        metavar="TARGET=PATH",
+        cli={"action": "append"},
+    )
     search: SearchConfig = section(SearchConfig, "search")
     workers: int = option(1, "evaluate search candidates on N local Ray workers (1: in process)", section="search", parse=positive)
     ray_address: str | None = option(
@@ -168,7 +178,7 @@ class BuildOptions:
     strict: bool = option(False, "exit 1 when an artifact's flip check is inconclusive, not only when it fails", section="check")
 
     def __post_init__(self) -> None:
-        self.out, self.rewards = Path(self.out), tuple(self.rewards)
+        self.out, self.rewards, self.deployed = Path(self.out), tuple(self.rewards), tuple(self.deployed)
         if self.finetune.seed != self.seed:
             self.finetune = replace(self.finetune, seed=self.seed)
         self.remote = Remote.from_options(self.rpc, self.rpc_key)
@@ -358,7 +368,14 @@ def warn_overrun(plan: dict[str, float], timing: dict[str, float]) -> list[str]:
 
 
 def _search(
-    opts: BuildOptions, evaluator: Evaluator, budgets: list[tuple[str, Budget]], rewards: list[Reward], luts: Luts, ckpt: Path, out: Path
+    opts: BuildOptions,
+    evaluator: Evaluator,
+    budgets: list[tuple[str, Budget]],
+    rewards: list[Reward],
+    luts: Luts,
+    ckpt: Path,
+    out: Path,
+    deployed: dict[str, Deployed],
 ) -> dict[str, Any]:
     """The family (first reward), the independent baseline and one family per further reward, cached in out/search.json."""
     space = evaluator.space
@@ -372,6 +389,7 @@ def _search(
             "sweep": [asdict(r) for r in rewards[1:]],
             "search": asdict(opts.search),
             "seed": opts.seed,
+            **({"deployed": {t: d.digest for t, d in deployed.items()}} if deployed else {}),
         }
     )
     cached = read_search_cache(out)
@@ -394,9 +412,10 @@ def _search(
         evaluator = Evaluator(evaluator.supernet, evaluator.data, len(evaluator.calib_x), pool, evaluator.device)
         logger.info(f"search: evaluating candidates on {pool.workers} Ray workers")
     try:
-        family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed)
+        theirs = {t: d.predictions["val"] for t, d in deployed.items()}
+        family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed, deployed=theirs)
         baseline = search_baseline(evaluator, budgets, opts.search, opts.seed)
-        sweep = {r.describe(): search_family(evaluator, budgets, r, opts.search, opts.seed) for r in rewards[1:]}
+        sweep = {r.describe(): search_family(evaluator, budgets, r, opts.search, opts.seed, deployed=theirs) for r in rewards[1:]}
     finally:
         evaluator.close()
 
@@ -456,6 +475,16 @@ def flag_repeats(members: list[MemberRecord]) -> None:
             logger.warning(f"family member {m.target} is {prev.target}'s arch: its larger budget buys nothing")
 
 
+def deployed_rewards(rewards: list[Reward]) -> list[Reward]:
+    """With deployed models: the family's reward weighs their flips (λ3 = λ2 unless given), and the same reward without
+    them is searched beside it (the last sweep point), so the report shows what `--deployed` bought."""
+    main = rewards[0] if rewards[0].deployed else replace(rewards[0], name="custom", deployed=rewards[0].nfr)
+    if not main.deployed:
+        raise RegnasError(f"--deployed needs a reward that weighs flips against the deployed models; pass e.g. --reward {main.top1:g},5,5")
+    without = replace(main, deployed=0.0)
+    return [main, *(r for r in rewards[1:] if r != without), without]
+
+
 def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
     """The rewards and targets, after every check that costs nothing (before any data is read)."""
     if launched_by_torchrun():
@@ -467,6 +496,10 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
         raise RegnasError("--strict judges the artifact check, which --no-export skips; drop one of them")
     rewards = [parse_reward(r, opts.flips_against) for r in dict.fromkeys(opts.rewards)]
     targets = resolve_targets(opts.targets, opts.targets_dir)
+    if parse_deployed(opts.deployed, [t.name for t in targets]):
+        rewards = deployed_rewards(rewards)
+        if opts.finetune_mode == "own":
+            raise RegnasError("--finetune own does not distil towards deployed models; use --finetune joint (the default) or none")
     if opts.finetune_mode not in (None, NO_FINETUNE):
         check_finetune_mode(opts.finetune_mode)
         if len(targets) < 2:
@@ -484,16 +517,19 @@ def _validate_options(opts: BuildOptions) -> tuple[list[Reward], list[Target]]:
 
 
 def _finetuned(
-    opts: BuildOptions, evaluator: Evaluator, family: list[Member], mode: str, search_key: str, out: Path
+    opts: BuildOptions, evaluator: Evaluator, family: list[Member], mode: str, search_key: str, out: Path, deployed: dict[str, Deployed]
 ) -> tuple[list[nn.Module], str]:
-    """The family's fine-tuned members (an earlier run's, when this build already made them) and the fine-tune's cache key."""
+    """The family's fine-tuned members (an earlier run's, when this build already made them) and the fine-tune's cache key.
+    (The search's key already covers the deployed models.)"""
     schedule = finetune_schedule(len(evaluator.data["train"]), opts.finetune)
     key = sha256_json(
         {"search": search_key, "targets": [m.target for m in family], "mode": mode, "config": asdict(opts.finetune), "schedule": schedule}
     )
     nets = read_finetuned(out, key)
     if nets is None:
-        nets = nested_finetune(evaluator.supernet, [m.arch for m in family], evaluator.data, opts.finetune, mode)
+        data = evaluator.data
+        teachers = [deployed[m.target].teacher(data, torch.get_num_threads()) if m.target in deployed else None for m in family]
+        nets = nested_finetune(evaluator.supernet, [m.arch for m in family], data, opts.finetune, mode, teachers)
     return nets, key
 
 
@@ -533,6 +569,30 @@ def _family_report(
         kind: {m.target: [list(c) for c in m.candidates] for m in members} for kind, members in (("family", family), ("baseline", baseline))
     }
     return report, fam, base
+
+
+def _against_deployed(
+    evaluator: Evaluator, deployed: dict[str, Deployed], fam: Assessment, without: list[Member], rewards: list[Reward], out: Path
+) -> dict[str, Any]:
+    """Each member against its target's deployed model on test (set on its record), beside the same member of the family
+    searched without them (the reward with λ3 = 0): what `--deployed` bought. The deployed models are kept in the build."""
+    labels = evaluator.labels("test")
+    kept = keep(out, deployed)
+    plain = assess(evaluator, without)
+    members = []
+    for rec, pred, other, other_pred in zip(fam.records, fam.preds, plain.records, plain.preds):
+        if rec.target not in deployed:
+            continue
+        d = deployed[rec.target]
+        rec.vs_deployed = d.versus(pred, labels)
+        versus = {"with": rec.vs_deployed, "without": d.versus(other_pred, labels)}
+        members.append({"target": rec.target, "kept": kept[rec.target], **versus, "top1_with": rec.top1, "top1_without": other.top1})
+        w, wo = members[-1]["with"], members[-1]["without"]
+        logger.info(
+            f"deployed: {rec.target} flips {w['nfr']:.2%} of what {d.source} got right (without --deployed: {wo['nfr']:.2%}), "
+            f"top-1 {rec.top1:.2%} ({other.top1:.2%})"
+        )
+    return {"reward": rewards[0].describe(), "without_reward": rewards[-1].describe(), "members": members}
 
 
 def _config_section(opts: BuildOptions, data: Dataset, net: Any, ckpt: Path, rewards: list[Reward]) -> dict[str, Any]:
@@ -579,6 +639,7 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
     budgets, luts = _budgets(fresh, targets, opts.lut_dir)
     sizes = ", ".join(f"{s} {len(data[s])}" for s in data.splits)
     logger.info(f"data: {data.name} {data.input_shape} {data.num_classes} classes, {sizes}")
+    deployed = load_deployed(parse_deployed(opts.deployed, [t.name for t in targets]), data, torch.get_num_threads())
 
     plan: dict[str, float] = {}
     mode = finetune_mode_of(opts, len(targets))
@@ -601,17 +662,19 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
 
     stages.start("search")
     evaluator = Evaluator(net, data, device=world.device)
-    found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out)
+    found = _search(opts, evaluator, budgets, rewards, luts, ckpt, out, deployed)
     t_search = time.time()
     tuned = None
     if mode is not None:
         stages.start("finetune")
-        nets, key = _finetuned(opts, evaluator, found["family"], mode, found["key"], out)
+        nets, key = _finetuned(opts, evaluator, found["family"], mode, found["key"], out, deployed)
     t_finetune = time.time()
     if mode is not None:
         tuned = (nets, {"mode": mode, "key": key, "seconds": t_finetune - t_search})
 
     sections, fam, base = _family_report(opts, evaluator, found, rewards, luts, tuned)
+    if deployed:
+        sections["deployed"] = _against_deployed(evaluator, deployed, fam, found["sweep"][rewards[-1].describe()], rewards, out)
     for m, n, rec in zip(found["family"], fam.nets, fam.records):
         rec.weights_sha256 = save_member(out / m.target, net.space, m.arch, n, m.target)
     report = {**fam.section, "baseline": base.section, **sections}

@@ -68,6 +68,27 @@ def _model_predictions(net_scores, input_shape: tuple, x: np.ndarray, source: st
     return np.concatenate([net_scores(to_float(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
+def model_scores(source: str | Path, split: Split, preprocess: Preprocess = Preprocess(), threads: int = 1) -> np.ndarray | None:
+    """N×classes scores of a model (an ONNX file or a build member folder) on `split`; None for a predictions file."""
+    path = Path(source)
+    if path.suffix == ".onnx":
+        from regnas.runtimes import runtime_for
+
+        rt = runtime_for(path, threads)
+        return _model_predictions(lambda x: rt.scores(preprocess(x)), rt.input_shape, split.x.numpy(), str(path))
+    if path.is_dir() and is_member(path):
+        import torch
+
+        space, net = load_member(path)
+
+        def scores(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return net(torch.from_numpy(x)).numpy()
+
+        return _model_predictions(scores, space.input_shape, split.x.numpy(), str(path))
+    return None
+
+
 def predictions(source: str | Path, split: Split, classes: int, preprocess: Preprocess = Preprocess(), threads: int = 1) -> np.ndarray:
     """Predicted class per sample of `split` from a model or a predictions file."""
     path = Path(source)
@@ -87,21 +108,8 @@ def predictions(source: str | Path, split: Split, classes: int, preprocess: Prep
             pred = np.asarray(None)
         if pred.dtype == object or pred.ndim == 0:
             raise RegnasError(f'{path}: give a JSON list of class indices or {{"predictions": [...]}}')
-    elif path.suffix == ".onnx":
-        from regnas.runtimes import runtime_for
-
-        rt = runtime_for(path, threads)
-        pred = _model_predictions(lambda x: rt.scores(preprocess(x)), rt.input_shape, split.x.numpy(), str(path))
-    elif path.is_dir() and is_member(path):
-        import torch
-
-        space, net = load_member(path)
-
-        def scores(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net(torch.from_numpy(x)).numpy()
-
-        pred = _model_predictions(scores, space.input_shape, split.x.numpy(), str(path))
+    elif (scores := model_scores(path, split, preprocess, threads)) is not None:
+        pred = scores
     elif path.is_dir() and is_build(path):
         targets = sorted(p.name for p in path.iterdir() if is_member(p))
         raise RegnasError(f"{path} is a build directory; name a member, e.g. {path / (targets[0] if targets else '<target>')}")
@@ -193,6 +201,37 @@ def gate(
     ref = predictions(reference, chosen, dataset.num_classes, preprocess, threads)
     cand = predictions(candidate, chosen, dataset.num_classes, preprocess, threads)
     return decide(ref, cand, chosen.y.numpy(), max_nfr, max_top1_drop, confidence, list_limit)
+
+
+def gate_build(
+    out: Path,
+    target: str,
+    split: str = "test",
+    max_nfr: float = 0.01,
+    max_top1_drop: float = 0.01,
+    confidence: float = 0.95,
+    list_limit: int = 20,
+    threads: int = 1,
+) -> tuple[GateResult, str, str]:
+    """`regnas gate --build DIR --target T`: the build's member T against the deployed model it was built against (its copy
+    in the build), on the build's own `split` of its data; the result and what was compared."""
+    from regnas.builddir import inside, member_dir, open_build
+    from regnas.deployed import SPLITS, load_deployed
+
+    if split not in SPLITS:
+        raise RegnasError(f"--build gates on the build's {' or '.join(SPLITS)} split, not {split!r}; pass --split test")
+    build = open_build(out)
+    members = {m["target"]: m for m in build.report.get("deployed", {}).get("members", [])}
+    if target not in members:
+        have = ", ".join(members) or "none"
+        raise RegnasError(f"{out} was built without a deployed model for {target!r} (it has {have}); build with --deployed {target}=PATH")
+    reference = inside(out, members[target]["kept"], f"deployed model of {target}")
+    candidate = member_dir(out, target)
+    chosen = build.data[split]
+    ref = load_deployed({target: reference}, build.data, threads)[target].predictions[split]
+    cand = predictions(candidate, chosen, build.data.num_classes, threads=threads)
+    result = decide(ref, cand, chosen.y.numpy(), max_nfr, max_top1_drop, confidence, list_limit)
+    return result, f"{target} deployed ({members[target]['with']['deployed']})", str(candidate)
 
 
 def markdown(result: GateResult, reference: str, candidate: str) -> str:
