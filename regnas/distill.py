@@ -12,7 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,11 @@ class DistillConfig:
     temperature: float = 100.0
     seed: int = 0
     ensemble: float = 3.0
+    deployed_weight: float = 0.1
+    """The pull towards a target's deployed model (`--deployed`), in the joint fine-tune."""
+    deployed_alpha: float = 0.0
+    """α of that pull: 0 pulls only on the images the deployed model gets right (what an upgrade must keep), where PCT's
+    α = 1 towards the previous member also copies a weaker model's mistakes."""
 
     def __post_init__(self):
         if self.kind not in ("lm", "kl"):
@@ -72,6 +77,7 @@ def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: 
 def deployed_term(new: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
     """The pull towards a deployed model: `focal_term` towards its logits (float `teacher`), or, where only its predictions
     are known (integer `teacher`), the same focus on a cross-entropy towards its predicted classes."""
+    cfg = replace(cfg, alpha=cfg.deployed_alpha)
     if teacher.is_floating_point():
         return focal_term(new.float(), teacher.float(), labels, cfg)
     focus = cfg.alpha + cfg.beta * (teacher == labels).float()

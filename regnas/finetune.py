@@ -38,13 +38,13 @@ def joint_loss(
     """The family's loss for one batch: the first member's cross-entropy, then each later member's focal
     distillation towards the one before it (whose logits are held fixed for the step), as in PCT;
     plus `ensemble`·½‖z − z̄‖² for every member towards the members' mean logits (fixed for the step);
-    plus, for a member whose target has a deployed model, `weight`·`deployed_term` towards that model on the batch."""
+    plus, for a member whose target has a deployed model, `deployed_weight`·`deployed_term` towards that model on the batch."""
     logits = [z.float() for z in logits]
     first = F.cross_entropy(logits[0], labels)
     loss = sum((focal_distillation(z, prev.detach(), labels, cfg) for z, prev in zip(logits[1:], logits)), first)
     for z, teacher in zip(logits, teachers or []):
         if teacher is not None:
-            loss = loss + cfg.weight * deployed_term(z, teacher, labels, cfg)
+            loss = loss + cfg.deployed_weight * deployed_term(z, teacher, labels, cfg)
     if cfg.ensemble:
         mean = torch.stack(logits).mean(0).detach()
         loss = loss + cfg.ensemble * sum(0.5 * (z - mean).pow(2).sum(1).mean() for z in logits)

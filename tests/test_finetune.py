@@ -27,20 +27,24 @@ def test_joint_loss_is_the_first_members_labels_and_each_later_ones_pull_back():
     assert focal_term(logits[0], logits[0], labels, cfg).item() == 0.0
 
 
-def test_a_deployed_model_pulls_its_member_by_its_logits_or_by_its_predicted_classes():
+def test_a_deployed_model_pulls_its_member_where_it_is_right_by_its_logits_or_its_predicted_classes():
     torch.manual_seed(0)
     labels = torch.randint(0, 10, (16,))
     logits = [torch.randn(16, 10) for _ in range(2)]
-    cfg = DistillConfig(weight=0.5, ensemble=0.0)
+    cfg = DistillConfig(weight=0.5, ensemble=0.0, deployed_weight=0.2)
     teacher = torch.randn(16, 10)
+    teacher[:8] = 10 * F.one_hot(labels[:8], 10)  # right on half the images
+    right = (teacher.argmax(1) == labels).float()
     plain = joint_loss(logits, labels, cfg).item()
     pulled = joint_loss(logits, labels, cfg, [None, teacher]).item()
-    assert pulled == pytest.approx(plain + 0.5 * focal_term(logits[1], teacher, labels, cfg).item(), rel=1e-6)
+    gap = (cfg.beta * right * 0.5 * (logits[1] - teacher).pow(2).sum(1)).mean()  # α = 0: nothing where it is wrong
+    assert pulled == pytest.approx(plain + 0.2 * gap.item(), rel=1e-6)
     classes = teacher.argmax(1)  # only its predictions saved: the same focus on a cross-entropy towards them
-    focus = cfg.alpha + cfg.beta * (classes == labels).float()
-    expected = (focus * F.cross_entropy(logits[0], classes, reduction="none")).mean()
+    expected = (cfg.beta * right * F.cross_entropy(logits[0], classes, reduction="none")).mean()
     assert deployed_term(logits[0], classes, labels, cfg).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert joint_loss(logits, labels, cfg, [classes, None]).item() == pytest.approx(plain + 0.5 * expected.item(), rel=1e-6)
+    assert joint_loss(logits, labels, cfg, [classes, None]).item() == pytest.approx(plain + 0.2 * expected.item(), rel=1e-6)
+    copying = DistillConfig(deployed_alpha=1.0)  # PCT's α = 1 would copy its mistakes too
+    assert deployed_term(logits[0], classes, labels, copying).item() > deployed_term(logits[0], classes, labels, cfg).item()
 
 
 def test_the_ensemble_term_pulls_every_member_towards_the_members_mean():
