@@ -393,6 +393,21 @@ _VS = record(
     {"classes": mapping(number(0, integer=True))},
 )
 """One run's agreement with another of the same graph: flips, disagreements, and their images' true classes."""
+_VS_DEPLOYED = record(
+    {
+        "deployed": text,
+        "nfr": RATE,
+        "flips": number(0, integer=True),
+        "nfr_interval": list_of(RATE, length=2),
+        "positive_flips": number(0, integer=True),
+        "top1_deployed": RATE,
+        "n": number(1, integer=True),
+    }
+)
+"""A member against its target's deployed model on test (`--deployed`)."""
+_DEPLOYED_MEMBER = record(
+    {"target": text, "kept": text, "with": _VS_DEPLOYED, "without": _VS_DEPLOYED, "top1_with": RATE, "top1_without": RATE}
+)
 _ARTIFACT = record(
     {"target": text, "format": text, "precision": text, "path": text, "sha256": maybe(text), "runtime": text, "status": text},
     {
@@ -458,6 +473,7 @@ REPORT_SCHEMA = record(
             },
         ),
         "finetune": record({"mode": text, "before": list_of(record({"target": text, "top1": RATE, "nfr_vs_prev": maybe(RATE)}))}),
+        "deployed": record({"reward": text, "without_reward": text, "members": list_of(_DEPLOYED_MEMBER)}),
         "artifacts": list_of(_ARTIFACT),
         "check": record(
             {},
