@@ -53,12 +53,12 @@ class Deployed:
     def teacher(self, data: Dataset, threads: int = 1) -> torch.Tensor:
         """What the fine-tune pulls a member towards on every train image: the model's logits, or, for saved predictions,
         its predicted classes."""
-        path = Path(self.source)
         if self.whole is not None:
             return torch.from_numpy(self.whole[data["train"].index])
         from regnas.workflow.gate import model_scores
 
-        return torch.from_numpy(np.ascontiguousarray(model_scores(path, data["train"], threads=threads), dtype=np.float32))
+        scores = model_scores(Path(self.source), data["train"], threads=threads)
+        return torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
 
     def versus(self, new: np.ndarray, labels: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
         """How `new` (test predictions) agrees with this model: NFR with its exact interval, and positive flips."""

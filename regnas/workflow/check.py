@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from regnas.data import Dataset
 from regnas.errors import RegnasError, Unavailable
 from regnas.evaluate import predict
 from regnas.flips import flip_matrix, judge, negative_flips, nfr, top1
-from regnas.runtimes import Remote, load_runtime, runtime_class
+from regnas.runtimes import Remote, Runtime, load_runtime, runtime_class
 from regnas.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -166,26 +167,40 @@ def check(out: Path, artifacts: list[ArtifactRecord], targets: list[Target], dat
 def _own_run(out: Path, a: ArtifactRecord, device: _Device | None, x: np.ndarray) -> np.ndarray | None:
     """The artifact's predictions in its own runtime (a library built for another CPU: on the RPC device), or None with
     its status saying why it cannot run (a device run that cannot start says why, and the check goes on)."""
-    remote = device.remote if device and a.sha256 and runtime_class(a.runtime).needs_device(artifact_path(out, a)) else None
+    on = device if device and a.sha256 and runtime_class(a.runtime).needs_device(artifact_path(out, a)) else None
+    remote = None if on is None else on.remote
     a.device = a.seconds = None
-    t0 = time.perf_counter()
     try:
-        if remote is not None and device.unreachable:
-            raise Unavailable(device.unreachable)
-        rt = open_artifact(out, a, PREDICT_THREADS, remote=remote)
+        p, rt, a.seconds = _predict(lambda: open_artifact(out, a, PREDICT_THREADS, remote=remote), x, on)
+    except Unavailable as exc:
+        a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev, a.flips, a.nfr_interval, a.verdict = f"skipped: {exc}", *[None] * 6
+        logger.info(f"check: {a.label} skipped: {exc}")
+        return None
+    a.status = "ok"
+    a.device = None if remote is None else str(remote) + (f" (emulated: {rt.emulated})" if rt.emulated else "")
+    return p
+
+
+def _predict(load: Callable[[], Runtime], x: np.ndarray, device: _Device | None) -> tuple[np.ndarray, Runtime, float]:
+    """Predictions of the runtime `load` opens (closed after: a device serves one session at a time) and the seconds they
+    took. A device run that cannot start (unreachable, refused there) is Unavailable with why; a local one's bad input
+    stays a RegnasError."""
+    t0 = time.perf_counter()
+    if device is not None and device.unreachable:
+        raise Unavailable(device.unreachable)
+    try:
+        rt = load()
         try:
             p = rt.predict(x)
         finally:
             rt.close()
-    except (Unavailable, RegnasError) as exc:
-        if remote is None and not isinstance(exc, Unavailable):
+    except Unavailable:
+        raise
+    except RegnasError as exc:
+        if device is None:
             raise
-        a.status, a.top1, a.nfr_vs_fp32, a.nfr_vs_prev, a.flips, a.nfr_interval, a.verdict = f"skipped: {exc}", *[None] * 6
-        logger.info(f"check: {a.label} skipped: {exc}")
-        return None
-    a.status, a.seconds = "ok", round(time.perf_counter() - t0, 2)
-    a.device = None if remote is None else str(remote) + (f" (emulated: {rt.emulated})" if rt.emulated else "")
-    return p
+        raise Unavailable(str(exc)) from exc
+    return p, rt, round(time.perf_counter() - t0, 2)
 
 
 def _runs(a: ArtifactRecord, target: Target, device: _Device | None) -> list[tuple[str, _Device | None]]:
@@ -212,23 +227,13 @@ def _other_run(
 ) -> RunRecord:
     """One more run of an artifact, judged as its own run is, and compared with its own run here."""
     run = RunRecord(runtime, None if device is None else str(device), "ok")
-    path = artifact_path(out, a)
-    t0 = time.perf_counter()
+    path, remote = artifact_path(out, a), None if device is None else device.remote
     try:
-        if device is not None and device.unreachable:
-            raise Unavailable(device.unreachable)
-        rt = load_runtime(runtime, path, PREDICT_THREADS, None if device is None else device.remote)
-        try:
-            p = rt.predict(x)
-        finally:
-            rt.close()
-    except (Unavailable, RegnasError) as exc:
-        if device is None and not isinstance(exc, Unavailable):
-            raise
+        p, _, run.seconds = _predict(lambda: load_runtime(runtime, path, PREDICT_THREADS, remote), x, device)
+    except Unavailable as exc:
         run.status = f"skipped: {exc}"
         logger.info(f"check: {a.label} in {run.label} skipped: {exc}")
         return run
-    run.seconds = round(time.perf_counter() - t0, 2)
     found.judge(run, f"{a.label} in {run.label}", p, fp32, limit)
     run.vs = found.versus(f"{a.label} in {a.runtime} on this host", own, p)
     logger.info(f"check: {a.label} in {run.label}: {run.vs['disagreements']} disagreements with {a.runtime} on this host")
