@@ -15,7 +15,7 @@ from regnas.data import Dataset
 from regnas.distributed import World
 from regnas.errors import RegnasError
 from regnas.spaces import SearchSpace
-from regnas.train import TrainConfig, default_batch_size, planned, recipe, settle_precision
+from regnas.train import Pace, TrainConfig, default_batch_size, planned, recipe, settle_precision
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,12 @@ def train_config(
 
 def plan_training(
     out: str | Path, data: Dataset, space: SearchSpace, cfg: TrainConfig, world: World, budget: TimeBudget
-) -> tuple[TrainConfig, dict[str, float]]:
-    """`cfg` with its epochs: the ones given, else as many as fit the budget after what it keeps for later stages; and
-    the plan in seconds (`budget`, `train` and each kept stage; empty when epochs were given)."""
+) -> tuple[TrainConfig, dict[str, float], Pace | None]:
+    """`cfg` with its epochs: the ones given, else as many as fit the budget after what it keeps for later stages; the
+    plan in seconds (`budget`, `train` and each kept stage; empty when epochs were given); and the pace training is
+    planned at (None for given epochs or a kept plan), which `train_supernet` checks itself against."""
     if budget.epochs:
-        return replace(cfg, epochs=budget.epochs), {}
+        return replace(cfg, epochs=budget.epochs), {}, None
     minutes = budget.minutes or default_budget_min(cfg.augment)
     kept = sum(budget.reserve_s.values())
     left = minutes * 60 - kept - (time.time() - budget.started if budget.started else 0.0)
@@ -105,5 +106,5 @@ def plan_training(
                 f"raise --time-budget above {kept / 60:.0f}, or pass --epochs"
             )
     floor = 0 if budget.minutes is not None else DEFAULT_MIN_EPOCHS
-    cfg = planned(out, data, space, replace(cfg, time_budget_min=minutes), max(left, 0.0), world, floor)
-    return cfg, {"budget": minutes * 60, "train": max(left, 0.0), **budget.reserve_s}
+    cfg, pace = planned(out, data, space, replace(cfg, time_budget_min=minutes), max(left, 0.0), world, floor)
+    return cfg, {"budget": minutes * 60, "train": max(left, 0.0), **budget.reserve_s}, pace

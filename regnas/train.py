@@ -299,6 +299,14 @@ class _Loop:
             ids = [world.device.index] if world.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
+    def reschedule(self, cfg: TrainConfig, epochs_done: int) -> None:
+        """Go on as a run of `cfg.epochs` epochs: the one-cycle schedule recomputed for the new length, at the step reached."""
+        self.cfg = cfg
+        peak, done = self.optimizer.param_groups[0]["max_lr"], self.steps * epochs_done
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, peak, total_steps=self.steps * cfg.epochs, pct_start=0.1, last_epoch=done - 1
+        )
+
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.world.device)
         x = self.world.shard(self.augment(to_float(self.x[idx]), gen)).contiguous(memory_format=torch.channels_last)
@@ -362,8 +370,13 @@ class _Loop:
         return {"optimizer": self.optimizer, "schedule": self.schedule}
 
 
-def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str | None = None, world: World = World()) -> Supernet:
-    """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch."""
+def train_supernet(
+    data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_name: str | None = None, world: World = World(), pace: Pace | None = None
+) -> Supernet:
+    """Train (or resume training) a supernet on `data`; rank 0 writes checkpoints to `out_dir` each epoch.
+
+    With the `pace` its epochs were planned at, a run that turns out slower than planned trains fewer epochs (decided
+    after each epoch from the second on, the schedule recomputed) rather than overrun its time budget."""
     out_dir = Path(out_dir)
     if cfg.batch_size < world.size:
         raise RegnasError(f"batch size {cfg.batch_size} is smaller than the {world.size} training processes; raise --batch-size")
@@ -374,7 +387,8 @@ def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_n
     loop = _Loop(space, net.model, data, cfg, world, cfg.lr * cfg.supernet_lr_scale)
     start, history = _resume(out_dir, net, loop, data, cfg, space.name, world)
     subnets = sandwich(cfg, space)
-    for epoch in range(start, cfg.epochs):
+    t0, expected, epoch = time.time(), 0.0, start
+    while epoch < cfg.epochs:
         sampled = hashlib.sha256()
         rec = loop.epoch(epoch, subnets, sampled)
         if cfg.sort_channels and epoch == warm_epochs(cfg) - 1:
@@ -383,6 +397,19 @@ def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_n
         world.assert_same(f"the subnets sampled in epoch {epoch + 1}", sampled.hexdigest())
         world.assert_same(f"the weights after epoch {epoch + 1}", state_digest(net.model))
         history.append(rec)
+        if pace is not None:
+            expected += pace.warm_s if epoch < warm_epochs(cfg) else pace.sandwich_s
+            if epoch + 1 - start >= 2 and epoch + 1 < cfg.epochs:
+                (elapsed,) = world.sum([time.time() - t0 if world.main else 0.0])
+                epochs = pace.refit(cfg, epoch + 1, elapsed, expected)
+                if epochs < cfg.epochs:
+                    logger.warning(
+                        f"train: {elapsed / expected:.2f}x slower than the plan timed; {epochs} epochs instead of {cfg.epochs} "
+                        f"to stay within its {pace.budget_s / 60:.0f} min"
+                    )
+                    cfg = replace(cfg, epochs=epochs)
+                    loop.reschedule(cfg, epoch + 1)
+                    subnets = sandwich(cfg, space)
         net.meta = _meta(space, data, cfg, epoch + 1, history, world.size)
         if world.main:
             save_checkpoint(out_dir / CHECKPOINT, net)
@@ -390,6 +417,7 @@ def train_supernet(data: Dataset, out_dir: str | Path, cfg: TrainConfig, space_n
         logger.info(
             f"train: epoch {epoch + 1}/{cfg.epochs} loss {rec['loss']:.3f} train top-1 {rec['train_top1']:.3f} ({rec['seconds']:.0f}s)"
         )
+        epoch += 1
     if not net.meta:
         net.meta = _meta(space, data, cfg, cfg.epochs, history, world.size)
     net.model.to("cpu", memory_format=torch.contiguous_format).eval()
@@ -501,8 +529,48 @@ def settle_precision(
     return replace(cfg, precision=precision)
 
 
-def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> int:
-    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most `cfg.max_epochs`).
+REPLAN_SLACK = 0.05
+"""How far past its training budget a run may look set to finish before it trains fewer epochs than planned: the
+probe's own timings move by a few percent between runs, and an epoch less costs accuracy."""
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A training plan's expectations here: seconds per warm-start and per sandwich epoch (timed before training), the
+    seconds training may take, and the epochs that fit them. Training checks itself against it after each epoch
+    (`refit`): steps timed in the first seconds of a run can be faster than the same steps an hour into it (on a 2-core
+    cloud host a CIFAR-10 sandwich epoch took 93 s as timed and 115-130 s after minutes of load), and a plan that
+    trusted them overran its budget."""
+
+    epochs: int
+    warm_s: float
+    sandwich_s: float
+    budget_s: float
+    min_epochs: int = 0
+
+    def cost(self, cfg: TrainConfig, epochs: int, start: int = 0, slow: float = 1.0) -> float:
+        """Seconds for epochs `start`..`epochs` of a run of `epochs`, `slow` times the timed pace."""
+        warm = warm_epochs(cfg, epochs)
+        return slow * sum(self.warm_s if e < warm else self.sandwich_s for e in range(start, epochs))
+
+    def refit(self, cfg: TrainConfig, done: int, elapsed: float, expected: float) -> int:
+        """The epochs to go on with, when the epochs run so far took `elapsed` seconds where the plan expected `expected`:
+        `cfg.epochs` while they still fit the budget within `REPLAN_SLACK`, else the most that fit it (at least one more
+        than `done`, and `min_epochs`)."""
+        slow = elapsed / expected if expected > 0 else 1.0
+
+        def fits(epochs: int, slack: float = 0.0) -> bool:
+            return elapsed + self.cost(cfg, epochs, done, slow) <= self.budget_s * (1 + slack)
+
+        if slow <= 1.0 or fits(cfg.epochs, REPLAN_SLACK):
+            return cfg.epochs
+        floor = max(done + 1, self.min_epochs)
+        return next((e for e in range(cfg.epochs - 1, floor - 1, -1) if fits(e)), floor)
+
+
+def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: float, world: World = World(), min_epochs: int = 0) -> Pace:
+    """How many epochs of `cfg` fit in `budget_s` seconds here, from timing real training steps (at most `cfg.max_epochs`),
+    with the timings they were planned from.
 
     A budget too small for one epoch is bad input: the message names the minimum. With `min_epochs`
     (a default budget, not the user's), fewer never happen: the build then overruns the default, and says so.
@@ -511,10 +579,10 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
     sandwich_epoch = seconds_per_step(1) * steps
     warm_epoch = seconds_per_step(0) * steps
     (sandwich_epoch, warm_epoch) = world.sum([sandwich_epoch if world.main else 0.0, warm_epoch if world.main else 0.0])
+    pace = Pace(0, warm_epoch, sandwich_epoch, budget_s, min_epochs)
 
     def cost(epochs: int) -> float:
-        warm = warm_epochs(cfg, epochs)
-        return warm * warm_epoch + (epochs - warm) * sandwich_epoch
+        return pace.cost(cfg, epochs)
 
     if min_epochs and cost(min_epochs) > budget_s:
         over = (cost(min_epochs) - budget_s) / 60
@@ -522,7 +590,7 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
             f"train: the default time budget leaves less than {min_epochs} epochs here; training {min_epochs} "
             f"(the build will take about {over:.0f} min longer; --time-budget or --epochs sets it)"
         )
-        return min_epochs
+        return replace(pace, epochs=min_epochs)
     if budget_s < cost(1):
         need = math.ceil(cost(1) / 60)
         raise RegnasError(
@@ -533,7 +601,7 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
     while epochs < cfg.max_epochs and cost(epochs + 1) <= budget_s:
         epochs += 1
     logger.info(f"train: {epochs} epochs fit {budget_s / 60:.1f} min (about {sandwich_epoch:.0f} s per sandwich epoch here)")
-    return epochs
+    return replace(pace, epochs=epochs)
 
 
 def planned(
@@ -544,17 +612,19 @@ def planned(
     budget_s: float,
     world: World = World(),
     min_epochs: int = 0,
-) -> TrainConfig:
-    """`cfg` with the epochs that fit `budget_s` of training (its `time_budget_min` names the user's whole budget).
+) -> tuple[TrainConfig, Pace | None]:
+    """`cfg` with the epochs that fit `budget_s` of training (its `time_budget_min` names the user's whole budget), and the
+    pace they were planned at, for training to check itself against.
 
-    The plan of a checkpoint in `out_dir` made for the same budget, data and settings is reused, so a
+    The plan of a checkpoint in `out_dir` made for the same budget, data and settings is reused (without a pace), so a
     resumed or re-run build trains on instead of re-planning from slightly different timings.
     """
     old = _kept_config(out_dir, data)
     if old is not None and replace(old, epochs=cfg.epochs) == cfg:
         logger.info(f"train: keeping the plan of {Path(out_dir) / CHECKPOINT} for this budget ({old.epochs} epochs)")
-        return old
-    return replace(cfg, epochs=plan_epochs(data, space, cfg, budget_s, world, min_epochs))
+        return old, None
+    pace = plan_epochs(data, space, cfg, budget_s, world, min_epochs)
+    return replace(cfg, epochs=pace.epochs), pace
 
 
 def _kept_config(out_dir: str | Path, data: Dataset) -> TrainConfig | None:

@@ -22,8 +22,8 @@ def test_the_default_budget_follows_the_data_and_the_help_says_so():
 
 def test_given_epochs_are_kept_and_nothing_is_timed(setup):
     out, data, space, cfg = setup
-    planned, plan = plan_training(out, data, space, cfg, World(), TimeBudget(epochs=5, minutes=0.001, reserve_s={"search": 1e6}))
-    assert planned.epochs == 5 and plan == {}
+    planned, plan, pace = plan_training(out, data, space, cfg, World(), TimeBudget(epochs=5, minutes=0.001, reserve_s={"search": 1e6}))
+    assert planned.epochs == 5 and plan == {} and pace is None
     assert cfg.batch_size == 32 and cfg.augment == "glyph"  # the digits' batch size and the glyphs' policy
 
 
@@ -36,6 +36,6 @@ def test_a_budget_the_later_stages_fill_is_refused_naming_them(setup):
 
 def test_the_default_budget_trains_its_floor_where_the_later_stages_fill_it(setup):
     out, data, space, cfg = setup
-    planned, plan = plan_training(out, data, space, cfg, World(), TimeBudget(reserve_s={"search": 1e6}))
-    assert planned.epochs == DEFAULT_MIN_EPOCHS and planned.time_budget_min == 40
+    planned, plan, pace = plan_training(out, data, space, cfg, World(), TimeBudget(reserve_s={"search": 1e6}))
+    assert planned.epochs == DEFAULT_MIN_EPOCHS == pace.epochs == pace.min_epochs and planned.time_budget_min == 40
     assert plan == {"budget": 2400.0, "train": 0.0, "search": 1e6}

@@ -11,7 +11,19 @@ from regnas.data import Dataset, Split, to_float
 from regnas.errors import RegnasError
 from regnas.evaluate import predict, recalibrate_bn
 from regnas.spaces import create_space, space_class
-from regnas.train import CHECKPOINT, Supernet, TrainConfig, _permute_channels, load_checkpoint, recipe, sandwich, train_supernet
+from regnas.train import (
+    CHECKPOINT,
+    OPTIMIZER,
+    Pace,
+    Supernet,
+    TrainConfig,
+    _header,
+    _permute_channels,
+    load_checkpoint,
+    recipe,
+    sandwich,
+    train_supernet,
+)
 
 
 def small(digits, n=256):
@@ -114,6 +126,31 @@ def test_mismatching_or_corrupt_checkpoints_are_rejected(digits_supernet, digits
         load_checkpoint(tmp_path / "missing.safetensors")
 
 
+def test_a_slower_run_refits_its_epochs_to_the_budget_never_beyond_the_plan():
+    """The arithmetic of checking a run against its plan: 10 epochs of 1 s planned into 10 s (no warm start)."""
+    cfg, pace = TrainConfig(epochs=10, warm_fraction=0.0), Pace(10, 1.0, 1.0, 10.0)
+    assert pace.refit(cfg, 2, 2.0, 2.0) == 10  # on time
+    assert pace.refit(cfg, 2, 1.0, 2.0) == 10  # faster than timed: never more than planned
+    assert pace.refit(cfg, 2, 2.05, 2.0) == 10  # 2.5% slower: 10.25 s of 10, within the slack
+    assert pace.refit(cfg, 2, 4.0, 2.0) == 5  # twice as slow: 4 s spent, 2 s an epoch for the 6 s left
+    assert pace.refit(cfg, 2, 20.0, 2.0) == 3  # already over: one more epoch, the least a run can end with
+    assert replace(pace, min_epochs=6).refit(cfg, 2, 4.0, 2.0) == 6  # a default budget's floor holds
+    warm = TrainConfig(epochs=10, warm_fraction=0.5)  # 5 warm epochs of 1 s, then 2 s each (sandwich)
+    assert Pace(10, 1.0, 2.0, 15.0).cost(warm, 10) == 15.0 and Pace(10, 1.0, 2.0, 15.0).cost(warm, 8) == 4 + 4 * 2.0
+
+
+def test_a_run_slower_than_its_plan_trains_fewer_epochs_and_finishes_its_schedule(digits, tmp_path):
+    data = small(digits, 128)
+    cfg = TrainConfig(epochs=6, batch_size=64, seed=0)
+    pace = Pace(6, 1e-4, 1e-4, 1e-3)  # every epoch takes far longer than this plan timed
+    net = train_supernet(data, tmp_path, cfg, "mbv3", pace=pace)
+    steps = len(data["train"]) // cfg.batch_size
+    assert net.meta["epochs_done"] == net.meta["train"]["epochs"] == 3 == len(net.meta["history"])  # checked after epoch 2
+    schedule = _header(tmp_path / OPTIMIZER, "optimizer state")["schedule"]
+    assert schedule["total_steps"] == schedule["last_epoch"] == 3 * steps  # the one-cycle schedule ran to its end
+    assert train_supernet(data, tmp_path, replace(cfg, epochs=3), "mbv3").meta["history"] == net.meta["history"]  # resumes as done
+
+
 def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, tmp_path, monkeypatch):
     import regnas.train as train_mod
 
@@ -122,21 +159,22 @@ def test_epochs_are_planned_from_timed_steps_and_a_kept_plan_is_reused(digits, t
     cfg = TrainConfig(epochs=1, batch_size=64)
     with monkeypatch.context() as m:  # the plan's arithmetic on given step times (0.1 s warm, 0.2 s sandwich; 10 steps an epoch)
         m.setattr(train_mod, "_step_timer", lambda *_: (lambda epoch: 0.1 * (1 + epoch), 10))
-        assert train_mod.plan_epochs(data, space, cfg, 1e6) == cfg.max_epochs  # a huge budget stops at the recipe's ceiling
-        assert train_mod.plan_epochs(data, space, replace(cfg, max_epochs=13), 1e6) == 13  # a space's recipe may move it
-        assert train_mod.plan_epochs(data, space, replace(cfg, warm_fraction=0.0), 7.0) == 3  # 2 s a sandwich epoch
+        assert train_mod.plan_epochs(data, space, cfg, 1e6).epochs == cfg.max_epochs  # a huge budget stops at the recipe's ceiling
+        assert train_mod.plan_epochs(data, space, replace(cfg, max_epochs=13), 1e6).epochs == 13  # a space's recipe may move it
+        pace = train_mod.plan_epochs(data, space, replace(cfg, warm_fraction=0.0), 7.0)
+        assert pace == train_mod.Pace(3, 1.0, 2.0, 7.0)  # 2 s a sandwich epoch, with the timings it was planned from
         with pytest.raises(RegnasError, match="too small for one training epoch"):
             train_mod.plan_epochs(data, space, cfg, 1e-4)
-        assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3) == 3  # a default budget overruns rather than fails
-    first = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0)  # the run below trains what fits
-    assert 1 <= first.epochs <= cfg.max_epochs and first.time_budget_min == 0.5
+        assert train_mod.plan_epochs(data, space, cfg, 1e-4, min_epochs=3).epochs == 3  # a default budget overruns rather than fails
+    first, pace = train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0)  # the run below trains what fits
+    assert 1 <= first.epochs == pace.epochs <= cfg.max_epochs and first.time_budget_min == 0.5
     train_supernet(data, tmp_path, first)
 
     def no_timing(*_args, **_kw):
         raise AssertionError("a finished run's plan must be reused, not re-timed")
 
     monkeypatch.setattr(train_mod, "plan_epochs", no_timing)
-    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0) == first
+    assert train_mod.planned(tmp_path, data, space, replace(cfg, time_budget_min=0.5), 4.0) == (first, None)
 
 
 def test_the_precision_is_the_given_one_a_checkpoints_or_the_faster_one_here(digits, tmp_path, monkeypatch, caplog):

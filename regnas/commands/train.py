@@ -77,9 +77,9 @@ class Train(Command):
                 lr=args.lr,
                 sort_channels=args.sort_channels,
             )
-            cfg, _ = plan_training(args.out, data, space, cfg, world, TimeBudget(args.epochs, args.time_budget))
+            cfg, _, pace = plan_training(args.out, data, space, cfg, world, TimeBudget(args.epochs, args.time_budget))
             with locked(args.out, "train") if world.main else contextlib.nullcontext():
-                train_supernet(data, args.out, cfg, space.name, world=world)
+                train_supernet(data, args.out, cfg, space.name, world=world, pace=pace)
         finally:
             world.close()
         if world.main:

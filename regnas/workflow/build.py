@@ -44,6 +44,7 @@ from regnas.evaluate import Evaluator, predict
 from regnas.exporters import create_exporter
 from regnas.family import Assessment, Member, assess, search_baseline, search_family
 from regnas.finetune import FINETUNE_MODES, check_finetune_mode, finetune_seconds, nested_finetune
+from regnas.flips import nfr
 from regnas.io import ensure_writable_dir, sha256_file, sha256_json
 from regnas.logs import Stages
 from regnas.plan import TimeBudget, default_budget_text, plan_training, train_config
@@ -55,6 +56,8 @@ from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import (
     CHECKPOINT,
+    Pace,
+    Supernet,
     TrainConfig,
     check_precision,
     checkpoint_header,
@@ -328,10 +331,10 @@ def _reserve(opts: BuildOptions, data: Dataset, space: SearchSpace, n_targets: i
 
 def _train_config(
     opts: BuildOptions, data: Dataset, space: SearchSpace, out: Path, budgets: list[tuple[str, Budget]], t0: float, world: World
-) -> tuple[TrainConfig, dict[str, float]]:
+) -> tuple[TrainConfig, dict[str, float], Pace | None]:
     """The supernet's training settings (its random subnets aimed at the targets' budgets), its epochs given or planned
-    so the whole build fits --time-budget, and the plan: seconds set aside for each later stage (empty when --epochs
-    was given)."""
+    so the whole build fits --time-budget, the plan: seconds set aside for each later stage (empty when --epochs
+    was given), and the pace training is planned at."""
     largest = space.largest()
     cfg = train_config(
         out,
@@ -575,10 +578,16 @@ def _against_deployed(
     evaluator: Evaluator, deployed: dict[str, Deployed], fam: Assessment, without: list[Member], rewards: list[Reward], out: Path
 ) -> dict[str, Any]:
     """Each member against its target's deployed model on test (set on its record), beside the same member of the family
-    searched without them (the reward with λ3 = 0): what `--deployed` bought. The deployed models are kept in the build."""
+    searched without them (the reward with λ3 = 0): what `--deployed` bought. `flip_matrix` (and `_without`): NFR of every
+    member against each deployed model (rows, in the members' order). The deployed models are kept in the build."""
     labels = evaluator.labels("test")
     kept = keep(out, deployed)
     plain = assess(evaluator, without)
+    olds = [deployed[r.target].predictions["test"] for r in fam.records if r.target in deployed]
+    rows = {
+        "flip_matrix": [[nfr(old, pred, labels) for pred in fam.preds] for old in olds],
+        "flip_matrix_without": [[nfr(old, pred, labels) for pred in plain.preds] for old in olds],
+    }
     members = []
     for rec, pred, other, other_pred in zip(fam.records, fam.preds, plain.records, plain.preds):
         if rec.target not in deployed:
@@ -592,7 +601,7 @@ def _against_deployed(
             f"deployed: {rec.target} flips {w['nfr']:.2%} of what {d.source} got right (without --deployed: {wo['nfr']:.2%}), "
             f"top-1 {rec.top1:.2%} ({other.top1:.2%})"
         )
-    return {"reward": rewards[0].describe(), "without_reward": rewards[-1].describe(), "members": members}
+    return {"reward": rewards[0].describe(), "without_reward": rewards[-1].describe(), "members": members, **rows}
 
 
 def _config_section(opts: BuildOptions, data: Dataset, net: Any, ckpt: Path, rewards: list[Reward]) -> dict[str, Any]:
@@ -625,6 +634,33 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         return _build(opts, rewards, targets, out, t0)
 
 
+def _train(
+    opts: BuildOptions,
+    data: Dataset,
+    space: SearchSpace,
+    out: Path,
+    budgets: list[tuple[str, Budget]],
+    t0: float,
+    world: World,
+    stages: Stages,
+) -> tuple[Supernet, dict[str, float]]:
+    """The build's supernet, trained as planned, and the plan. `build.toml` records the epochs settled: planned, then the
+    ones trained where training ran slower than planned and stopped sooner to keep the budget."""
+    cfg, plan, pace = _train_config(opts, data, space, out, budgets, t0, world)
+
+    def settled(epochs: int) -> None:
+        fixed = {"epochs": epochs, "time_budget": None, "precision": cfg.precision, "augment": cfg.augment}
+        _write_config(out, replace(opts, space=space.name, data_digest=data.digest, **fixed))
+
+    settled(cfg.epochs)
+    stages.planned(plan)
+    stages.start("train")
+    net = train_supernet(data, out, cfg, space.name, world=world, pace=pace)
+    if net.meta["train"]["epochs"] != cfg.epochs:
+        settled(net.meta["train"]["epochs"])
+    return net, plan
+
+
 def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out: Path, t0: float) -> dict[str, Any]:
     data = _data_for(opts)
     world = init_world()
@@ -651,12 +687,7 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
         ckpt = Path(opts.supernet)
         _write_config(out, replace(opts, space=net.space.name, data_digest=data.digest))
     else:
-        cfg, plan = _train_config(opts, data, fresh, out, budgets, t0, world)
-        settled = {"epochs": cfg.epochs, "time_budget": None, "precision": cfg.precision, "augment": cfg.augment}
-        _write_config(out, replace(opts, space=fresh.name, data_digest=data.digest, **settled))
-        stages.planned(plan)
-        stages.start("train")
-        net = train_supernet(data, out, cfg, fresh.name, world=world)
+        net, plan = _train(opts, data, fresh, out, budgets, t0, world, stages)
         ckpt = out / CHECKPOINT
     t_train = time.time()
 
