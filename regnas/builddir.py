@@ -473,7 +473,10 @@ REPORT_SCHEMA = record(
             },
         ),
         "finetune": record({"mode": text, "before": list_of(record({"target": text, "top1": RATE, "nfr_vs_prev": maybe(RATE)}))}),
-        "deployed": record({"reward": text, "without_reward": text, "members": list_of(_DEPLOYED_MEMBER)}),
+        "deployed": record(
+            {"reward": text, "without_reward": text, "members": list_of(_DEPLOYED_MEMBER)},
+            {"flip_matrix": list_of(list_of(RATE)), "flip_matrix_without": list_of(list_of(RATE))},
+        ),
         "artifacts": list_of(_ARTIFACT),
         "check": record(
             {},
@@ -498,6 +501,16 @@ def _square(matrix: list[list[float]], n: int, at: str) -> str | None:
     return None if len(matrix) == n and all(len(r) == n for r in matrix) else f"{at} is not a {n}x{n} matrix"
 
 
+def _deployed_problem(report: dict[str, Any]) -> str | None:
+    """The deployed models' flip rows must have one row per deployed model and one column per member."""
+    deployed = report.get("deployed") or {}
+    for key in ("flip_matrix", "flip_matrix_without"):
+        rows, n = deployed.get(key), len(report["family"])
+        if rows is not None and (len(rows) != len(deployed["members"]) or any(len(r) != n for r in rows)):
+            return f"deployed.{key} is not a {len(deployed['members'])}x{n} matrix (deployed models x members)"
+    return None
+
+
 def _shape_problem(report: Any) -> str | None:
     """What makes `report` unreadable as a build report: its schema, then what its parts must agree on."""
     if not isinstance(report, dict):
@@ -512,6 +525,8 @@ def _shape_problem(report: Any) -> str | None:
         for i, m in enumerate(section["family"]):
             if classes is not None and m.get("flips_per_class") is not None and len(m["flips_per_class"]) != len(classes):
                 return f"{at}family[{i}].flips_per_class has {len(m['flips_per_class'])} entries for {len(classes)} classes"
+    if problem := _deployed_problem(report):
+        return problem
     matrix = (report.get("check") or {}).get("flip_matrix")
     if matrix and (problem := _square(matrix["nfr"], len(matrix["labels"]), "check.flip_matrix.nfr")):
         return problem

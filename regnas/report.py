@@ -253,22 +253,28 @@ def trade_off_plot(points: list[dict[str, Any]], title: str) -> str | None:
 
 
 def _heatmaps(report: BuildReport) -> str:
+    """NFR between members (row = reference, column = new model), for the family and the baseline; with `--deployed`,
+    the family's panel gains a row per deployed model (every member's flips against it)."""
+    members = [x.target for x in report.family]
+    deployed = report.sections.get("deployed") or {}
+    extra = [f"deployed {m['target']}" for m in deployed.get("members", [])] if deployed.get("flip_matrix") else []
     sections = [
-        ("REG-NAS family", report.sections["flip_matrix"], report.family),
-        ("independent baseline", report.sections["baseline"]["flip_matrix"], report.baseline),
+        ("REG-NAS family", [*report.sections["flip_matrix"], *(deployed.get("flip_matrix") or [])], members + extra),
+        ("independent baseline", report.sections["baseline"]["flip_matrix"], [x.target for x in report.baseline]),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8 + 0.4 * len(extra)))
     vmax = max(100 * max(max(r) for r in matrix) for _, matrix, _ in sections) or 1.0
-    for ax, (title, matrix, members) in zip(axes, sections):
+    for ax, (title, matrix, rows) in zip(axes, sections):
         m = 100 * np.asarray(matrix)
-        names = [x.target for x in members]
         ax.imshow(m, cmap="Reds", vmin=0, vmax=vmax)
-        ax.set_xticks(range(len(names)), names)
-        ax.set_yticks(range(len(names)), names)
+        ax.set_xticks(range(m.shape[1]), rows[: m.shape[1]])
+        ax.set_yticks(range(m.shape[0]), rows)
         ax.set_xlabel("new model")
         ax.set_ylabel("reference")
-        for i in range(len(names)):
-            for j in range(len(names)):
+        if m.shape[0] > m.shape[1]:
+            ax.axhline(m.shape[1] - 0.5, color="black", linewidth=1)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
                 colour = "white" if m[i, j] > vmax / 2 else "black"
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
         ax.set_title(f"{title}: NFR (%)")

@@ -118,6 +118,9 @@ def test_a_build_against_a_deployed_model_reports_what_it_bought(deployed_build,
     large = next(r for r in report["family"] if r["target"] == "large")
     assert large["vs_deployed"] == m["with"] and "vs_deployed" not in report["family"][0]
     assert [p["reward"] for p in report["reward_sweep"]][:2] == ["1,5,5", "1,5"]
+    # Every member against each deployed model: the heatmap's deployed rows (its own member is the record above).
+    (row,) = dep["flip_matrix"]
+    assert len(row) == len(report["family"]) and row[1] == m["with"]["nfr"] and dep["flip_matrix_without"][0][1] == m["without"]["nfr"]
     assert report["finetune"]["mode"] == "joint"  # the default fine-tune, pulled towards the deployed predictions too
     written = json.loads((root / "build" / "report.json").read_text())
     assert written["deployed"] == dep and "Against the deployed models" in (root / "build" / "summary.md").read_text()
@@ -157,3 +160,19 @@ def test_the_example_upgrade_workflow_gates_the_build(deployed_build, tmp_path):
     code = (tmp_path / "output").read_text().strip()
     assert code in ("code=0", "code=1") and json.loads((tmp_path / "gate-large.json").read_text())["flips"] == flips["flips"]
     assert "regnas gate" in (tmp_path / "gate.md").read_text()
+
+
+def test_deployed_rows_of_the_wrong_shape_are_refused(deployed_build, tmp_path, capsys):
+    """The heatmap's deployed rows are read only with one row per deployed model and one column per member."""
+    import shutil
+
+    root, _, _ = deployed_build
+    out = tmp_path / "build"
+    shutil.copytree(root / "build", out)
+    report = json.loads((out / "report.json").read_text())
+    assert main(["report", str(out)]) == 0  # the family's heatmap with the deployed row renders
+    report["deployed"]["flip_matrix"] = [[0.0]]
+    (out / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "deployed.flip_matrix is not a 1x2 matrix (deployed models x members)" in err and err.count("\n") == 1, err
