@@ -248,6 +248,26 @@ def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
     assert never["kept_float"] == ["a", "b", "c"]  # nothing meets the goal: the fewest flips found
 
 
+@pytest.mark.parametrize("space_name", ["resnet"])
+def test_a_space_outside_the_built_fixture_lowers_to_every_local_runtime(digits, space_name, tmp_path):
+    """The `built` fixture is mbv3 and the end-to-end build test vit; resnet's blocks (which once broke ExecuTorch's
+    lowering) are exported here from a briefly trained subnet, and every artifact that runs here agrees with torch."""
+    from regnas.spaces import create_space, space_class
+    from regnas.train import TrainConfig, train_standalone
+
+    space = create_space(space_name, space_class(space_name).default_config(digits.input_shape, digits.num_classes))
+    net = train_standalone(digits, space, space.smallest(), TrainConfig(epochs=2, batch_size=32, seed=0)).eval()
+    x = digits["test"].x
+    job = ExportJob(net, digits.input_shape, digits["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    torch_preds = predict(net, x)
+    for name in ("executorch", "onnx"):
+        for a in create_exporter(name).export(job, "int8"):
+            assert a.status == "ok", a.status
+            agree = np.mean(load_runtime(a.runtime, a.path).predict(x.numpy()) == torch_preds)
+            assert agree >= 0.5, f"{name} int8 agrees with torch on {agree:.1%}"
+
+
 @pytest.mark.parametrize("name,precision", [("onnx", "int8"), ("coreml", "fp16")])
 def test_exporting_twice_gives_the_same_bytes(member, tmp_path, name, precision):
     net, data = member
