@@ -29,7 +29,7 @@ import torch
 
 from regnas.builddir import ArtifactRecord, inside, load_member, member_dir
 from regnas.data import Dataset, to_float
-from regnas.errors import RegnasError, Unavailable
+from regnas.errors import LoweringFailed, RegnasError, Unavailable
 from regnas.evaluate import predict
 from regnas.exporters import Exported, Exporter, ExportJob, create_exporter
 from regnas.flips import lower_bound, negative_flips, nfr, top1, upper_bound
@@ -105,8 +105,15 @@ class _QuantSearch:
         return copy
 
     def score(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts."""
-        _, run = self.export(options)
+        """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts.
+
+        Options the backend cannot lower score as flipping every val image (`lowering_failed` says why): never chosen."""
+        try:
+            _, run = self.export(options)
+        except LoweringFailed as exc:
+            logger.info(f"export: {self.exporter.name}-{self.precision} with {options} skipped: {exc}")
+            n = len(self.labels)
+            return {"options": options, "flips_val": n, "nfr_val": 1.0, "top1_val": 0.0, "lowering_failed": str(exc)}
         by_runtime = {}
         for runtime in self.runtimes:
             preds = load_runtime(runtime, run.path, PREDICT_THREADS).predict(self.x)
@@ -152,7 +159,8 @@ class _QuantSearch:
         boundary adds a quantize or dequantize and breaks fusions), so it is measured, not modelled.
         """
         fully = self.snapshot(full, "fully-quantized")
-        candidates = [best] + [(t, {**full, "keep_float": t["kept_float"]}) for t in sorted(trials, key=_order) if t is not best[0]]
+        lowered = [t for t in sorted(trials, key=_order) if t is not best[0] and "lowering_failed" not in t]
+        candidates = [best] + [(t, {**full, "keep_float": t["kept_float"]}) for t in lowered]
         record["max_slowdown"] = cap
         for score, opts in candidates:
             chosen_ms, fully_ms = interleaved_ms(self.runtime, [self.snapshot(opts, "candidate"), fully], self.job.input_shape)

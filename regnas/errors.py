@@ -14,6 +14,11 @@ class Unavailable(RegnasError):
     """A runtime or tool that cannot run on this machine (no GPU, not macOS); reported as `skipped`."""
 
 
+class LoweringFailed(RegnasError):
+    """A backend could not compile a model in one configuration (ExecuTorch's XNNPACK partitioner, for one, finds
+    dependency cycles in some mixes of int8 and float units); flip-aware quantization skips that configuration."""
+
+
 def require(module: str, extra: str) -> ModuleType:
     """Import an optional backend, or fail naming the pip extra that provides it."""
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from regnas.data import to_float
-from regnas.errors import RegnasError, require
+from regnas.errors import LoweringFailed, RegnasError, require
 from regnas.exporters import Exported, Exporter, ExportJob, register_exporter
 from regnas.io import atomic_path
 from regnas.quiet import quiet
@@ -133,7 +133,8 @@ class ExecuTorchExporter(Exporter):
                     _export(model, job.input_shape), partitioner=[XnnpackPartitioner()], compile_config=_lowering_config()
                 ).to_executorch()
             except Exception as exc:  # torch.export / exir raise many types for unsupported graphs
-                raise RegnasError(f"could not lower the model to ExecuTorch ({str(exc).splitlines()[0]}); report it with the arch") from exc
+                reason = str(exc).splitlines()[0]
+                raise LoweringFailed(f"could not lower the model to ExecuTorch ({reason}); report it with the arch") from exc
         with atomic_path(path) as tmp:
             Path(tmp).write_bytes(program.buffer)
         return [Exported(self.name, precision, path, "executorch", options=opts)]

@@ -153,6 +153,37 @@ def test_per_unit_fallback_ranks_units_by_flip_sensitivity_and_keeps_the_fewest_
     assert len(record["kept_float"]) == min(len(t["options"].get("keep_float", [])) for t in record["tried"] if t["flips_val"] == fewest)
 
 
+def test_a_configuration_the_backend_cannot_lower_is_skipped_not_fatal(member, tmp_path, monkeypatch):
+    """XNNPACK's partitioner finds dependency cycles in some mixes of int8 and float units: such a trial is recorded and
+    never chosen, and the search goes on (it once ended a 50-minute photo build with exit 2)."""
+    from regnas.artifacts import flip_aware
+    from regnas.errors import LoweringFailed
+    from regnas.exporters.onnx import OnnxExporter, preprocessed_compute_nodes
+    from regnas.targets import Target
+
+    net, data = member
+    job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
+    job.scratch.mkdir()
+    units = preprocessed_compute_nodes(job.onnx())[:4]
+    monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: units)
+    monkeypatch.setattr(OnnxExporter, "option_grid", lambda self, p: [{}, {"reduce_range": True}])
+    lower = OnnxExporter.export
+
+    def export(self, job, precision, options=None):
+        if len((options or {}).get("keep_float", [])) == 2:
+            raise LoweringFailed("could not lower the model (Invalid partition, found dependency cycles)")
+        return lower(self, job, precision, options)
+
+    monkeypatch.setattr(OnnxExporter, "export", export)
+    never = Target("never", {"flops": 1.0}, max_nfr_vs_fp32=-1.0, max_int8_slowdown=1e9)
+    val = data["val"]
+    exported, record = flip_aware(create_exporter("onnx"), job, "int8", never, (val.x.numpy(), predict(net, val.x), val.y.numpy()))
+    (failed,) = [t for t in record["tried"] if "lowering_failed" in t]
+    assert "dependency cycles" in failed["lowering_failed"] and len(failed["kept_float"]) == 2
+    assert len(record["kept_float"]) != 2 and exported[0].path.is_file()
+    assert record["after"]["flips_val"] == min(t["flips_val"] for t in record["tried"]) < len(val)
+
+
 def test_the_latency_cap_keeps_the_fewest_flips_among_configurations_fast_enough(monkeypatch):
     """Timed slower than the cap, the fewest-flips configuration gives way to the next, down to fully quantized."""
     import regnas.artifacts as artifacts
