@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -580,10 +581,7 @@ def plan_epochs(data: Dataset, space: SearchSpace, cfg: TrainConfig, budget_s: f
     warm_epoch = seconds_per_step(0) * steps
     (sandwich_epoch, warm_epoch) = world.sum([sandwich_epoch if world.main else 0.0, warm_epoch if world.main else 0.0])
     pace = Pace(0, warm_epoch, sandwich_epoch, budget_s, min_epochs)
-
-    def cost(epochs: int) -> float:
-        return pace.cost(cfg, epochs)
-
+    cost = partial(pace.cost, cfg)
     if min_epochs and cost(min_epochs) > budget_s:
         over = (cost(min_epochs) - budget_s) / 60
         logger.warning(
