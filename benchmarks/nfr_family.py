@@ -122,6 +122,8 @@ def kept_rows(old: dict | None, report: dict, pct: DistillConfig, args: argparse
         sys.exit("--keep: the earlier result was measured on another supernet or fine-tune settings; drop --keep")
     if rows & {"family", "family_finetune"} and old["reward"] != args.reward:
         sys.exit(f"--keep family: the earlier family was searched at {old['reward']}; drop it")
+    if rows & {"family", "family_finetune", "sweep"} and old.get("search") != report["config"]["search"]:
+        sys.exit("--keep family/sweep: the earlier families were searched with other search settings; drop them")
     if "family_finetune" in rows and ("family" not in rows or old["finetune_mode"] != args.finetune):
         sys.exit(f"--keep family_finetune: needs --keep family and the same mode (the earlier one: {old['finetune_mode']})")
 
@@ -172,6 +174,8 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     for seed in args.seeds:
         t = time.time()
         run: dict = {"seed": seed, **kept.get(seed, {})}
+        # the build searched the baseline with the first seed and these settings
+        baseline = [Member.from_json(net.space, m) for m in cache["baseline"]] if seed == first else None
         for name, reward in rewards.items():
             key = "family" if name == args.reward else f"family_{name}"
             if key in run:
@@ -179,7 +183,8 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
             if seed == first and asdict(reward) == built_with:
                 members = [Member.from_json(net.space, m) for m in cache["family"]]
             else:
-                members = search_family(evaluator, budgets, reward, cfg, seed)
+                baseline = baseline or search_baseline(evaluator, budgets, cfg, seed)
+                members = search_family(evaluator, budgets, reward, cfg, seed, anchors=baseline)
             fam = assess(evaluator, members)
             run[key] = row(names, fam.preds, labels, fam.section)
         if "family_finetune" not in run:
@@ -190,11 +195,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
                 nets = nested_finetune(net, archs, data, replace(pct, seed=seed), args.finetune)
             run["family_finetune"] = row(names, [predict(n, data["test"].x) for n in nets], labels)
         if not {"baseline", "pct", *(() if args.no_control else ("finetune",))} <= run.keys():
-            if seed == first:  # the build searched the baseline with this seed and these settings
-                baseline = [Member.from_json(net.space, m) for m in cache["baseline"]]
-            else:
-                baseline = search_baseline(evaluator, budgets, cfg, seed)
-            base = assess(evaluator, baseline)
+            base = assess(evaluator, baseline or search_baseline(evaluator, budgets, cfg, seed))
             if "baseline" not in run:
                 run["baseline"] = row(names, base.preds, labels, base.section)
             if "pct" not in run:
@@ -253,6 +254,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
         "build_seconds": build_seconds,
         "supernet_sha256": digest,
         "supernet_train": report["config"]["train"],
+        "search": asdict(cfg),
         "pct": asdict(pct),
         "runs": runs,
         "summary": summary,

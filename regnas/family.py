@@ -41,6 +41,8 @@ class Member:
     budget_latency_ms: float | None = None
     val_margin: dict[str, Any] | None = None
     """The chosen arch's paired reward lead on val over the runner-up, and how many candidates tie with it (`Margin`)."""
+    val_top1_floor: float | None = None
+    """The val top-1 the search held it to: the accuracy-only member's at its budget less the slack (None: no floor)."""
 
     def to_json(self, space: SearchSpace) -> dict[str, Any]:
         return {**self.__dict__, "arch": space.to_json(self.arch)}
@@ -58,9 +60,12 @@ def search_family(
     seed: int,
     nested: bool = True,
     deployed: dict[str, np.ndarray] | None = None,
+    anchors: list[Member] | None = None,
 ) -> list[Member]:
     """Search one arch per (target, budget) in the given order (an int budget is FLOPs); nested: each ⊇ the previous.
-    `deployed`: per target, its deployed model's val predictions, whose flips the reward's λ3 weighs."""
+    `deployed`: per target, its deployed model's val predictions, whose flips the reward's λ3 weighs. `anchors`: the
+    accuracy-only members at the same budgets (`search_baseline`), whose val top-1 the members keep to within
+    `cfg.top1_slack` points."""
     space = evaluator.space
     members: list[Member] = []
     prev: Arch | None = None
@@ -69,7 +74,8 @@ def search_family(
         logger.info(f"search: {'family' if nested else 'baseline'} member {name} (budget {budget.describe()})")
         earlier = [m.arch for m in members] if nested and reward.against == "all" else None
         theirs = (deployed or {}).get(name)
-        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, earlier, theirs)
+        anchor = anchors[i].arch if anchors else None
+        result = evolve(evaluator, budget, reward, prev if nested else None, cfg, seed * 1000 + i, earlier, theirs, anchor)
         best = result.best
         seen = [(c.flops, c.top1, c.nfr) for c in result.candidates]
         flops, ms = (int(budget.limit), None) if budget.unit == "FLOPs" else (None, budget.limit)
@@ -80,7 +86,7 @@ def search_family(
                 f"search: {name} leads the runner-up by {margin['runner_up_gap']:+.4f} reward on val "
                 f"(paired 95% [{low:+.4f}, {high:+.4f}]); {margin['tied']} of the {result.finalists - 1} other finalists are within noise"
             )
-        members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms, margin))
+        members.append(Member(name, best.arch, flops, best.top1, best.nfr, result.evaluated, seen, ms, margin, result.top1_floor))
         prev = best.arch
     return members
 

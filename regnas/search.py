@@ -5,6 +5,14 @@ only where the member's target has a deployed model (`regnas.deployed`). With a 
 every candidate is a superset of it: sampling draws from its supersets, and mutation, crossover
 and the budget repair (shrinking one choice at a time) never go below it.
 
+The reward alone would trade any accuracy for agreement: at λ2 = 5 a member that flips 1% fewer images is
+worth 5 points of top-1, and on data where larger subnets are clearly better the family's larger members
+then stay as accurate as the smaller ones (no ladder). So each member may also have an anchor, the
+accuracy-only search's arch at its budget (the independent baseline): candidates whose top-1 falls more
+than `SearchConfig.top1_slack` points below the anchor's, on the same images, rank after every
+candidate that does not, and the anchor's superset nearest to it within the budget joins the first
+population. Where the supernet gives larger subnets little (Fashion-MNIST) the floor seldom binds.
+
 All candidates are scored on the same val samples, so the search also says how sure its choice
 is: the winner's reward minus each other candidate's is a mean of per-sample differences, whose
 paired interval tells a real lead from val noise (`Margin`). On a large val split the evolution
@@ -22,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from regnas.config import count, option, positive
+from regnas.config import count, finite, option, positive
 from regnas.errors import RegnasError
 from regnas.evaluate import Evaluator
 from regnas.flips import negative_flips, negative_flips_any
@@ -96,6 +104,11 @@ class SearchConfig:
     `finalists` best are then scored on all of val, which chooses. A candidate on 1,000 images costs about a
     third of one on 5,000 (BN recalibration included)."""
     finalists: int = option(8, "best candidates re-scored on all of val, which chooses", parse=positive)
+    top1_slack: float = option(
+        0.5,
+        "val top-1 points a family member may give up against the accuracy-only search at its budget to flip less (negative: no floor)",
+        parse=finite,
+    )
 
     def screen_split(self, val_size: int) -> str:
         """The evaluator's name for the images candidates are screened on: `val:N`, or `val` when the screen is all of it."""
@@ -170,6 +183,8 @@ class SearchResult:
     """None when the search saw a single candidate."""
     finalists: int = 0
     """Candidates scored on all of val, among which the best was chosen (all of them without a screen)."""
+    top1_floor: float | None = None
+    """The val top-1 below which a candidate ranked after the rest (the anchor's less the slack); None without one."""
 
     @property
     def evaluated(self) -> int:
@@ -189,6 +204,7 @@ class _Evolution:
         seed: int,
         refs: list[Arch],
         deployed: np.ndarray | None,
+        anchor: Arch | None,
     ):
         self.evaluator, self.space, self.budget, self.reward, self.prev, self.cfg = evaluator, evaluator.space, budget, reward, prev, cfg
         self.refs = refs
@@ -199,6 +215,18 @@ class _Evolution:
         self.screen = cfg.screen_split(len(evaluator.labels("val")))
         self.scored: dict[str, dict[Arch, Candidate]] = {self.screen: {}, "val": {}}
         self.samples: dict[Arch, np.ndarray] = {}
+        self.anchor = anchor if cfg.top1_slack >= 0 else None
+        """The accuracy-only search's arch at this budget, whose top-1 less the slack is the floor."""
+        self.floors: dict[str, float] = {}
+
+    def floor(self, split: str) -> float:
+        """The top-1 a candidate must reach on `split` to rank by reward (0 without an anchor)."""
+        if self.anchor is None:
+            return 0.0
+        if split not in self.floors:
+            pred = self.evaluator.predictions(self.anchor, split)
+            self.floors[split] = float((pred == self.evaluator.labels(split)).mean()) - self.cfg.top1_slack / 100
+        return self.floors[split]
 
     def score(self, arch: Arch, split: str) -> Candidate:
         """`arch`'s top-1, flips and reward on `split` (scored once)."""
@@ -218,8 +246,10 @@ class _Evolution:
                 self.samples[arch] = self.reward.per_sample(correct, flipped, lost)
         return seen[arch]
 
-    def rank(self, c: Candidate) -> tuple:
-        return (-c.reward, -c.top1, c.flops, self.space.encode(c.arch))
+    def ranking(self, split: str) -> Callable[[Candidate], tuple]:
+        """The sort key on `split`: candidates below the floor last (the nearer to it the earlier), then by reward."""
+        floor = self.floor(split)
+        return lambda c: (max(0.0, floor - c.top1), -c.reward, -c.top1, c.flops, self.space.encode(c.arch))
 
     def unique(self, make: Callable[[], Arch], population: list[Arch]) -> Arch:
         """An arch from `make`, shrunk into the budget, not yet in `population` (after 20 tries, whatever came)."""
@@ -230,8 +260,12 @@ class _Evolution:
         return arch
 
     def first_population(self) -> list[Arch]:
+        """Random supersets of the previous member; with an anchor, its nearest superset within the budget first."""
         population: list[Arch] = []
-        for _ in range(self.cfg.population):
+        if self.anchor is not None:
+            near = self.anchor if self.prev is None else self.space.union(self.anchor, self.prev)
+            population.append(self.space.shrink_within(near, self.budget.cost, self.budget.limit, self.rng, self.prev))
+        while len(population) < self.cfg.population:
             population.append(self.unique(lambda: self.space.sample(self.rng, self.prev), population))
         return population
 
@@ -248,25 +282,31 @@ class _Evolution:
         return population
 
     def run(self) -> SearchResult:
-        population, seen = self.first_population(), self.scored[self.screen]
+        population, seen, rank = self.first_population(), self.scored[self.screen], self.ranking(self.screen)
         for gen in range(self.cfg.generations):
             self.evaluator.prefetch(population, self.screen)
-            ranked = sorted((self.score(a, self.screen) for a in population), key=self.rank)
-            best = min(seen.values(), key=self.rank)
+            ranked = sorted((self.score(a, self.screen) for a in population), key=rank)
+            best = min(seen.values(), key=rank)
             progress = f"best reward {best.reward:.4f} top-1 {best.top1:.4f} ({len(seen)} archs)"
             logger.info(f"search: generation {gen + 1}/{self.cfg.generations} {progress}")
             if gen < self.cfg.generations - 1:
                 population = self.next_population(ranked)
         if self.screen != "val":
-            finalists = [c.arch for c in sorted(seen.values(), key=self.rank)[: self.cfg.finalists]]
+            finalists = [c.arch for c in sorted(seen.values(), key=rank)[: self.cfg.finalists]]
             self.evaluator.prefetch(finalists, "val")
             for arch in finalists:
                 self.score(arch, "val")
             logger.info(f"search: {len(finalists)} finalists of {len(seen)} scored on all {len(self.evaluator.labels('val'))} val images")
         final = self.scored["val"]
-        ranked = sorted(final.values(), key=self.rank)
+        ranked = sorted(final.values(), key=self.ranking("val"))
         candidates = [final.get(arch, c) for arch, c in seen.items()]
-        return SearchResult(ranked[0], candidates, margin(ranked, self.samples), len(final))
+        floor = self.floor("val") if self.anchor is not None else None
+        if floor is not None and ranked[0].top1 < floor:
+            logger.warning(
+                f"search: no candidate within {self.cfg.top1_slack:g} points of the accuracy-only member's val top-1 "
+                f"({100 * floor:.2f}% needed, {100 * ranked[0].top1:.2f}% reached); the nearest is chosen"
+            )
+        return SearchResult(ranked[0], candidates, margin(ranked, self.samples), len(final), floor)
 
 
 def evolve(
@@ -278,11 +318,13 @@ def evolve(
     seed: int = 0,
     earlier: list[Arch] | None = None,
     deployed: np.ndarray | None = None,
+    anchor: Arch | None = None,
 ) -> SearchResult:
     """Search the supersets of `prev` (all archs when None) within `budget` (an int is FLOPs) for the best reward.
 
     Flips count against `prev`, or, with `earlier` (every member before this one), against any of them; and against the
-    `deployed` model's val predictions where the reward weighs them.
+    `deployed` model's val predictions where the reward weighs them. `anchor`: the accuracy-only search's arch at this
+    budget, whose val top-1 less `cfg.top1_slack` points candidates must reach to rank by reward.
     """
     space = evaluator.space
     if not isinstance(budget, Budget):
@@ -293,7 +335,7 @@ def evolve(
         what = "the previous family member" if prev is not None else "the smallest arch"
         raise RegnasError(f"budget {budget.describe()} is below {what} ({budget.describe(floor)}); raise the budget")
     refs = earlier or ([prev] if prev is not None else [])
-    return _Evolution(evaluator, budget, reward, prev, cfg, seed, refs, deployed).run()
+    return _Evolution(evaluator, budget, reward, prev, cfg, seed, refs, deployed, anchor).run()
 
 
 def margin(ranked: list[Candidate], samples: dict[Arch, np.ndarray]) -> Margin | None:

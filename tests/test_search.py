@@ -35,6 +35,21 @@ def test_search_respects_budget_and_superset_constraint(evaluator):
     assert again.best.arch == first.best.arch
 
 
+def test_members_keep_to_the_accuracy_only_member_within_the_slack(evaluator):
+    """R1 alone would pick the smallest superset (fewest flips, whatever its top-1); the anchor's floor holds it to
+    the accuracy-only member's val top-1 less the slack, or as near as any candidate came."""
+    space = evaluator.space
+    large = space.flops(space.largest())
+    budgets = [("a", int(0.2 * large)), ("b", large)]
+    anchors = search_family(evaluator, budgets, PRESETS["R0"], CFG, seed=4, nested=False)
+    free = search_family(evaluator, budgets, PRESETS["R1"], SearchConfig(population=6, generations=2, top1_slack=-1), seed=4, anchors=anchors)
+    held = search_family(evaluator, budgets, PRESETS["R1"], CFG, seed=4, anchors=anchors)
+    assert free[1].val_top1_floor is None and held[1].val_top1_floor == pytest.approx(anchors[1].val_top1 - 0.005)
+    assert held[1].val_top1 >= held[1].val_top1_floor or held[1].val_top1 == max(c[1] for c in held[1].candidates)
+    assert held[1].val_top1 > free[1].val_top1
+    assert space.contains(held[1].arch, held[0].arch)
+
+
 @pytest.mark.parametrize("population", [1, 2, 3])
 def test_tiny_populations_still_search_within_the_budget(evaluator, population):
     space = evaluator.space

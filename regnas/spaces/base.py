@@ -276,6 +276,20 @@ class SearchSpace(ABC):
             arch = smaller
         return arch
 
+    def union(self, a: Arch, b: Arch) -> Arch:
+        """The smallest arch that contains both: each choice the larger of the two, depth the deeper."""
+        ga, gb = self.genome(a), self.genome(b)
+        depth = [max(x, y) for x, y in zip(ga["depth"], gb["depth"])]
+        g: Genome = {"depth": depth}
+        for gene in self.genes:
+            if gene.per == "stage":
+                g[gene.name] = [max(x, y) for x, y in zip(ga[gene.name], gb[gene.name])]
+            else:
+                g[gene.name] = [
+                    [max(p[gene.name][s][j] for p in (ga, gb) if j < p["depth"][s]) for j in range(d)] for s, d in enumerate(depth)
+                ]
+        return self.make(g)
+
     def contains(self, big: Arch, small: Arch) -> bool:
         """Whether every choice of `small` is ≤ the matching choice of `big` (literal nesting)."""
         gb, gs = self.genome(big), self.genome(small)

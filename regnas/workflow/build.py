@@ -416,9 +416,12 @@ def _search(
         logger.info(f"search: evaluating candidates on {pool.workers} Ray workers")
     try:
         theirs = {t: d.predictions["val"] for t, d in deployed.items()}
-        family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed, deployed=theirs)
         baseline = search_baseline(evaluator, budgets, opts.search, opts.seed)
-        sweep = {r.describe(): search_family(evaluator, budgets, r, opts.search, opts.seed, deployed=theirs) for r in rewards[1:]}
+        family = search_family(evaluator, budgets, rewards[0], opts.search, opts.seed, deployed=theirs, anchors=baseline)
+        sweep = {
+            r.describe(): search_family(evaluator, budgets, r, opts.search, opts.seed, deployed=theirs, anchors=baseline)
+            for r in rewards[1:]
+        }
     finally:
         evaluator.close()
 

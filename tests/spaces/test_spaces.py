@@ -96,6 +96,20 @@ def test_contains_is_a_partial_order_bounded_by_smallest_and_largest(name):
 
 
 @pytest.mark.parametrize("name", space_names())
+def test_union_is_the_smallest_arch_containing_both(name):
+    space = make(name)
+    rng = random.Random(5)
+    for _ in range(30):
+        a, b = space.sample(rng), space.sample(rng)
+        u = space.union(a, b)
+        assert space.contains(u, a) and space.contains(u, b) and space.union(b, a) == u
+        assert space.union(a, a) == a and space.union(u, a) == u
+        for _ in range(40):  # one choice down anywhere loses a or b
+            smaller = space.shrink(u, rng)
+            assert smaller is None or not (space.contains(smaller, a) and space.contains(smaller, b))
+
+
+@pytest.mark.parametrize("name", space_names())
 def test_median_is_the_middle_by_flops_of_its_draw_and_the_same_every_time(name):
     space = make(name)
     rng = random.Random(7)
