@@ -36,7 +36,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +158,10 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     labels = evaluator.labels("test")
     budgets = [(m["target"], m["budget_flops"]) for m in report["family"]]
     names = [m["target"] for m in report["family"]]
+    if set(report["config"]["search"]) != {f.name for f in fields(SearchConfig)}:
+        sys.exit(f"{work} was searched by another regnas (other search settings); rebuild it, or pass another --work")
     cfg = SearchConfig(**report["config"]["search"])
-    pct = DistillConfig(epochs=args.pct_epochs)
+    pct = DistillConfig(epochs=args.pct_epochs).settled(net.meta["train"].get("augment"))
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
     built_with = report["config"]["reward"]
     cache = read_search_cache(work)

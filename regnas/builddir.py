@@ -73,6 +73,8 @@ class MemberRecord:
     weights_sha256: str | None = None
     vs_deployed: dict[str, Any] | None = None
     """Against its target's deployed model on test (`--deployed`): NFR with its interval, flips, positive flips."""
+    val_top1_floor: float | None = None
+    """The val top-1 the search held it to (the baseline member's at its budget less `--top1-slack`)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -86,7 +88,7 @@ class MemberRecord:
             raise RegnasError(f"{source} has a malformed member record (missing {exc}); re-run regnas build") from exc
 
 
-_SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256", "vs_deployed")
+_SET_ONLY = ("budget_latency_ms", "same_as_previous", "weights_sha256", "vs_deployed", "val_top1_floor")
 
 
 class Verdict(StrEnum):
@@ -379,6 +381,7 @@ _MEMBER = record(
         "same_as_previous": flag,
         "flips_per_class": maybe(list_of(number(0, integer=True))),
         "weights_sha256": maybe(text),
+        "val_top1_floor": maybe(RATE),
     },
 )
 _SECTION = {

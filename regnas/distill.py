@@ -39,7 +39,7 @@ class DistillConfig:
     mimic one function disagree less. PCT's baseline and the own-weights mode have no family to
     average and ignore it. On mbv3 Fashion-MNIST (search seed 0) 0 / 0.3 / 1 / 3 / 10 gave val mean
     NFR 0.75 / 0.72 / 0.73 / 0.57 / 0.53% at mean top-1 90.1 / 90.9 / 90.9 / 90.3 / 89.3%; 3 has
-    the best reward at the build's 1,5.
+    the best reward at the build's 1,5. None: as the supernet's data wants (`ENSEMBLE`, `settled`).
     """
 
     epochs: int | None = None
@@ -51,16 +51,27 @@ class DistillConfig:
     kind: str = "lm"
     temperature: float = 100.0
     seed: int = 0
-    ensemble: float = 3.0
+    ensemble: float | None = None
     deployed_weight: float = 0.1
     """The pull towards a target's deployed model (`--deployed`), in the joint fine-tune."""
     deployed_alpha: float = 0.0
     """α of that pull: 0 pulls only on the images the deployed model gets right (what an upgrade must keep), where PCT's
     α = 1 towards the previous member also copies a weaker model's mistakes."""
 
+    def settled(self, augment: str | None) -> DistillConfig:
+        """These settings with `ensemble` chosen for data of the augmentation policy `augment` where none was given."""
+        return self if self.ensemble is not None else replace(self, ensemble=ENSEMBLE.get(augment, ENSEMBLE[None]))
+
     def __post_init__(self):
         if self.kind not in ("lm", "kl"):
             raise RegnasError(f"unknown focal distillation {self.kind!r}; use lm (logit matching) or kl")
+
+
+ENSEMBLE: dict[str | None, float] = {None: 3.0, "photo": 0.0}
+"""The mean pull's weight per augmentation policy of the supernet's data (None: any other). On photographs the mean of
+the members is well below the largest one, and pulling towards it gives the ladder away: on the CIFAR-10 folder (resnet,
+search seed 0, 7,500 test images) 3 gave members 79.95 / 80.77 / 80.81% at 0.73% mean NFR, 0 gave 79.84 / 81.28 /
+81.71% at 1.05% (the independent baseline: 78.59 / 80.88 / 81.23% at 2.6%); docs/notes/natural-images.md."""
 
 
 def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:

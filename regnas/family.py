@@ -189,6 +189,7 @@ def assess(evaluator: Evaluator, members: list[Member], split: str = "test", net
             val_nfr_vs_prev=m.val_nfr_vs_prev,
             evaluated=m.evaluated,
             val_margin=m.val_margin,
+            val_top1_floor=m.val_top1_floor,
             flips_per_class=_per_class(preds[i - 1], p, labels, evaluator.data.num_classes) if i else None,
         )
         for i, (m, p) in enumerate(zip(members, preds))

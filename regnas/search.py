@@ -225,7 +225,7 @@ class _Evolution:
             return 0.0
         if split not in self.floors:
             pred = self.evaluator.predictions(self.anchor, split)
-            self.floors[split] = float((pred == self.evaluator.labels(split)).mean()) - self.cfg.top1_slack / 100
+            self.floors[split] = max(0.0, float((pred == self.evaluator.labels(split)).mean()) - self.cfg.top1_slack / 100)
         return self.floors[split]
 
     def score(self, arch: Arch, split: str) -> Candidate:

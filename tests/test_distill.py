@@ -25,3 +25,10 @@ def test_focal_distillation_weights_samples_the_old_model_got_right():
 def test_unknown_distillation_kind_is_a_one_line_error():
     with pytest.raises(RegnasError, match="unknown focal distillation 'l2'; use lm"):
         DistillConfig(kind="l2")
+
+
+def test_the_mean_pull_follows_the_data_unless_given():
+    """Photographs get no mean pull (it gave their ladder away); other data 3; a given weight stays."""
+    assert DistillConfig().settled("photo").ensemble == 0.0
+    assert DistillConfig().settled("glyph").ensemble == DistillConfig().settled(None).ensemble == 3.0
+    assert DistillConfig(ensemble=1.5).settled("photo").ensemble == 1.5

@@ -42,7 +42,8 @@ def test_members_keep_to_the_accuracy_only_member_within_the_slack(evaluator):
     large = space.flops(space.largest())
     budgets = [("a", int(0.2 * large)), ("b", large)]
     anchors = search_family(evaluator, budgets, PRESETS["R0"], CFG, seed=4, nested=False)
-    free = search_family(evaluator, budgets, PRESETS["R1"], SearchConfig(population=6, generations=2, top1_slack=-1), seed=4, anchors=anchors)
+    unheld = SearchConfig(population=6, generations=2, top1_slack=-1)
+    free = search_family(evaluator, budgets, PRESETS["R1"], unheld, seed=4, anchors=anchors)
     held = search_family(evaluator, budgets, PRESETS["R1"], CFG, seed=4, anchors=anchors)
     assert free[1].val_top1_floor is None and held[1].val_top1_floor == pytest.approx(anchors[1].val_top1 - 0.005)
     assert held[1].val_top1 >= held[1].val_top1_floor or held[1].val_top1 == max(c[1] for c in held[1].candidates)

@@ -693,6 +693,7 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
         net, plan = _train(opts, data, fresh, out, budgets, t0, world, stages)
         ckpt = out / CHECKPOINT
     t_train = time.time()
+    opts = replace(opts, finetune=opts.finetune.settled(net.meta["train"].get("augment")))  # the report records what ran
 
     stages.start("search")
     evaluator = Evaluator(net, data, device=world.device)

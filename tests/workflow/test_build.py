@@ -43,6 +43,8 @@ def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, 
     for point in sweep:
         assert 0 <= point["mean_nfr"] <= 1 and 0 < point["mean_top1"] <= 1 and len(point["members"]) == 3
     assert sweep[0]["mean_top1"] == pytest.approx(sum(m["top1"] for m in report["family"]) / 3)
+    for member, anchor in zip(report["family"], report["baseline"]["family"]):  # held to the baseline member at its budget
+        assert member["val_top1_floor"] == pytest.approx(max(0.0, anchor["val_top1"] - 0.005))
     html = (tmp_path / "all" / "report.html").read_text()
     assert "Flips against top-1, per reward" in html
     agreement = report["val_test"]
