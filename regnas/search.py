@@ -306,7 +306,8 @@ class _Evolution:
                 f"search: no candidate within {self.cfg.top1_slack:g} points of the accuracy-only member's val top-1 "
                 f"({100 * floor:.2f}% needed, {100 * ranked[0].top1:.2f}% reached); the nearest is chosen"
             )
-        return SearchResult(ranked[0], candidates, margin(ranked, self.samples), len(final), floor)
+        above = [c for c in ranked if floor is None or c.top1 >= floor]  # the reward chose among these
+        return SearchResult(ranked[0], candidates, margin(above if len(above) > 1 else ranked, self.samples), len(final), floor)
 
 
 def evolve(
