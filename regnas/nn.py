@@ -136,6 +136,9 @@ class _Depthwise(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # saved as the convolution runs them, so backward's dtypes agree
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w = x.to(dtype), w.to(dtype)
         ctx.save_for_backward(x, w)
         ctx.stride = stride
         return F.conv2d(x, w, None, stride, w.shape[-1] // 2, groups=x.shape[1])

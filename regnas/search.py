@@ -180,7 +180,7 @@ class SearchResult:
     best: Candidate
     candidates: list[Candidate] = field(default_factory=list)
     margin: Margin | None = None
-    """None when the search saw a single candidate."""
+    """None when fewer than two candidates met the val top-1 floor (the floor chose, not the reward)."""
     finalists: int = 0
     """Candidates scored on all of val, among which the best was chosen (all of them without a screen)."""
     top1_floor: float | None = None
@@ -306,8 +306,8 @@ class _Evolution:
                 f"search: no candidate within {self.cfg.top1_slack:g} points of the accuracy-only member's val top-1 "
                 f"({100 * floor:.2f}% needed, {100 * ranked[0].top1:.2f}% reached); the nearest is chosen"
             )
-        above = [c for c in ranked if floor is None or c.top1 >= floor]  # the reward chose among these
-        return SearchResult(ranked[0], candidates, margin(above if len(above) > 1 else ranked, self.samples), len(final), floor)
+        above = [c for c in ranked if floor is None or c.top1 >= floor]  # the reward chose among these; else the floor did
+        return SearchResult(ranked[0], candidates, margin(above, self.samples), len(final), floor)
 
 
 def evolve(

@@ -194,6 +194,8 @@ tensorrt = ["int8"]
 [budget]
 flops_fraction = 0.3
 """
+
+
 @pytest.mark.slow
 def test_vit_builds_with_every_exporter(tmp_path):
     """mbv3 is the `built` fixture; vit (attention, layer norms) goes through every exporter end to end too, with its own

@@ -60,6 +60,25 @@ def test_depthwise_conv_equals_conv2d_forward_and_backward(n, h, k, stride):
     torch.testing.assert_close(hw, gw, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("k,h", [(3, 8), (5, 8), (7, 2)])
+def test_depthwise_conv_trains_under_bf16_autocast_as_conv2d_does(k, h):
+    """Under autocast the convolution runs in bf16: its backward must get the tensors it ran on (a float input
+    saved beside a bf16 output gradient failed with "expected scalar type BFloat16")."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, h, h, requires_grad=True)
+    w = torch.randn(6, 1, k, k, requires_grad=True)
+    grads = []
+    for conv in (depthwise_conv, lambda x, w, s: F.conv2d(x, w, None, s, k // 2, groups=6)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = conv(x, w, 1)
+        assert out.dtype == torch.bfloat16
+        grads.append(torch.autograd.grad(out.float().square().sum(), (x, w)))
+    (hx, hw), (gx, gw) = grads
+    assert hx.dtype == hw.dtype == torch.float32
+    torch.testing.assert_close(hx, gx, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(hw, gw, rtol=2e-2, atol=0.05 * gw.abs().max().item())
+
+
 def test_count_macs_of_a_known_network():
     net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))
     assert count_macs(net, (2, 5, 5)) == 4 * 5 * 5 * 2 * 9 + 100 * 3

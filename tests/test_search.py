@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from regnas.errors import RegnasError
@@ -42,12 +44,17 @@ def test_members_keep_to_the_accuracy_only_member_within_the_slack(evaluator):
     large = space.flops(space.largest())
     budgets = [("a", int(0.2 * large)), ("b", large)]
     anchors = search_family(evaluator, budgets, PRESETS["R0"], CFG, seed=4, nested=False)
+    top = float((evaluator.predictions(space.largest()) == evaluator.labels()).mean())
+    anchors[1] = replace(anchors[1], arch=space.largest(), val_top1=top)  # an anchor R1 alone cannot reach
     unheld = SearchConfig(population=6, generations=2, top1_slack=-1)
     free = search_family(evaluator, budgets, PRESETS["R1"], unheld, seed=4, anchors=anchors)
     held = search_family(evaluator, budgets, PRESETS["R1"], CFG, seed=4, anchors=anchors)
-    assert free[1].val_top1_floor is None and held[1].val_top1_floor == pytest.approx(anchors[1].val_top1 - 0.005)
+    assert free[1].val_top1_floor is None and held[1].val_top1_floor == pytest.approx(top - 0.005)
+    assert free[1].val_top1 < held[1].val_top1_floor  # the floor binds here: without it R1 falls below
     assert held[1].val_top1 >= held[1].val_top1_floor or held[1].val_top1 == max(c[1] for c in held[1].candidates)
     assert held[1].val_top1 > free[1].val_top1
+    for member in (free[1], held[1]):  # the margin is the reward's lead among the candidates that met the floor
+        assert member.val_margin is None or member.val_margin["runner_up_gap"] >= 0
     assert space.contains(held[1].arch, held[0].arch)
 
 

@@ -347,7 +347,8 @@ def _train_config(
         precision=opts.precision,
         subnet_flops=tuple(sorted({round(b.limit / b.cost(largest), 4) for _, b in budgets})),
     )
-    reserve = {} if opts.epochs else _reserve(opts, data, space, len(budgets), world)
+    settled = replace(opts, finetune=opts.finetune.settled(cfg.augment))  # the fine-tune timed as it will run
+    reserve = {} if opts.epochs else _reserve(settled, data, space, len(budgets), world)
     return plan_training(out, data, space, cfg, world, TimeBudget(opts.epochs, opts.time_budget, reserve, t0))
 
 
