@@ -42,7 +42,8 @@ import supernet_quality
 from regnas.builddir import read_report
 from regnas.io import read_json, write_json
 from regnas.logs import configure
-from workdirs import data_label, provenance, work_dir
+from regnas.train import load_checkpoint
+from workdirs import build_split, data_label, provenance, work_dir
 
 TARGETS = {
     "build_minutes": 60,
@@ -97,13 +98,16 @@ def stage_build(args: argparse.Namespace, space: str) -> dict:
             "interval": a["nfr_interval"],
             "verdict": a["verdict"],
             "slowdown": (a.get("quantization") or {}).get("after", {}).get("slowdown"),
+            "other_runtimes": {r["runtime"]: {"flips": r["flips"], "verdict": r["verdict"]} for r in a.get("runs", []) if r.get("verdict")},
         }
         for a in report.get("artifacts", [])
         if a["precision"] == "int8" and a["nfr_vs_fp32"] is not None
     ]
     ladder = 100 * (members[-1]["top1"] - members[0]["top1"])
+    net = load_checkpoint(work / "supernet.safetensors", space, build_split(work, args.data))
     return {
         "build_dir": str(work),
+        "supernet_sha256": nfr_family.weights_digest(net),
         "exit": code,
         "build_minutes": None if resumed else (wall or timing["total"]) / 60,
         "resumed": resumed,
@@ -120,7 +124,12 @@ def stage_build(args: argparse.Namespace, space: str) -> dict:
         "repeats": [m["target"] for m in members if m["same_as_previous"]],
         "int8": int8,
         "worst_int8_nfr": max((a["nfr_vs_fp32"] for a in int8), default=None),
-        "int8_failed": [f"{a['target']}/{a['path']}" for a in int8 if a["verdict"] == "failed"],
+        "int8_failed": [  # in its own runtime or any other the check ran it in (the build exits 1 on either)
+            a["path"] + ("" if r is None else f" in {r}")
+            for a in int8
+            for r, verdict in [(None, a["verdict"]), *((k, o["verdict"]) for k, o in a["other_runtimes"].items())]
+            if verdict == "failed"
+        ],
     }
 
 
@@ -257,7 +266,12 @@ def summarize(result: dict) -> dict:
         met["ladder"] = result["ladder_points"] >= TARGETS["ladder_points"] and not result["repeats"]
         met["int8_none_failed"] = not result["int8_failed"]
         met["train_share"] = None if resumed else result["train_share"] >= TARGETS["train_share"]
-    if "nfr_over_baseline" in result:
+    nfr_sha, build_sha = result.get("nfr", {}).get("supernet_sha256"), result.get("supernet_sha256")
+    if nfr_sha and build_sha and nfr_sha != build_sha:  # the nfr stage ran on an earlier build's supernet: it judges that one
+        result = {**result, "nfr_on_another_supernet": True}
+        met |= {"nfr_over_baseline": None, "nfr_over_pct": None, "top1_within": None}
+    elif "nfr_over_baseline" in result:
+        result = {k: v for k, v in result.items() if k != "nfr_on_another_supernet"}
         met["nfr_over_baseline"] = result["nfr_over_baseline"] <= TARGETS["nfr_over_baseline"]
         met["nfr_over_pct"] = result["nfr_over_pct"] <= TARGETS["nfr_over_pct"]
         met["top1_within"] = all(d >= -TARGETS["top1_within_points"] for d in result["top1_delta_points"].values())
@@ -277,7 +291,8 @@ def print_table(result: dict) -> None:
         for m in result["members"]:
             print(f"  {m['target']:8} {m['flops'] / 1e6:6.2f} MFLOPs  top-1 {100 * m['top1']:.2f}%")
         for a in result["int8"]:
-            print(f"  int8 {a['target']}/{a['path']}: {a['flips']} flips ({100 * a['nfr_vs_fp32']:.2f}%), {a['verdict']}")
+            others = "".join(f"; in {r} {o['flips']} flips, {o['verdict']}" for r, o in a["other_runtimes"].items())
+            print(f"  int8 {a['path']}: {a['flips']} flips ({100 * a['nfr_vs_fp32']:.2f}%), {a['verdict']}{others}")
     if "gaps_points" in result:
         print("gaps to standalone twins (points): " + ", ".join(f"{k} {v:+.2f}" for k, v in result["gaps_points"].items()))
     if "family_mean_nfr" in result:
@@ -285,6 +300,7 @@ def print_table(result: dict) -> None:
             f"mean NFR over seeds {result['seeds']}: family {100 * result['family_mean_nfr']:.2f}%, baseline "
             f"{100 * result['baseline_mean_nfr']:.2f}%, PCT {100 * result['pct_mean_nfr']:.2f}% "
             f"(x{result['nfr_over_baseline']:.2f} baseline, x{result['nfr_over_pct']:.2f} PCT)"
+            + (", measured on an earlier build's supernet" if result.get("nfr_on_another_supernet") else "")
         )
     if "memory" in result:
         m = result["memory"]

@@ -39,3 +39,18 @@ def test_the_default_budget_trains_its_floor_where_the_later_stages_fill_it(setu
     planned, plan, pace = plan_training(out, data, space, cfg, World(), TimeBudget(reserve_s={"search": 1e6}))
     assert planned.epochs == DEFAULT_MIN_EPOCHS == pace.epochs == pace.min_epochs and planned.time_budget_min == 40
     assert plan == {"budget": 2400.0, "train": 0.0, "search": 1e6}
+
+
+@pytest.mark.parametrize("name", ["mbv3", "resnet"])
+def test_the_fine_tune_is_timed_on_members_the_size_of_their_budgets(name):
+    """Members use most of their budget, so the plan times them there, not at a median subnet (which ran 1.5x short)."""
+    from regnas.search import Budget
+    from regnas.workflow.build import budget_archs
+
+    space = space_for((3, 32, 32), 10, name)
+    large = space.flops(space.largest())
+    budgets = [(f"t{i}", Budget.flops(space, int(f * large))) for i, f in enumerate((0.35, 0.7, 1.0))]
+    costs = [space.flops(a) for a in budget_archs(space, budgets)]
+    assert all(c <= b.limit for c, (_, b) in zip(costs, budgets))
+    assert costs[0] > space.flops(space.smallest()) and costs[0] < costs[1] < costs[2] == large
+    assert costs[1] > space.flops(space.median())

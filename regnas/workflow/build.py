@@ -8,6 +8,7 @@ settings, seed) and reused only when that hash matches. report.json is written l
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -51,7 +52,7 @@ from regnas.plan import TimeBudget, default_budget_text, plan_training, train_co
 from regnas.report import write_reports
 from regnas.runtimes import Remote
 from regnas.search import Budget, Reward, SearchConfig, parse_reward
-from regnas.spaces import SearchSpace, space_class, space_for
+from regnas.spaces import Arch, SearchSpace, space_class, space_for
 from regnas.targets import Target, resolve_targets
 from regnas.targets.lut import LUT, find_lut, lut_filename
 from regnas.train import (
@@ -309,11 +310,20 @@ def search_reserve_s(screen_s: float, full_s: float, n_targets: int, cfg: Search
     return 2 * n_targets * (per_search * screen_s + finals)
 
 
-def _reserve(opts: BuildOptions, data: Dataset, space: SearchSpace, n_targets: int, world: World) -> dict[str, float]:
+def budget_archs(space: SearchSpace, budgets: list[tuple[str, Budget]]) -> list[Arch]:
+    """Per budget, the largest arch shrunk at random until it fits: about the size of the member the search finds there
+    (members use most of their budget), to time the fine-tune with."""
+    rng = random.Random(0)
+    return [space.shrink_within(space.largest(), b.cost, b.limit, rng) for _, b in budgets]
+
+
+def _reserve(opts: BuildOptions, data: Dataset, space: SearchSpace, budgets: list[tuple[str, Budget]], world: World) -> dict[str, float]:
     """Seconds set aside for each stage after training, timed here on a fresh supernet: the search (its screened and
-    final candidate evaluations), the fine-tune (its steps) and export with its check (on the CPU, where runtimes run)."""
+    final candidate evaluations), the fine-tune (its steps, on members the size of the budgets) and export with its
+    check (on the CPU, where runtimes run)."""
     from regnas.train import Supernet
 
+    n_targets = len(budgets)
     fresh = Supernet(space, space.build_supernet(), {})
     evaluator = Evaluator(fresh, data, device=world.device)
     per_eval = eval_seconds(evaluator)
@@ -322,7 +332,7 @@ def _reserve(opts: BuildOptions, data: Dataset, space: SearchSpace, n_targets: i
     reserve = {"search": search_reserve_s(per_screen, per_eval, n_targets, opts.search)}
     mode = finetune_mode_of(opts, n_targets)
     if mode is not None:
-        reserve["finetune"] = finetune_seconds(fresh.model, [space.median()] * n_targets, data, opts.finetune, mode)
+        reserve["finetune"] = finetune_seconds(fresh.model, budget_archs(space, budgets), data, opts.finetune, mode)
     if opts.export:
         on_cpu = per_eval if world.device.type == "cpu" else eval_seconds(Evaluator(fresh, data, device=torch.device("cpu")))
         reserve["export_and_check"] = n_targets * (EXPORT_FIXED_S_PER_TARGET + EXPORT_EVALS_PER_TARGET * on_cpu)
@@ -348,7 +358,7 @@ def _train_config(
         subnet_flops=tuple(sorted({round(b.limit / b.cost(largest), 4) for _, b in budgets})),
     )
     settled = replace(opts, finetune=opts.finetune.settled(cfg.augment))  # the fine-tune timed as it will run
-    reserve = {} if opts.epochs else _reserve(settled, data, space, len(budgets), world)
+    reserve = {} if opts.epochs else _reserve(settled, data, space, budgets, world)
     return plan_training(out, data, space, cfg, world, TimeBudget(opts.epochs, opts.time_budget, reserve, t0))
 
 
