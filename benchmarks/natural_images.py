@@ -108,7 +108,7 @@ def stage_build(args: argparse.Namespace, space: str) -> dict:
     return {
         "build_dir": str(work),
         "supernet_sha256": nfr_family.weights_digest(net),
-        "exit": code,
+        "exit": code if code is not None else (0 if report["check"]["passed"] else 1),  # a build run before: its report says
         "build_minutes": None if resumed else (wall or timing["total"]) / 60,
         "resumed": resumed,
         "supernet_train_s": trained,

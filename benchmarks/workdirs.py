@@ -31,6 +31,22 @@ def build_split(work: Path, data: str) -> Dataset:
     return load_recorded_split(data, header["split"], str(work / "supernet.json"), cache=work / DATA_CACHE)
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+"""CPU features that move the numbers: training steps (AVX-512, bf16) and int8 (VNNI: without it ONNX Runtime's u8s8 saturates)."""
+
+
+def cpu_features() -> dict:
+    """The CPU's model name and which of SPEED_FLAGS it has (Linux; empty elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
 def provenance() -> dict:
     """When, from which commit (and whether the working tree had uncommitted changes) and on what a result was measured."""
     root = Path(__file__).resolve().parent.parent
@@ -51,6 +67,7 @@ def provenance() -> dict:
         "host": {
             "machine": platform.machine(),
             "processor": platform.processor(),
+            **cpu_features(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,

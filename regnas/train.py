@@ -273,6 +273,13 @@ def autocast(device: torch.device, precision: str | None = None):
     return contextlib.nullcontext()
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, peak: float, total_steps: int, last_epoch: int = -1) -> torch.optim.lr_scheduler.OneCycleLR:
+    """PyTorch's one-cycle schedule warming up over the first 10% of `total_steps`. At exactly 10 steps that warm-up
+    phase would end on step 0, which PyTorch divides by (ZeroDivisionError): such a run warms up over 2 steps."""
+    pct = 0.2 if total_steps == 10 else 0.1
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, peak, total_steps=total_steps, pct_start=pct, last_epoch=last_epoch)
+
+
 class _Loop:
     """One training run's moving parts: model (maybe DDP-wrapped), optimizer, schedule, data on the device."""
 
@@ -289,7 +296,7 @@ class _Loop:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         self.n = len(data["train"])
         self.steps = max(1, self.n // cfg.batch_size)
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, lr, total_steps=self.steps * cfg.epochs, pct_start=0.1)
+        self.schedule = one_cycle(self.optimizer, lr, self.steps * cfg.epochs)
         self.augment = create_augment(cfg.augment)
         self.x = data["train"].x.to(world.device)
         self.y = data["train"].y.to(world.device)
@@ -304,9 +311,7 @@ class _Loop:
         """Go on as a run of `cfg.epochs` epochs: the one-cycle schedule recomputed for the new length, at the step reached."""
         self.cfg = cfg
         peak, done = self.optimizer.param_groups[0]["max_lr"], self.steps * epochs_done
-        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, peak, total_steps=self.steps * cfg.epochs, pct_start=0.1, last_epoch=done - 1
-        )
+        self.schedule = one_cycle(self.optimizer, peak, self.steps * cfg.epochs, done - 1)
 
     def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.world.device)

@@ -293,3 +293,20 @@ def test_random_subnets_aim_at_the_budgets_they_are_trained_for():
     assert len({round(f, 4) for f in drawn}) > 10  # shrunk at random, not one arch per budget
     uniform = sandwich(recipe(space, epochs=2, warm_fraction=0.0), space)
     assert sum(space.flops(uniform(1, rng)[2]) / top > 0.75 for _ in range(40)) < 5  # uniform draws rarely reach 75%
+
+
+@pytest.mark.parametrize("total", [1, 2, 9, 10, 11, 40])
+def test_the_one_cycle_schedule_runs_and_resumes_at_any_length(total):
+    """Planned and refitted runs may have any number of steps: at exactly 10, PyTorch's 10% warm-up divided by zero."""
+    from regnas.train import one_cycle
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    schedule = one_cycle(opt, 0.1, total)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(total - 1):
+        opt.step()
+        schedule.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) <= 0.1 + 1e-9 and (total < 3 or lrs[-1] < lrs[0])
+    for done in range(total):  # a refitted run goes on at the step it reached
+        one_cycle(opt, 0.1, total, done - 1)
