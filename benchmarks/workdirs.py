@@ -36,15 +36,15 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx
 
 
 def cpu_features() -> dict:
-    """The CPU's model name and which of SPEED_FLAGS it has (Linux; empty elsewhere)."""
+    """The CPU's model name (`regnas.targets.profile.cpu_model`) and which of SPEED_FLAGS it has (read on Linux)."""
+    from regnas.targets.profile import cpu_model
+
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "flags:")
+        flags = set(line.split(":", 1)[1].split())
     except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    return {"cpu_model": fields.get("model name"), "cpu_flags": [f for f in SPEED_FLAGS if f in flags]}
+        flags = set()
+    return {"cpu_model": cpu_model(), "cpu_flags": [f for f in SPEED_FLAGS if f in flags]}
 
 
 def provenance() -> dict:
