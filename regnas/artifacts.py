@@ -16,6 +16,7 @@ Before, after and every trial are recorded.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -31,11 +32,11 @@ from regnas.builddir import ArtifactRecord, inside, load_member, member_dir
 from regnas.data import Dataset, to_float
 from regnas.errors import LoweringFailed, RegnasError, Unavailable
 from regnas.evaluate import predict
-from regnas.exporters import Exported, Exporter, ExportJob, create_exporter
+from regnas.exporters import Exported, Exporter, ExportJob, create_exporter, replace_dir
 from regnas.flips import lower_bound, negative_flips, nfr, top1, upper_bound
-from regnas.io import sha256_file
+from regnas.io import atomic_path, sha256_file
 from regnas.quantsim import unit_sensitivity
-from regnas.runtimes import load_runtime, runtime_class
+from regnas.runtimes import Runtime, load_runtime, runtime_class
 from regnas.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,17 @@ RANK_SAMPLES = 1000
 """Calib images that score each unit's sensitivity (val judges the configurations, and only that)."""
 RANK_CALIB = 128
 """Calibration images per single-unit quantization while ranking (the chosen configuration uses the exporter's own)."""
+SCORE_CHUNK = 1000
+"""Val images predicted between checks of whether a trial already flips more than it may (`_QuantSearch.score`)."""
 
 
 class _QuantSearch:
     """Flip-aware quantization of one artifact: trials scored on val against the fp32 model's predictions.
 
     Exporters write every trial to the artifact's own path, so `last` remembers which options the
-    files on disk hold, and the winner is exported again only when it is not the last trial.
+    files on disk hold, and each trial's files are kept aside in scratch (`kept`): timing a trial or
+    shipping the winner copies back the very bytes that were scored instead of exporting again (an
+    ExecuTorch lowering takes 10-20 s).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class _QuantSearch:
         """The artifact's own runtime (what ranks units and times trials), and every runtime a trial's flips are counted in."""
         self.x, self.fp32, self.labels = val
         self.last: tuple[dict[str, Any], list[Exported]] | None = None
+        self.kept: dict[str, tuple[list[Exported], Path]] = {}
 
     def allowed_flips(self, limit: float, configurations: int = 1) -> int:
         """The most val flips that still show a flip rate within `limit` (the check's `passed`), at 95% confidence
@@ -92,21 +98,34 @@ class _QuantSearch:
         return max((k for k in range(n + 1) if lower_bound(k, n, CONFIDENCE) <= limit), default=-1)
 
     def export(self, options: dict[str, Any]) -> tuple[list[Exported], Exported]:
+        """The artifact's files written with `options` (exported, or copied back from the trial that wrote them)."""
         if self.last is None or self.last[0] != options:
-            self.last = (options, self.exporter.export(self.job, self.precision, options))
+            key = json.dumps(options, sort_keys=True)
+            if key in self.kept:
+                exported, folder = self.kept[key]
+                for path in _written(exported):
+                    _copy(folder / path.name, path)
+            else:
+                exported = self.exporter.export(self.job, self.precision, options)
+                folder = Path(tempfile.mkdtemp(prefix="trial-", dir=self.job.scratch))
+                for path in _written(exported):
+                    _copy(path, folder / path.name)
+                self.kept[key] = (exported, folder)
+            self.last = (options, exported)
         exported = self.last[1]
         return exported, next(e for e in exported if e.status == "ok" and e.runtime == self.runtime)
 
-    def snapshot(self, options: dict[str, Any], name: str) -> Path:
-        """Export with `options` and copy the runnable file aside (later trials overwrite the artifact's path), to time it."""
+    def snapshot(self, options: dict[str, Any]) -> Path:
+        """The runnable file of the trial with `options`, as kept aside (later trials overwrite the artifact's path), to time it."""
         _, run = self.export(options)
-        copy = self.job.scratch / f"{self.exporter.name}-{self.precision}-{name}{run.path.suffix}"
-        shutil.copyfile(run.path, copy)
-        return copy
+        return self.kept[json.dumps(options, sort_keys=True)][1] / run.path.name
 
-    def score(self, options: dict[str, Any]) -> dict[str, Any]:
+    def score(self, options: dict[str, Any], stop_above: int | None = None) -> dict[str, Any]:
         """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts.
 
+        With `stop_above`, counting stops once the flips exceed it: the trial is then known to be worse than one
+        already scored, or than the limit, and its `flips_val` is a lower bound (`stopped_after` says after how
+        many val images; most trials flip far more than the winner, and predicting all of val is their main cost).
         Options the backend cannot lower score as flipping every val image (`lowering_failed` says why): never chosen."""
         try:
             _, run = self.export(options)
@@ -116,14 +135,23 @@ class _QuantSearch:
             return {"options": options, "flips_val": n, "nfr_val": 1.0, "top1_val": 0.0, "lowering_failed": str(exc)}
         by_runtime = {}
         for runtime in self.runtimes:
-            preds = load_runtime(runtime, run.path, PREDICT_THREADS).predict(self.x)
-            by_runtime[runtime] = {
-                "flips_val": int(negative_flips(self.fp32, preds, self.labels).sum()),
-                "nfr_val": nfr(self.fp32, preds, self.labels),
-                "top1_val": top1(preds, self.labels),
-            }
-        worst = max(by_runtime.values(), key=lambda r: r["flips_val"])
+            by_runtime[runtime] = self._count(load_runtime(runtime, run.path, PREDICT_THREADS), stop_above)
+            if "stopped_after" in by_runtime[runtime]:
+                break
+        worst = max(by_runtime.values(), key=lambda r: (r["flips_val"], "stopped_after" in r))
         return {"options": run.options, **worst, **({"by_runtime": by_runtime} if len(self.runtimes) > 1 else {})}
+
+    def _count(self, rt: Runtime, stop_above: int | None) -> dict[str, Any]:
+        n = len(self.labels)
+        step = n if stop_above is None else SCORE_CHUNK
+        preds = np.empty(0, dtype=np.int64)
+        for i in range(0, n, step):
+            preds = np.concatenate([preds, rt.predict(self.x[i : i + step])])
+            seen = len(preds)
+            flips = int(negative_flips(self.fp32[:seen], preds, self.labels[:seen]).sum())
+            if stop_above is not None and flips > stop_above and seen < n:
+                return {"flips_val": flips, "nfr_val": flips / n, "top1_val": top1(preds, self.labels[:seen]), "stopped_after": seen}
+        return {"flips_val": flips, "nfr_val": nfr(self.fp32, preds, self.labels), "top1_val": top1(preds, self.labels)}
 
     def rank(self, options: dict[str, Any], units: list[str]) -> list[dict[str, Any]]:
         """Each unit's sensitivity: how far quantizing it alone moves the predictions (changed labels, then mean |Δscore|),
@@ -133,7 +161,10 @@ class _QuantSearch:
         x = to_float(self.job.calib[:RANK_SAMPLES])
         modules = self.exporter.unit_modules(self.job, units)
         if len(modules) == len(units):
-            return unit_sensitivity(self.job.model, modules, to_float(self.job.calib[:RANK_CALIB]), x)
+            key = tuple(modules.items())  # formats built from one ONNX graph (ONNX Runtime, TensorRT) rank the same units
+            if key not in self.job.rankings:
+                self.job.rankings[key] = unit_sensitivity(self.job.model, modules, to_float(self.job.calib[:RANK_CALIB]), x)
+            return self.job.rankings[key]
         with torch.no_grad():
             ref = self.job.model.eval()(torch.from_numpy(x)).numpy()
         out = []
@@ -158,12 +189,12 @@ class _QuantSearch:
         Keeping units in float costs more than their share of the work where float and int8 regions meet (each
         boundary adds a quantize or dequantize and breaks fusions), so it is measured, not modelled.
         """
-        fully = self.snapshot(full, "fully-quantized")
-        lowered = [t for t in sorted(trials, key=_order) if t is not best[0] and "lowering_failed" not in t]
+        fully = self.snapshot(full)
+        lowered = [t for t in sorted(trials, key=_order) if t is not best[0] and not ({"lowering_failed", "stopped_after"} & t.keys())]
         candidates = [best] + [(t, {**full, "keep_float": t["kept_float"]}) for t in lowered]
         record["max_slowdown"] = cap
         for score, opts in candidates:
-            chosen_ms, fully_ms = interleaved_ms(self.runtime, [self.snapshot(opts, "candidate"), fully], self.job.input_shape)
+            chosen_ms, fully_ms = interleaved_ms(self.runtime, [self.snapshot(opts), fully], self.job.input_shape)
             score["slowdown"] = chosen_ms / fully_ms
             record["latency_ms"] = {"chosen": chosen_ms, "fully_quantized": fully_ms}
             if score["slowdown"] <= cap:
@@ -177,14 +208,21 @@ class _QuantSearch:
         """The most configurations `fallback` judges over `units` ranked units: doubling, then bisection."""
         return 2 * math.ceil(math.log2(units)) + 1 if units else 0
 
-    def fallback(self, options: dict[str, Any], ranked: list[str], allowed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """The fewest most-sensitive units kept in float that bring val flips within `allowed` (doubling, then bisection)."""
+    def fallback(
+        self, options: dict[str, Any], ranked: list[str], allowed: int, to_beat: int | None = None
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The fewest most-sensitive units kept in float that bring val flips within `allowed` (doubling, then bisection).
+
+        Where none does, the trial with the fewest flips, which the caller compares with its best (`to_beat` flips):
+        a trial that flips more than both that and `allowed` is stopped early (`score`)."""
         tried: dict[int, dict[str, Any]] = {}
 
         def trial(k: int) -> dict[str, Any]:
             if k not in tried:
                 keep = [*options.get("keep_float", []), *ranked[:k]]
-                tried[k] = {**self.score({**options, "keep_float": keep}), "kept_float": keep}
+                counted = [t["flips_val"] for t in tried.values() if "stopped_after" not in t]
+                bar = min([*counted, *([to_beat] if to_beat is not None else [])], default=None)
+                tried[k] = {**self.score({**options, "keep_float": keep}, _stop(allowed, bar)), "kept_float": keep}
             return tried[k]
 
         k = 1
@@ -199,6 +237,23 @@ class _QuantSearch:
             mid = (lo + k) // 2
             lo, k = (lo, mid) if trial(mid)["flips_val"] <= allowed else (mid, k)
         return trial(k), list(tried.values())
+
+
+def _written(exported: list[Exported]) -> list[Path]:
+    """The files an export wrote, with those beside them that decide how they run."""
+    files = [f for e in exported if e.status == "ok" for f in (e.path, *runtime_class(e.runtime).companions(e.path))]
+    return [f for f in files if f.exists()]
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file or a folder (a Core ML package) over `dst`, atomically."""
+    if src.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        replace_dir(tmp, dst)
+    else:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def _scores(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:
@@ -224,6 +279,11 @@ def interleaved_ms(runtime: str, paths: list[Path], input_shape: tuple[int, ...]
     program timed at 0.39 ms took 0.25 ms alone, and back to back one file's 100 runs moved by 30-50%."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_time_files, (runtime, [str(p) for p in paths], tuple(input_shape), rounds, repeats))
+
+
+def _stop(allowed: int, best: int | None) -> int | None:
+    """Flips past which a trial need not be counted: over the limit and over the best found (None: count them all)."""
+    return None if best is None else max(allowed, best)
 
 
 def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -266,7 +326,7 @@ def flip_aware(
     logger.info(f"export: {label} flips {before['nfr_val']:.2%} of val; searching quantization options")
     best, best_opts = before, grid[0]
     for opts in grid[1:]:  # in the exporter's order, the likeliest to hold first: the first that holds is kept
-        score = search.score(opts)
+        score = search.score(opts, _stop(allowed, best["flips_val"]))
         record["tried"].append(score)
         if _better(score, best):
             best, best_opts = score, opts
@@ -276,7 +336,7 @@ def flip_aware(
         logger.info(f"export: {label} still flips {best['nfr_val']:.2%} of val; ranking its {len(units)} units by flip sensitivity")
         full = {**{k: v for k, v in best_opts.items() if k != "keep_float"}, **({"keep_float": forced} if forced else {})}
         ranking = search.rank(full, units)
-        chosen, trials = search.fallback(full, [r["unit"] for r in ranking], allowed)
+        chosen, trials = search.fallback(full, [r["unit"] for r in ranking], allowed, best["flips_val"])
         record["tried"] += trials
         record["ranking"] = ranking
         if _better(chosen, best):

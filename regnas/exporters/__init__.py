@@ -40,6 +40,8 @@ class ExportJob:
     scratch: Path
     traced: dict[str, Any] = field(default_factory=dict)
     """Graphs an exporter traced from `model`, kept for the next trial of flip-aware quantization (tracing costs seconds)."""
+    rankings: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = field(default_factory=dict)
+    """Units' flip sensitivity in `model`, by their (unit, module) pairs: ranked once for every format that asks."""
 
     def onnx(self) -> Path:
         """The fp32 ONNX graph of the model (exported once per job)."""

@@ -111,7 +111,7 @@ def test_the_grid_stops_at_the_first_options_that_hold(member, tmp_path, monkeyp
     monkeypatch.setattr(OnnxExporter, "option_grid", lambda self, precision: grid)
     monkeypatch.setattr(OnnxExporter, "float_candidates", lambda *_: [])
     scores = [{"options": o, "flips_val": f, "nfr_val": f / 1000, "top1_val": 0.9} for o, f in zip(grid, flips.values())]
-    monkeypatch.setattr(_QuantSearch, "score", lambda self, o: scores[grid.index(o)])
+    monkeypatch.setattr(_QuantSearch, "score", lambda self, o, stop_above=None: scores[grid.index(o)])
     net, data = member
     job = ExportJob(net, data.input_shape, data["calib"].x.numpy(), tmp_path, tmp_path / "scratch")
     job.scratch.mkdir()
@@ -195,10 +195,10 @@ def test_the_latency_cap_keeps_the_fewest_flips_among_configurations_fast_enough
         def __init__(self):
             self.runtime, self.job = "onnxruntime", ExportJob(None, (1, 8, 8), None, None, None)
 
-        def snapshot(self, options, name):
+        def snapshot(self, options):
             return str(speed[tuple(options.get("keep_float", ()))])
 
-        def score(self, options):
+        def score(self, options, stop_above=None):
             return {"options": options, "flips_val": 9, "kept_float": []}
 
     trials = [{"flips_val": f, "kept_float": k} for f, k in [(6, ["a"]), (2, ["a", "b", "c"]), (3, ["a", "b"])]]
@@ -261,7 +261,7 @@ def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
         def __init__(self):
             self.calls = []
 
-        def score(self, options):
+        def score(self, options, stop_above=None):
             k = len(options.get("keep_float", []))
             self.calls.append(k)
             return {"options": options, "flips_val": max(0, 9 - k), "top1_val": 0.9}
@@ -277,6 +277,89 @@ def test_fallback_keeps_the_fewest_units_that_meet_the_limit():
     assert len(capped.calls) <= Fake.fallback_trials(12)
     never, _ = Fake().fallback({}, ["a", "b", "c"], allowed=-1)
     assert never["kept_float"] == ["a", "b", "c"]  # nothing meets the goal: the fewest flips found
+
+
+def test_a_trial_that_already_flips_more_than_it_may_stops_counting():
+    from regnas.artifacts import SCORE_CHUNK, _QuantSearch
+
+    n = 3 * SCORE_CHUNK
+    labels = np.zeros(n, dtype=np.int64)
+    wrong = np.arange(n) % 100 == 0  # 30 flips, 10 in each chunk
+
+    class Rt:
+        def __init__(self):
+            self.seen = 0
+
+        def predict(self, x):
+            self.seen += len(x)
+            return wrong[x].astype(np.int64)
+
+    search = _QuantSearch.__new__(_QuantSearch)
+    search.x, search.fp32, search.labels = np.arange(n), labels.copy(), labels
+    rt = Rt()
+    assert search._count(rt, None) == {"flips_val": 30, "nfr_val": 0.01, "top1_val": 0.99} and rt.seen == n
+    assert search._count(Rt(), 30)["flips_val"] == 30  # never above the bar: counted to the end
+    rt = Rt()
+    stopped = search._count(rt, 5)
+    assert stopped["flips_val"] == 10 and stopped["stopped_after"] == SCORE_CHUNK == rt.seen
+
+
+def test_stopped_trials_change_no_decision_of_the_fallback():
+    """Stopping a trial once it flips more than the limit and the best so far leaves the chosen units as counting all."""
+    from regnas.artifacts import _QuantSearch
+
+    flips = [30, 28, 31, 25, 40, 12, 9, 14, 6, 5, 4, 3, 2, 2, 1, 0, 0]  # not monotone: the ranking is a guess
+
+    class Fake(_QuantSearch):
+        def __init__(self):
+            self.bars = []
+
+        def score(self, options, stop_above=None):
+            self.bars.append(stop_above)
+            f = flips[len(options.get("keep_float", []))]
+            stopped = stop_above is not None and f > stop_above
+            return {"options": options, "flips_val": f, "top1_val": 0.9, **({"stopped_after": 1} if stopped else {})}
+
+    units = [f"u{i}" for i in range(16)]
+    for allowed, to_beat in [(2, 27), (0, 27), (-1, 3), (2, None)]:
+        counting_all = Fake.__new__(Fake)
+        counting_all.bars = []
+        counting_all.score = lambda options, stop_above=None, s=counting_all: Fake.score(s, options)
+        stopping = Fake()
+        want, _ = counting_all.fallback({}, units, allowed)
+        got, tried = stopping.fallback({}, units, allowed, to_beat)
+        assert got["kept_float"] == want["kept_float"] and "stopped_after" not in got
+        assert any("stopped_after" in t for t in tried)  # and some were stopped
+        assert all(b is None or b >= allowed for b in stopping.bars)
+
+
+def test_a_trial_is_exported_once_and_its_files_come_back_for_timing_and_shipping(tmp_path):
+    """Flip-aware quantization scores, times and ships trials in different orders: each is exported only once."""
+    import json
+
+    from regnas.artifacts import _QuantSearch
+    from regnas.exporters import Exported
+
+    class Writer:
+        name, calls = "fake", []
+
+        def export(self, job, precision, options):
+            self.calls.append(options)
+            path = job.directory / "model-int8.onnx"
+            path.write_text(json.dumps(options))
+            return [Exported("onnx", precision, path, "onnxruntime", options=options)]
+
+    job = ExportJob(None, (1, 8, 8), None, tmp_path / "out", tmp_path / "scratch")
+    job.directory.mkdir()
+    job.scratch.mkdir()
+    search = _QuantSearch(Writer(), job, "int8", ["onnxruntime"], (None, None, np.zeros(1)))
+    a, b = {"keep_float": ["x"]}, {"keep_float": ["x", "y"]}
+    search.export(a)
+    search.export(b)
+    timed = search.snapshot(a)
+    assert json.loads(timed.read_text()) == a and timed.parent != job.directory
+    _, shipped = search.export(a)
+    assert json.loads(shipped.path.read_text()) == a and Writer.calls == [a, b]
 
 
 @pytest.mark.parametrize("space_name", ["resnet"])
