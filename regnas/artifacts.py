@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import multiprocessing
-import shutil
 import tempfile
 from pathlib import Path, PurePath
 from typing import Any
@@ -32,9 +31,9 @@ from regnas.builddir import ArtifactRecord, inside, load_member, member_dir
 from regnas.data import Dataset, to_float
 from regnas.errors import LoweringFailed, RegnasError, Unavailable
 from regnas.evaluate import predict
-from regnas.exporters import Exported, Exporter, ExportJob, create_exporter, replace_dir
+from regnas.exporters import Exported, Exporter, ExportJob, create_exporter
 from regnas.flips import lower_bound, negative_flips, nfr, top1, upper_bound
-from regnas.io import atomic_path, sha256_file
+from regnas.io import copy_into_place, sha256_file
 from regnas.quantsim import unit_sensitivity
 from regnas.runtimes import Runtime, load_runtime, runtime_class
 from regnas.targets import Target
@@ -100,16 +99,16 @@ class _QuantSearch:
     def export(self, options: dict[str, Any]) -> tuple[list[Exported], Exported]:
         """The artifact's files written with `options` (exported, or copied back from the trial that wrote them)."""
         if self.last is None or self.last[0] != options:
-            key = json.dumps(options, sort_keys=True)
+            key = _key(options)
             if key in self.kept:
                 exported, folder = self.kept[key]
                 for path in _written(exported):
-                    _copy(folder / path.name, path)
+                    copy_into_place(folder / path.name, path)
             else:
                 exported = self.exporter.export(self.job, self.precision, options)
                 folder = Path(tempfile.mkdtemp(prefix="trial-", dir=self.job.scratch))
                 for path in _written(exported):
-                    _copy(path, folder / path.name)
+                    copy_into_place(path, folder / path.name)
                 self.kept[key] = (exported, folder)
             self.last = (options, exported)
         exported = self.last[1]
@@ -118,7 +117,7 @@ class _QuantSearch:
     def snapshot(self, options: dict[str, Any]) -> Path:
         """The runnable file of the trial with `options`, as kept aside (later trials overwrite the artifact's path), to time it."""
         _, run = self.export(options)
-        return self.kept[json.dumps(options, sort_keys=True)][1] / run.path.name
+        return self.kept[_key(options)][1] / run.path.name
 
     def score(self, options: dict[str, Any], stop_above: int | None = None) -> dict[str, Any]:
         """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts.
@@ -239,21 +238,14 @@ class _QuantSearch:
         return trial(k), list(tried.values())
 
 
+def _key(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True)
+
+
 def _written(exported: list[Exported]) -> list[Path]:
     """The files an export wrote, with those beside them that decide how they run."""
     files = [f for e in exported if e.status == "ok" for f in (e.path, *runtime_class(e.runtime).companions(e.path))]
     return [f for f in files if f.exists()]
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """Copy a file or a folder (a Core ML package) over `dst`, atomically."""
-    if src.is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        replace_dir(tmp, dst)
-    else:
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
 
 
 def _scores(runtime: str, path: Path, x: np.ndarray) -> np.ndarray:

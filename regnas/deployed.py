@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from regnas.data import Dataset
 from regnas.errors import RegnasError
 from regnas.flips import interval, negative_flips, top1
+from regnas.io import copy_into_place
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +103,7 @@ def keep(out: Path, deployed: dict[str, Deployed]) -> dict[str, str]:
     for target, d in deployed.items():
         src = Path(d.source)
         rel = f"{KEPT}/{target}" + ("" if src.is_dir() else src.suffix)
-        dest, tmp = out / rel, out / KEPT / f".{target}.tmp"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, tmp)
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        copy_into_place(src, out / rel)
         kept[target] = rel
     return kept
 

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def copy_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a file or a folder (a Core ML package, a member folder) onto `dst`: under a temporary name beside it,
+    then renamed there, so `dst` is the old copy or the new one, never half of one."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (shutil.copytree if src.is_dir() else shutil.copyfile)(src, tmp)
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    elif src.is_dir() and (dst.is_symlink() or dst.exists()):
+        dst.unlink()
+    os.replace(tmp, dst)
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:

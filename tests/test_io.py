@@ -112,3 +112,23 @@ def test_a_build_on_a_full_disk_exits_2(small_disk, capsys):
     err = capsys.readouterr().err
     assert "no space left on the device" in err and err.count("\n") == 1, err
     assert not (disk / "b" / "report.json").exists()
+
+
+def test_copy_into_place_replaces_a_file_or_a_folder_whole(tmp_path):
+    from regnas.io import copy_into_place
+
+    src_file, src_dir = tmp_path / "a.bin", tmp_path / "pkg"
+    src_file.write_bytes(b"new")
+    (src_dir / "sub").mkdir(parents=True)
+    (src_dir / "sub" / "w").write_text("weights")
+    dst = tmp_path / "out" / "artifact"
+    copy_into_place(src_file, dst)  # a missing parent is made
+    assert dst.read_bytes() == b"new"
+    copy_into_place(src_dir, dst)  # a folder over a file
+    assert (dst / "sub" / "w").read_text() == "weights"
+    (dst / "stale").write_text("left from before")
+    copy_into_place(src_dir, dst)  # a folder over a folder: nothing of the old one stays
+    assert sorted(p.name for p in dst.iterdir()) == ["sub"]
+    copy_into_place(src_file, dst)  # a file over a folder
+    assert dst.read_bytes() == b"new"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["artifact"]  # no temporary left
