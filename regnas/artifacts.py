@@ -236,7 +236,7 @@ class _QuantSearch:
                 hi = mid
                 continue
             lo = mid
-            trial = self.keep(mid, allowed, chosen[0]["flips_val"])
+            trial = self.keep(mid, _stop(allowed, chosen[0]["flips_val"]))  # only the chosen one, within the cap, is to beat
             step["flips_val"] = trial["flips_val"]
             if trial["flips_val"] < chosen[0]["flips_val"] and "stopped_after" not in trial:
                 trial["slowdown"] = step["slowdown"]
@@ -263,7 +263,8 @@ class _QuantSearch:
         self.base, self.ranked, self.tried = options, ranked, {}
 
         def trial(k: int) -> dict[str, Any]:
-            return self.keep(k, allowed, to_beat)
+            counted = [t["flips_val"] for t in self.tried.values() if "stopped_after" not in t]
+            return self.keep(k, _stop(allowed, min([*counted, *([to_beat] if to_beat is not None else [])], default=None)))
 
         k = 1
         while k < len(ranked) and trial(k)["flips_val"] > allowed:
@@ -278,14 +279,13 @@ class _QuantSearch:
             lo, k = (lo, mid) if trial(mid)["flips_val"] <= allowed else (mid, k)
         return trial(k), list(self.tried.values())
 
-    def keep(self, k: int, allowed: int, to_beat: int | None = None) -> dict[str, Any]:
-        """The fallback's trial keeping the `k` most sensitive units in float (beside the target's own), scored once:
-        counting stops once it flips more than `allowed` and than every trial counted so far and `to_beat`."""
-        if k not in self.tried:
+    def keep(self, k: int, stop_above: int | None = None) -> dict[str, Any]:
+        """The fallback's trial keeping the `k` most sensitive units in float (beside the target's own), scored once
+        (`score`'s `stop_above`), or again where an earlier count stopped below this one's bar."""
+        done = self.tried.get(k)
+        if done is None or ("stopped_after" in done and (stop_above is None or done["flips_val"] <= stop_above)):
             keep = [*self.base.get("keep_float", []), *self.ranked[:k]]
-            counted = [t["flips_val"] for t in self.tried.values() if "stopped_after" not in t]
-            bar = min([*counted, *([to_beat] if to_beat is not None else [])], default=None)
-            self.tried[k] = {**self.score({**self.base, "keep_float": keep}, _stop(allowed, bar)), "kept_float": keep}
+            self.tried[k] = {**self.score({**self.base, "keep_float": keep}, stop_above), "kept_float": keep}
         return self.tried[k]
 
 

@@ -231,7 +231,9 @@ def test_between_a_fast_trial_and_a_slow_one_the_counts_closer_to_the_cap_are_tr
         def score(self, options, stop_above=None):
             k = len(options.get("keep_float", []))
             self.calls.append(k)
-            return {"options": options, "flips_val": max(0, 20 - k), "top1_val": 0.9}
+            f = max(0, 20 - k)
+            stopped = {"stopped_after": 1} if stop_above is not None and f > stop_above else {}
+            return {"options": options, "flips_val": f, "top1_val": 0.9, **stopped}
 
     fake, units = Fake(), [f"u{i}" for i in range(20)]
     best, trials = fake.fallback({}, units, allowed=0)
@@ -242,6 +244,8 @@ def test_between_a_fast_trial_and_a_slow_one_the_counts_closer_to_the_cap_are_tr
     assert [s["units"] for s in record["cap_search"]] == [12, 14, 15] and record["latency_ms"]["chosen"] == pytest.approx(1.3)
     assert len(fake.calls) == len(set(fake.calls)) <= Fake.fallback_trials(20, capped=True)  # what the val bar counts on
     assert fake.tried[15] is score  # recorded with the fallback's trials
+    # Counting stops past the chosen one's flips, not past the slower trials' (0 flips at 20 units): those are out of reach.
+    assert not any("stopped_after" in fake.tried[k] for k in (12, 14, 15))
 
 
 def test_onnx_units_cover_the_graph_so_keeping_all_in_float_is_exact(member, tmp_path):
