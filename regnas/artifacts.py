@@ -78,10 +78,6 @@ class _QuantSearch:
         self.x, self.fp32, self.labels = val
         self.last: tuple[dict[str, Any], list[Exported]] | None = None
         self.kept: dict[str, tuple[list[Exported], Path]] = {}
-        self.base: dict[str, Any] = {}
-        self.ranked: list[str] = []
-        self.tried: dict[int, dict[str, Any]] = {}
-        """The fallback's options without its units, the units from the most flip-sensitive, and its trials by unit count."""
 
     def allowed_flips(self, limit: float, configurations: int = 1) -> int:
         """The most val flips that still show a flip rate within `limit` (the check's `passed`), at 95% confidence
@@ -184,12 +180,10 @@ class _QuantSearch:
         best: tuple[dict[str, Any], dict[str, Any]],
         trials: list[dict[str, Any]],
         cap: float,
-        allowed: int,
         record: dict[str, Any],
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Of `best` (score, options) and the fallback's `trials`, the one with the fewest val flips whose batch-1 latency
-        is within `cap` times the fully quantized one's (`full`, timed side by side), then `closer_to_cap`; `full`
-        itself where none is within it.
+        is within `cap` times the fully quantized one's (`full`, timed side by side); `full` itself where none is.
 
         Keeping units in float costs more than their share of the work where float and int8 regions meet (each
         boundary adds a quantize or dequantize and breaks fusions), so it is measured, not modelled.
@@ -198,60 +192,20 @@ class _QuantSearch:
         lowered = [t for t in sorted(trials, key=_order) if t is not best[0] and not ({"lowering_failed", "stopped_after"} & t.keys())]
         candidates = [best] + [(t, {**full, "keep_float": t["kept_float"]}) for t in lowered]
         record["max_slowdown"] = cap
-        for i, (score, opts) in enumerate(candidates):
+        for score, opts in candidates:
             chosen_ms, fully_ms = interleaved_ms(self.runtime, [self.snapshot(opts), fully], self.job.input_shape)
             score["slowdown"] = chosen_ms / fully_ms
             record["latency_ms"] = {"chosen": chosen_ms, "fully_quantized": fully_ms}
             if score["slowdown"] <= cap:
-                return self.closer_to_cap((score, opts), [s for s, _ in candidates[:i]], fully, cap, allowed, record)
+                return score, opts
         logger.info(f"export: every configuration that keeps units in float is slower than {cap:g}x fully quantized; keeping none")
         record["latency_ms"]["chosen"] = record["latency_ms"]["fully_quantized"]
         return self.score(full), full
 
-    def closer_to_cap(
-        self,
-        chosen: tuple[dict[str, Any], dict[str, Any]],
-        slower: list[dict[str, Any]],
-        fully: Path,
-        cap: float,
-        allowed: int,
-        record: dict[str, Any],
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The counts of most-sensitive units in float between the `chosen` configuration's and the fewest of any
-        configuration with fewer val flips that the cap ruled out (`slower`), bisected on latency; each count within the
-        cap is scored on val, and kept where it flips less. The fallback bisects on flips alone, so it never tries the
-        counts between a fast trial and a slow one (16 units at 1.02×, then 32 at 1.44×). Each step is in
-        `record["cap_search"]`."""
-        forced = self.base.get("keep_float", [])
-        lo = len(chosen[0].get("kept_float", forced)) - len(forced)
-        hi = min((len(s["kept_float"]) - len(forced) for s in slower if len(s.get("kept_float", forced)) - len(forced) > lo), default=None)
-        steps = record.setdefault("cap_search", [])
-        while hi is not None and hi - lo > 1:
-            mid = (lo + hi) // 2
-            opts = {**self.base, "keep_float": [*forced, *self.ranked[:mid]]}
-            ms, fully_ms = interleaved_ms(self.runtime, [self.snapshot(opts), fully], self.job.input_shape)
-            step = {"units": mid, "slowdown": ms / fully_ms}
-            steps.append(step)
-            if step["slowdown"] > cap:
-                hi = mid
-                continue
-            lo = mid
-            trial = self.keep(mid, _stop(allowed, chosen[0]["flips_val"]))  # only the chosen one, within the cap, is to beat
-            step["flips_val"] = trial["flips_val"]
-            if trial["flips_val"] < chosen[0]["flips_val"] and "stopped_after" not in trial:
-                trial["slowdown"] = step["slowdown"]
-                chosen = trial, opts
-                record["latency_ms"] = {"chosen": ms, "fully_quantized": fully_ms}
-        return chosen
-
     @staticmethod
-    def fallback_trials(units: int, capped: bool = False) -> int:
-        """The most configurations `fallback` judges over `units` ranked units: doubling, then bisection; under a
-        latency cap, the bisection towards it (`closer_to_cap`) too."""
-        if not units:
-            return 0
-        steps = math.ceil(math.log2(units))
-        return 2 * steps + 1 + (steps if capped else 0)
+    def fallback_trials(units: int) -> int:
+        """The most configurations `fallback` judges over `units` ranked units: doubling, then bisection."""
+        return 2 * math.ceil(math.log2(units)) + 1 if units else 0
 
     def fallback(
         self, options: dict[str, Any], ranked: list[str], allowed: int, to_beat: int | None = None
@@ -260,33 +214,28 @@ class _QuantSearch:
 
         Where none does, the trial with the fewest flips, which the caller compares with its best (`to_beat` flips):
         a trial that flips more than both that and `allowed` is stopped early (`score`)."""
-        self.base, self.ranked, self.tried = options, ranked, {}
+        tried: dict[int, dict[str, Any]] = {}
 
         def trial(k: int) -> dict[str, Any]:
-            counted = [t["flips_val"] for t in self.tried.values() if "stopped_after" not in t]
-            return self.keep(k, _stop(allowed, min([*counted, *([to_beat] if to_beat is not None else [])], default=None)))
+            if k not in tried:
+                keep = [*options.get("keep_float", []), *ranked[:k]]
+                counted = [t["flips_val"] for t in tried.values() if "stopped_after" not in t]
+                bar = min([*counted, *([to_beat] if to_beat is not None else [])], default=None)
+                tried[k] = {**self.score({**options, "keep_float": keep}, _stop(allowed, bar)), "kept_float": keep}
+            return tried[k]
 
         k = 1
         while k < len(ranked) and trial(k)["flips_val"] > allowed:
             k *= 2
         k = min(k, len(ranked))
         if trial(k)["flips_val"] > allowed:
-            best = min(self.tried.values(), key=lambda t: (t["flips_val"], len(t["kept_float"])))
-            return best, list(self.tried.values())
-        lo = max((j for j in self.tried if j < k), default=0)  # the largest count known (or assumed, at 0) not to meet the goal
+            best = min(tried.values(), key=lambda t: (t["flips_val"], len(t["kept_float"])))
+            return best, list(tried.values())
+        lo = max((j for j in tried if j < k), default=0)  # the largest count known (or assumed, at 0) not to meet the goal
         while k - lo > 1:
             mid = (lo + k) // 2
             lo, k = (lo, mid) if trial(mid)["flips_val"] <= allowed else (mid, k)
-        return trial(k), list(self.tried.values())
-
-    def keep(self, k: int, stop_above: int | None = None) -> dict[str, Any]:
-        """The fallback's trial keeping the `k` most sensitive units in float (beside the target's own), scored once
-        (`score`'s `stop_above`), or again where an earlier count stopped below this one's bar."""
-        done = self.tried.get(k)
-        if done is None or ("stopped_after" in done and (stop_above is None or done["flips_val"] <= stop_above)):
-            keep = [*self.base.get("keep_float", []), *self.ranked[:k]]
-            self.tried[k] = {**self.score({**self.base, "keep_float": keep}, stop_above), "kept_float": keep}
-        return self.tried[k]
+        return trial(k), list(tried.values())
 
 
 def _key(options: dict[str, Any]) -> str:
@@ -357,8 +306,7 @@ def flip_aware(
     search.last = (grid[0], exported)
     limit, label = target.max_nfr_vs_fp32, f"{target.name} {exporter.name}-{precision}"
     units = exporter.float_candidates(job, precision)
-    capped = runtime_class(search.runtime).exporter == exporter.name  # a stand-in runtime's latency says nothing of the format's
-    configurations = len(grid) + search.fallback_trials(len(units), capped)
+    configurations = len(grid) + search.fallback_trials(len(units))
     allowed = search.allowed_flips(limit, configurations)
     before = search.score(grid[0])
     record = {"selected_on": "val", "runtime": search.runtime, "threshold": limit, "allowed_val_flips": allowed}
@@ -381,12 +329,12 @@ def flip_aware(
         full = {**{k: v for k, v in best_opts.items() if k != "keep_float"}, **({"keep_float": forced} if forced else {})}
         ranking = search.rank(full, units)
         chosen, trials = search.fallback(full, [r["unit"] for r in ranking], allowed, best["flips_val"])
+        record["tried"] += trials
         record["ranking"] = ranking
         if _better(chosen, best):
             best, best_opts = chosen, {**full, "keep_float": chosen["kept_float"]}
-        if capped:
-            best, best_opts = search.within_slowdown(full, (best, best_opts), trials, target.max_int8_slowdown, allowed, record)
-        record["tried"] += list(search.tried.values())
+        if runtime_class(search.runtime).exporter == exporter.name:  # a stand-in runtime's latency says nothing of the format's
+            best, best_opts = search.within_slowdown(full, (best, best_opts), trials, target.max_int8_slowdown, record)
     exported, _ = search.export(best_opts)
     record["after"] = best
     record["kept_float"] = list(best_opts.get("keep_float", []))
