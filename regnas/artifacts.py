@@ -111,13 +111,19 @@ class _QuantSearch:
                     copy_into_place(path, folder / path.name)
                 self.kept[key] = (exported, folder)
             self.last = (options, exported)
-        exported = self.last[1]
-        return exported, next(e for e in exported if e.status == "ok" and e.runtime == self.runtime)
+        return self.last[1], self._own(self.last[1])
 
     def snapshot(self, options: dict[str, Any]) -> Path:
-        """The runnable file of the trial with `options`, as kept aside (later trials overwrite the artifact's path), to time it."""
-        _, run = self.export(options)
-        return self.kept[_key(options)][1] / run.path.name
+        """The runnable file of the trial with `options`, as kept aside (later trials overwrite the artifact's path), to time it:
+        exported if it never was, but not copied back onto the artifact's path."""
+        if _key(options) not in self.kept:
+            self.export(options)
+        exported, folder = self.kept[_key(options)]
+        return folder / self._own(exported).path.name
+
+    def _own(self, exported: list[Exported]) -> Exported:
+        """The exported file the artifact's own runtime runs."""
+        return next(e for e in exported if e.status == "ok" and e.runtime == self.runtime)
 
     def score(self, options: dict[str, Any], stop_above: int | None = None) -> dict[str, Any]:
         """Export with `options` and count its flips against the fp32 model on val, in each runtime: the worst one counts.
