@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -53,9 +54,19 @@ def test_flips_against_every_earlier_member_and_a_reward_sweep(digits_supernet, 
     assert [p["members"] for p in cached["reward_sweep"]] == [p["members"] for p in sweep]  # from search.json
 
 
-@pytest.mark.parametrize("mode", ["joint", "own"])
-def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, tmp_path, caplog, mode):
+@pytest.fixture(scope="module")
+def searched(digits_supernet, tmp_path_factory):
+    """A family searched once, not fine-tuned: each fine-tune mode starts from a copy and reuses its search."""
     _, ckpt = digits_supernet
+    out = tmp_path_factory.mktemp("searched")
+    build(options(ckpt, out, finetune_mode="none"))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["joint", "own"])
+def test_finetune_keeps_the_family_literally_nested(digits_supernet, digits, searched, tmp_path, caplog, mode):
+    _, ckpt = digits_supernet
+    shutil.copytree(searched, tmp_path / "ft")
     report = build(options(ckpt, tmp_path / "ft", finetune=DistillConfig(epochs=1), finetune_mode=mode))
     assert report["finetune"]["mode"] == mode and report["timing_s"]["finetune"] == report["finetune"]["seconds"] > 0
     assert f"fine-tuned (`--finetune {mode}`)" in (tmp_path / "ft" / "summary.md").read_text()
