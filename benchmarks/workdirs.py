@@ -36,14 +36,10 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx
 
 
 def cpu_features() -> dict:
-    """The CPU's model name (`regnas.targets.profile.cpu_model`) and which of SPEED_FLAGS it has (read on Linux)."""
-    from regnas.targets.profile import cpu_model
+    """The CPU's model name and which of SPEED_FLAGS it has (`regnas.targets.profile`, which reads them on Linux)."""
+    from regnas.targets.profile import cpu_flags, cpu_model
 
-    try:
-        line = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "flags:")
-        flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        flags = set()
+    flags = cpu_flags()
     return {"cpu_model": cpu_model(), "cpu_flags": [f for f in SPEED_FLAGS if f in flags]}
 
 

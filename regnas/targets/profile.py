@@ -52,15 +52,25 @@ minute of host time, so a slow stretch of a few seconds lands in a minority of e
 10-round pass of 80 ExecuTorch subnets took 3.4 s, and one taken in a noisy minute read 1.0-1.4x slow, item by item.)"""
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
+def _cpuinfo(key: str) -> str | None:
+    """The first `key` line's value in /proc/cpuinfo (Linux); None elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux: x86's avx2, avx512_vnni, ...; Arm's asimd, asimddp, ...); empty elsewhere."""
+    return set((_cpuinfo("flags") or _cpuinfo("Features") or "").split())
 
 
 def export_on_target(module: nn.Module, input_shape: tuple[int, ...], target: Target, work: Path, remote: Remote | None) -> Path:

@@ -212,3 +212,14 @@ def test_the_built_in_luts_serve_any_class_count_and_name_what_differs():
     assert "another input_shape" in lut.mismatch(phone, wider)
     other = parse_target({"name": "x", "runtime": "onnxruntime", "budget": {"flops": 1e6}}, "test")
     assert lut.mismatch(other, three) == "executorch/fp32, not onnxruntime/fp32"
+
+
+def test_cpu_model_and_flags_are_read_from_cpuinfo_where_there_is_one(tmp_path, monkeypatch):
+    """What LUTs and benchmark results record of the CPU: x86 names its flags `flags`, Arm `Features`."""
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU part\t: 0xd0c\n"
+    for text, model, flags in ((x86, "AMD EPYC", {"fpu", "avx2", "fma"}), (arm, None, {"fp", "asimd", "asimddp"})):
+        (tmp_path / "cpuinfo").write_text(text)
+        monkeypatch.setattr(profile_mod, "Path", lambda _: tmp_path / "cpuinfo")
+        assert profile_mod.cpu_flags() == flags
+        assert profile_mod.cpu_model() == (model or profile_mod.platform.processor() or profile_mod.platform.machine())
