@@ -5,8 +5,8 @@ build (`OLD_BUILD/phone`), or saved predictions on the whole data set in its ord
 `regnas gate` reads them). Each is validated before anything trains (it exists, runs on the data's
 images, predicts its classes) and predicts the val and test splits once: the search counts a member's
 flips against it (`λ3` of `--reward λ1,λ2,λ3`), the joint fine-tune pulls the member towards it (its logits,
-or its predicted classes where only those are saved), and the report says how often each member flips
-what its deployed model got right, with the exact interval.
+or its predicted classes where only those are saved; by 0.02·λ3, `distill.DEPLOYED_PULL_PER_LAMBDA`), and the
+report says how often each member flips what its deployed model got right, with the exact interval.
 """
 
 from __future__ import annotations

@@ -52,15 +52,20 @@ class DistillConfig:
     temperature: float = 100.0
     seed: int = 0
     ensemble: float | None = None
-    deployed_weight: float = 0.1
-    """The pull towards a target's deployed model (`--deployed`), in the joint fine-tune."""
+    deployed_weight: float | None = None
+    """The pull towards a target's deployed model (`--deployed`), in the joint fine-tune; None: priced by the family
+    reward's λ3 (`settled`, `DEPLOYED_PULL_PER_LAMBDA`)."""
     deployed_alpha: float = 0.0
     """α of that pull: 0 pulls only on the images the deployed model gets right (what an upgrade must keep), where PCT's
     α = 1 towards the previous member also copies a weaker model's mistakes."""
 
-    def settled(self, augment: str | None) -> DistillConfig:
-        """These settings with `ensemble` chosen for data of the augmentation policy `augment` where none was given."""
-        return self if self.ensemble is not None else replace(self, ensemble=ENSEMBLE.get(augment, ENSEMBLE[None]))
+    def settled(self, augment: str | None, deployed_lambda: float | None = None) -> DistillConfig:
+        """These settings with, where none was given, `ensemble` chosen for data of the augmentation policy `augment`
+        and the deployed pull priced by `deployed_lambda`, the family reward's λ3."""
+        cfg = self if self.ensemble is not None else replace(self, ensemble=ENSEMBLE.get(augment, ENSEMBLE[None]))
+        if cfg.deployed_weight is None and deployed_lambda is not None:
+            cfg = replace(cfg, deployed_weight=DEPLOYED_PULL_PER_LAMBDA * deployed_lambda)
+        return cfg
 
     def __post_init__(self):
         if self.kind not in ("lm", "kl"):
@@ -72,6 +77,15 @@ ENSEMBLE: dict[str | None, float] = {None: 3.0, "photo": 0.0}
 the members is well below the largest one, and pulling towards it gives the ladder away: on the CIFAR-10 folder (resnet,
 search seed 0, 7,500 test images) 3 gave members 79.95 / 80.77 / 80.81% at 0.73% mean NFR, 0 gave 79.84 / 81.28 /
 81.71% at 1.05% (the independent baseline: 78.59 / 80.88 / 81.23% at 2.6%); docs/notes/natural-images.md."""
+
+
+DEPLOYED_PULL_PER_LAMBDA = 0.02
+"""The fine-tune's pull towards a deployed model per unit of λ3, the price the family's reward puts on a flip against
+it: one exchange rate of top-1 for agreement sets both the search and the fine-tune. The pull trades top-1 for
+agreement along one curve (docs/notes/upgrades.md); on resnet Fashion-MNIST (search seed 0, 5,000 val images, the
+deployed family 5 points weaker) weights 0 / 0.03 / 0.1 gave the phone member 92.44 / 91.88 / 90.92% top-1 at 2.04
+/ 1.38 / 1.06% NFR against its deployed model. By λ1·Top1 − λ3·NFR no pull is best up to λ3 ≈ 0.8, 0.03 from there
+to about 3, and 0.1 at the default 5: about 0.02·λ3."""
 
 
 def focal_term(new: torch.Tensor, old: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:

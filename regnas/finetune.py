@@ -67,8 +67,10 @@ def joint_finetune(
     """
     if len(archs) < 2:
         raise RegnasError("a nested fine-tune pulls each member towards the one before it, so it needs 2 or more members")
-    model = copy.deepcopy(supernet.model)
     cfg = cfg.settled(supernet.meta["train"].get("augment"))
+    if cfg.deployed_weight is None and any(t is not None for t in teachers or []):
+        raise RegnasError("the pull towards deployed models has no weight; settle the fine-tune with the reward's λ3 (settled)")
+    model = copy.deepcopy(supernet.model)
     logger.info(f"finetune: {len(archs)} members fine-tuned together in the supernet (mean pull {cfg.ensemble:g})")
     device = next(model.parameters()).device
     moved = [None if t is None else t.to(device) for t in teachers or [None] * len(archs)]

@@ -122,6 +122,7 @@ def test_a_build_against_a_deployed_model_reports_what_it_bought(deployed_build,
     (row,) = dep["flip_matrix"]
     assert len(row) == len(report["family"]) and row[1] == m["with"]["nfr"] and dep["flip_matrix_without"][0][1] == m["without"]["nfr"]
     assert report["finetune"]["mode"] == "joint"  # the default fine-tune, pulled towards the deployed predictions too
+    assert report["finetune"]["config"]["deployed_weight"] == pytest.approx(0.02 * 5)  # priced by λ3
     written = json.loads((root / "build" / "report.json").read_text())
     assert written["deployed"] == dep and "Against the deployed models" in (root / "build" / "summary.md").read_text()
     # The build keeps what it was judged against, and the gate reads it from there, on the build's own test split.

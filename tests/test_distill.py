@@ -32,3 +32,11 @@ def test_the_mean_pull_follows_the_data_unless_given():
     assert DistillConfig().settled("photo").ensemble == 0.0
     assert DistillConfig().settled("glyph").ensemble == DistillConfig().settled(None).ensemble == 3.0
     assert DistillConfig(ensemble=1.5).settled("photo").ensemble == 1.5
+
+
+def test_the_deployed_pull_is_priced_by_the_rewards_lambda3_unless_given():
+    """One exchange rate for search and fine-tune: 0.02·λ3 (0.1 at the default λ3 = 5); a given weight stays."""
+    assert DistillConfig().settled("glyph").deployed_weight is None  # no deployed models: nothing to price
+    assert DistillConfig().settled("glyph", 5.0).deployed_weight == pytest.approx(0.1)
+    assert DistillConfig().settled("glyph", 1.0).deployed_weight < DistillConfig().settled("glyph", 5.0).deployed_weight
+    assert DistillConfig(deployed_weight=0.3).settled("glyph", 1.0).deployed_weight == 0.3

@@ -79,6 +79,9 @@ def test_joint_finetune_pulls_each_member_towards_the_one_before_and_leaves_the_
     assert state_digest(net.model) == before
     with pytest.raises(RegnasError, match="needs 2 or more members"):
         joint_finetune(net, archs[:1], digits)
+    old = digits["train"].y.clone()  # a deployed model's predicted classes, but no price for the pull towards them
+    with pytest.raises(RegnasError, match="pull towards deployed models has no weight"):
+        joint_finetune(net, archs, digits, DistillConfig(epochs=1), [None, old])
 
 
 def test_the_finetune_estimate_grows_with_its_schedule(digits_supernet, digits):

@@ -147,8 +147,9 @@ class BuildOptions:
     deployed: tuple[str, ...] = option(
         (),
         "TARGET=PATH: the model TARGET runs in production now (an ONNX file, a member folder of an earlier build, or .npy/.json "
-        "predictions on the whole data set); the search counts flips against it (λ3 of --reward λ1,λ2,λ3; default λ3 = λ2) "
-        "and the report compares the family with one searched without it. Repeat it per target",
+        "predictions on the whole data set); the search counts flips against it (λ3 of --reward λ1,λ2,λ3; default λ3 = λ2), "
+        "the fine-tune pulls the member towards it by 0.02·λ3, and the report compares the family with one searched "
+        "without it. Repeat it per target",
         section="search",
         metavar="TARGET=PATH",
         cli={"action": "append"},
@@ -705,7 +706,8 @@ def _build(opts: BuildOptions, rewards: list[Reward], targets: list[Target], out
         net, plan = _train(opts, data, fresh, out, budgets, t0, world, stages)
         ckpt = out / CHECKPOINT
     t_train = time.time()
-    opts = replace(opts, finetune=opts.finetune.settled(net.meta["train"].get("augment")))  # the report records what ran
+    lambda3 = rewards[0].deployed if deployed else None
+    opts = replace(opts, finetune=opts.finetune.settled(net.meta["train"].get("augment"), lambda3))  # the report records what ran
 
     stages.start("search")
     evaluator = Evaluator(net, data, device=world.device)
