@@ -8,8 +8,13 @@ import os
 import subprocess
 import sys
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker, for its CLI runs too: the workers already fill the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 import torch
+from filelock import FileLock
 
 from regnas.data import load_dataset, to_float
 from regnas.targets import BUILTIN_DIR
@@ -33,6 +38,11 @@ def logit_gap(new, old, x):
         return (new(x) - old(x)).pow(2).sum(1).mean().item()
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core and one more, which computes while others wait on servers, subprocesses and the emulator."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) + 1
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits", seed=0)
@@ -50,19 +60,34 @@ def digits_supernet(digits, tmp_path_factory):
 def built(tmp_path_factory):
     """The built-in targets, with a lax flip limit: a 1-epoch supernet's int8 models flip often, and searching
     quantization options for each is tested in tests/exporters, not here. Without the fine-tune (70 s on
-    digits): tests/test_build.py runs it, and its reuse, on a short schedule."""
-    out = tmp_path_factory.mktemp("build")
-    lax = out.parent / "lax-targets"
-    lax.mkdir(exist_ok=True)
-    for toml in BUILTIN_DIR.glob("*.toml"):
-        (lax / toml.name).write_text(toml.read_text().replace("max_nfr_vs_fp32 = 0.002", "max_nfr_vs_fp32 = 0.5"))
-    code, stdout, stderr = run(
-        "build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), "--no-finetune", *FAST
-    )
+    digits): tests/test_build.py runs it, and its reuse, on a short schedule. Built once per run: xdist workers
+    share it through the run's common temp directory, the first to need it building it under a lock. Tests that
+    write into a build copy it first."""
+    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    root = tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()
+    out, outcome = root / "built", root / "built.json"
+    with FileLock(str(root / "built.lock")):
+        if not outcome.is_file():
+            lax = root / "lax-targets"
+            lax.mkdir(exist_ok=True)
+            for toml in BUILTIN_DIR.glob("*.toml"):
+                (lax / toml.name).write_text(toml.read_text().replace("max_nfr_vs_fp32 = 0.002", "max_nfr_vs_fp32 = 0.5"))
+            result = run("build", "--targets", "phone,edge,server", "--targets-dir", str(lax), "--out", str(out), "--no-finetune", *FAST)
+            outcome.write_text(json.dumps(result))
+    code, stdout, stderr = json.loads(outcome.read_text())
     assert (out / "report.json").is_file(), stderr
     report = json.loads((out / "report.json").read_text())
     assert code == (0 if report["check"]["passed"] else 1), stderr
     return out, stdout, stderr
+
+
+def pytest_collection_modifyitems(items):
+    """Order for xdist (`--dist worksteal`: each worker takes a run of tests in this order): the first file on the
+    shared build comes first, so one worker builds it while the others run files that do not need it; the other
+    files on it come last, when it is built."""
+    on_build = [i.path for i in items if "built" in i.fixturenames]
+    later = set(on_build) - set(on_build[:1])
+    items.sort(key=lambda i: i.path in later)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 import regnas
@@ -32,8 +34,9 @@ def test_build_returns_typed_records_and_options_are_checked(digits_supernet, tm
         regnas.build(tmp_path / "missing.toml")
 
 
-def test_check_and_gate_on_a_built_family(built):
-    out, _, _ = built
+def test_check_and_gate_on_a_built_family(built, tmp_path):
+    out = tmp_path / "build"
+    shutil.copytree(built[0], out)
     report = regnas.check(out)
     ran = [a for a in report.artifacts if a.ran]
     assert ran and all(a.judged in set(Verdict) for a in ran)
