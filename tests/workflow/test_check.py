@@ -44,8 +44,15 @@ def family_dir(digits_supernet, tmp_path_factory):
     return out
 
 
-def test_export_then_check_fills_the_artifact_contract(family_dir, capsys):
-    assert main(["export", str(family_dir)]) == 0
+@pytest.fixture(scope="module")
+def exported(family_dir):
+    """The family exported and checked by `regnas export`: (its directory, the exit status)."""
+    return family_dir, main(["export", str(family_dir)])
+
+
+def test_export_then_check_fills_the_artifact_contract(exported):
+    family_dir, code = exported
+    assert code == 0
     report = json.loads((family_dir / "report.json").read_text())
     arts = report["artifacts"]
     assert [(a["target"], a["format"], a["precision"]) for a in arts] == [
@@ -82,7 +89,8 @@ def test_export_then_check_fills_the_artifact_contract(family_dir, capsys):
     assert "Other runs" in (family_dir / "summary.md").read_text() and "openvino" in (family_dir / "report.html").read_text()
 
 
-def test_a_device_that_cannot_be_reached_skips_its_runs_and_keeps_this_hosts(family_dir, capsys):
+def test_a_device_that_cannot_be_reached_skips_its_runs_and_keeps_this_hosts(exported, capsys):
+    family_dir, _ = exported
     assert main(["check", str(family_dir), "--rpc", "127.0.0.1:9"]) == 0
     captured = capsys.readouterr()
     assert "cannot reach the TVM RPC server at 127.0.0.1:9" in captured.err
@@ -109,7 +117,8 @@ def _negated(path):
     return model.SerializeToString()
 
 
-def test_check_fails_naming_an_artifact_over_its_threshold(family_dir, capsys):
+def test_check_fails_naming_an_artifact_over_its_threshold(exported, capsys):
+    family_dir, _ = exported
     report = json.loads((family_dir / "report.json").read_text())
     small = family_dir / "small" / "onnx-fp32.onnx"
     original = small.read_bytes()
@@ -129,7 +138,8 @@ def test_check_fails_naming_an_artifact_over_its_threshold(family_dir, capsys):
     assert main(["check", str(family_dir)]) == 0
 
 
-def test_tampered_artifact_and_missing_report_exit_2(family_dir, tmp_path, capsys):
+def test_tampered_artifact_and_missing_report_exit_2(exported, tmp_path, capsys):
+    family_dir, _ = exported
     path = family_dir / "large" / "onnx-int8.onnx"
     original = path.read_bytes()
     path.write_bytes(original + b"\0")
@@ -144,7 +154,8 @@ def test_tampered_artifact_and_missing_report_exit_2(family_dir, tmp_path, capsy
     assert main(["export", str(tmp_path)]) == 2
 
 
-def test_verdicts_carry_their_interval_and_strict_fails_what_269_images_cannot_decide(family_dir, capsys):
+def test_verdicts_carry_their_interval_and_strict_fails_what_269_images_cannot_decide(exported, capsys):
+    family_dir, _ = exported
     report = json.loads((family_dir / "report.json").read_text())
     tight = json.loads(json.dumps(report))
     for t in tight["targets"]:
