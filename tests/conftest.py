@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,7 +63,7 @@ def built(tmp_path_factory):
     quantization options for each is tested in tests/exporters, not here. Without the fine-tune (70 s on
     digits): tests/test_build.py runs it, and its reuse, on a short schedule. Built once per run: xdist workers
     share it through the run's common temp directory, the first to need it building it under a lock. Tests that
-    write into a build copy it first."""
+    write into it use `built_copy`."""
     xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
     root = tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()
     out, outcome = root / "built", root / "built.json"
@@ -79,6 +80,14 @@ def built(tmp_path_factory):
     report = json.loads((out / "report.json").read_text())
     assert code == (0 if report["check"]["passed"] else 1), stderr
     return out, stdout, stderr
+
+
+@pytest.fixture
+def built_copy(built, tmp_path):
+    """A copy of the shared build, for tests that write into it (a check, a re-rendered report)."""
+    out = tmp_path / "build"
+    shutil.copytree(built[0], out)
+    return out
 
 
 def pytest_collection_modifyitems(items):

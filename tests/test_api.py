@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 import regnas
@@ -34,9 +32,8 @@ def test_build_returns_typed_records_and_options_are_checked(digits_supernet, tm
         regnas.build(tmp_path / "missing.toml")
 
 
-def test_check_and_gate_on_a_built_family(built, tmp_path):
-    out = tmp_path / "build"
-    shutil.copytree(built[0], out)
+def test_check_and_gate_on_a_built_family(built_copy):
+    out = built_copy
     report = regnas.check(out)
     ran = [a for a in report.artifacts if a.ran]
     assert ran and all(a.judged in set(Verdict) for a in ran)

@@ -10,9 +10,8 @@ from regnas.cli import main
 
 
 @pytest.mark.slow
-def test_build_writes_a_self_contained_html_report_and_summary(built, tmp_path):
-    out = tmp_path / "build"
-    shutil.copytree(built[0], out)
+def test_build_writes_a_self_contained_html_report_and_summary(built_copy):
+    out = built_copy
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3  # heatmaps, search Pareto plot, flips per class
     assert "http://" not in page and "https://" not in page

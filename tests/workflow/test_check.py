@@ -23,8 +23,9 @@ BOX = ('arch = "aarch64"\n', '[runtimes]\nonnx = ["onnxruntime", "openvino"]\n')
 
 
 @pytest.fixture(scope="module")
-def family_dir(digits_supernet, tmp_path_factory):
-    """A two-member family built from the shared supernet, without artifacts yet."""
+def exported(digits_supernet, tmp_path_factory):
+    """A two-member family built from the shared supernet without artifacts, then exported and checked by `regnas
+    export`: (its directory, the export's exit status)."""
     _, ckpt = digits_supernet
     root = tmp_path_factory.mktemp("checked")
     (root / "targets").mkdir()
@@ -41,13 +42,7 @@ def family_dir(digits_supernet, tmp_path_factory):
         finetune_mode="none",
     )
     build(opts)
-    return out
-
-
-@pytest.fixture(scope="module")
-def exported(family_dir):
-    """The family exported and checked by `regnas export`: (its directory, the exit status)."""
-    return family_dir, main(["export", str(family_dir)])
+    return out, main(["export", str(out)])
 
 
 def test_export_then_check_fills_the_artifact_contract(exported):
