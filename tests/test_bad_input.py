@@ -198,9 +198,8 @@ def test_a_huge_lut_file_is_refused_before_it_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("width", [3_000_000, 26_000])
-def test_a_member_declaring_a_huge_layer_is_refused_before_allocating(built, tmp_path, capsys, width):
-    out = tmp_path / "build"
-    shutil.copytree(built[0], out)
+def test_a_member_declaring_a_huge_layer_is_refused_before_allocating(built_copy, capsys, width):
+    out = built_copy
     arch = json.loads((out / "edge" / "arch.json").read_text())
     arch["config"]["stages"][0]["width"] = width
     (out / "edge" / "arch.json").write_text(json.dumps(arch))
@@ -223,11 +222,10 @@ def test_member_weights_hash_the_same_whatever_the_file_header_order(tmp_path):
     assert tensors_sha256(tmp_path / "a.safetensors") == tensors_sha256(tmp_path / "b.safetensors")
 
 
-def test_check_on_a_read_only_build_stops_before_running_anything(built, tmp_path, capsys):
+def test_check_on_a_read_only_build_stops_before_running_anything(built_copy, capsys):
     import subprocess
 
-    out = tmp_path / "ro"
-    shutil.copytree(built[0], out)
+    out = built_copy
     bound = subprocess.run(["mount", "--bind", str(out), str(out)], capture_output=True)
     try:
         proc = subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], capture_output=True) if not bound.returncode else bound

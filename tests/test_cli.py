@@ -1,7 +1,6 @@
 """`regnas build` / `regnas train` end to end through the command line, on real digits data."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -89,9 +88,8 @@ def test_saved_models_are_standalone_and_nested(built, digits):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_from_the_cache_and_a_given_supernet_searches_the_same_family(built, tmp_path):
-    out = tmp_path / "rerun"
-    shutil.copytree(built[0], out)
+def test_rerun_resumes_from_the_cache_and_a_given_supernet_searches_the_same_family(built_copy, tmp_path):
+    out = built_copy
     code, _, stderr = run("build", "--targets", "phone,edge,server", "--out", str(out), "--no-export", "--no-finetune", *FAST)
     assert code == 0, stderr
     assert "search: reusing" in stderr and "train: epoch" not in stderr

@@ -87,11 +87,10 @@ def _broken(report: dict, case: str) -> dict:
         ("artifacts not records", "artifacts[0] is not an object"),
     ],
 )
-def test_a_report_that_breaks_its_schema_is_one_line_exit_2(built, tmp_path, capsys, case, message):
+def test_a_report_that_breaks_its_schema_is_one_line_exit_2(built_copy, capsys, case, message):
     import json
 
-    out = tmp_path / "build"
-    shutil.copytree(built[0], out)
+    out = built_copy
     report = json.loads((out / "report.json").read_text())
     (out / "report.json").write_text(json.dumps(_broken(report, case)))
     assert main(["report", str(out)]) == 2
@@ -99,11 +98,10 @@ def test_a_report_that_breaks_its_schema_is_one_line_exit_2(built, tmp_path, cap
     assert message in err and err.count("\n") == 1, err
 
 
-def test_every_value_that_reaches_the_html_is_escaped(built, tmp_path):
+def test_every_value_that_reaches_the_html_is_escaped(built_copy):
     import json
 
-    out = tmp_path / "build"
-    shutil.copytree(built[0], out)
+    out = built_copy
     report = json.loads((out / "report.json").read_text())
     script = "<script>alert(1)</script>"
     report["config"]["seed"] = script
