@@ -765,6 +765,34 @@ def _natural_memory(r: Result, out: Lines) -> None:
         out += kv_table((k, code(display_path(v)) if k == "folder" else v) for k, v in flatten(r.get("memory")).items())
 
 
+def render_upgrade(r: Result, out: Lines) -> None:
+    """upgrade.py: the targets' keys, then per seed and member the NFR against the deployed model with and without."""
+    seeds = records(r, "seeds_raw")
+    setup(
+        out,
+        [
+            ("Data", r.get("data")),
+            ("Seeds", r.get("seeds")),
+            ("Sample size", Md("per member `n` test images (table); intervals are exact 95%")),
+            ("Host", host_line(r.get("host"))),
+        ],
+    )
+    keys = ["nfr_vs_deployed_ratio", "worst_top1_delta_points", "nfr_vs_deployed_with", "nfr_vs_deployed_without"]
+    keys += ["internal_nfr_with", "internal_nfr_without", "old_training_images", "old_epochs"]
+    out += kv_table((k, r.get(k)) for k in keys if r.has(k))
+    if r.has("old_top1"):
+        heading(out, 4, "The deployed (old) family's top-1 on its own test split: `old_top1`")
+        out += kv_table(r.get("old_top1").items())
+    columns = ["n", "nfr_with", "nfr_with_interval", "nfr_without", "nfr_without_interval", "positive_flips_with"]
+    columns += ["positive_flips_without", "top1_with", "top1_without", "top1_deployed"]
+    heading(out, 4, "Per seed and member: `seeds_raw`")
+    rows = [[s.get("seed"), m.get("target"), *(m.get(c) for c in columns)] for s in seeds for m in s["members"]]
+    out += table(["seed", "target", *columns], rows)
+    per_seed = ["internal_nfr_with", "internal_nfr_without"]
+    rows = [[s.get("seed"), *(s.get(k) for k in per_seed), s["seconds"].get("with"), s["seconds"].get("without")] for s in seeds]
+    out += table(["seed", *per_seed, "seconds with", "seconds without"], rows)
+
+
 def render_generic(r: Result, out: Lines) -> None:
     """Any other result: its scalar keys, then its nested values as tables."""
     data = {k: r.get(k) for k in list(r.data)}
@@ -786,6 +814,7 @@ RENDERERS: list[tuple[str, Renderer]] = [
     ("nfr_family*", render_nfr_family),
     ("quant_flips*", render_quant_flips),
     ("supernet_quality*", render_supernet_quality),
+    ("upgrade*", render_upgrade),
 ]
 """File-name stem pattern -> renderer; the first match wins, `render_generic` when none does."""
 
