@@ -120,9 +120,11 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--old-epochs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("build/bench"))
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "upgrade.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/upgrade.json for fashion-mnist, else upgrade_<data>.json")
     args = ap.parse_args()
     label = data_label(args.data)
+    if args.out is None:  # one file per data set, so a run on other data never replaces Fashion-MNIST's seeds
+        args.out = Path(__file__).parent / "results" / ("upgrade.json" if label == "fashion-mnist" else f"upgrade_{label}.json")
     work = args.work / f"upgrade-{label}"
     work.mkdir(parents=True, exist_ok=True)
     old_npz, old_dir = work / "old-data.npz", work / "old"
