@@ -83,10 +83,11 @@ def tuned(nets, data, cfg: DistillConfig, labels: np.ndarray, names: list[str]) 
     return row(names, [predict(n, data["test"].x) for n in out], labels)
 
 
-def weights_digest(net) -> str:
-    """sha256 of the supernet's weights: two results measured on the same weights share it, however long their builds took."""
+def weights_digest(state: dict) -> str:
+    """sha256 of a supernet's weights (its state dict, or the tensors of its checkpoint): two results measured on the
+    same weights share it, however long their builds took."""
     h = hashlib.sha256()
-    for name, tensor in sorted(net.model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -165,7 +166,7 @@ def bench_space(args: argparse.Namespace, space: str, old: dict | None) -> dict:
     rewards = {name: parse_reward(name) for name in dict.fromkeys((args.reward, *args.sweep))}
     built_with = report["config"]["reward"]
     cache = read_search_cache(work)
-    digest = weights_digest(net)
+    digest = weights_digest(net.model.state_dict())
     kept = {}
     if args.keep and old is not None:
         built_baseline = assess(evaluator, [Member.from_json(net.space, m) for m in cache["baseline"]])
