@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per xdist worker, for its CLI runs too: the workers already fill the cores.
@@ -49,12 +50,20 @@ def digits():
     return load_dataset("digits", seed=0)
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """Where fixtures built once per run live: the run's common temp directory under xdist, so its workers share them."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def digits_supernet(digits, tmp_path_factory):
-    """An mbv3 supernet trained for two short epochs on digits (enough for real, non-random predictions)."""
-    out = tmp_path_factory.mktemp("supernet")
-    net = train_supernet(digits, out, TrainConfig(epochs=2, batch_size=32, seed=0), "mbv3")
-    return net, out
+    """An mbv3 supernet trained for two short epochs on digits (enough for real, non-random predictions). Trained
+    once per run, by the first xdist worker to need it; the others resume its finished checkpoint. Tests only read
+    its folder."""
+    out = shared_root(tmp_path_factory) / "supernet"
+    with FileLock(str(out) + ".lock"):
+        return train_supernet(digits, out, TrainConfig(epochs=2, batch_size=32, seed=0), "mbv3"), out
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +73,7 @@ def built(tmp_path_factory):
     digits): tests/test_build.py runs it, and its reuse, on a short schedule. Built once per run: xdist workers
     share it through the run's common temp directory, the first to need it building it under a lock. Tests that
     write into it use `built_copy`."""
-    xdist = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-    root = tmp_path_factory.getbasetemp().parent if xdist else tmp_path_factory.getbasetemp()
+    root = shared_root(tmp_path_factory)
     out, outcome = root / "built", root / "built.json"
     with FileLock(str(root / "built.lock")):
         if not outcome.is_file():

@@ -103,12 +103,14 @@ def test_report_and_check_on_a_full_disk_exit_2_and_keep_the_report(built, small
     assert (out / "report.json").read_bytes() == before and not (out / "report.html").exists()
 
 
-def test_a_build_on_a_full_disk_exits_2(small_disk, capsys):
+def test_a_build_on_a_full_disk_exits_2(small_disk, digits_supernet, capsys):
     from regnas.cli import main
 
+    _, ckpt = digits_supernet
     disk = small_disk(1024)
-    _fill(disk, leave=200 * 1024)
-    assert main(["-q", "build", "--out", str(disk / "b"), "--epochs", "1", "--population", "4", "--generations", "1", "--no-export"]) == 2
+    _fill(disk, leave=200 * 1024)  # room for the search's cache, not for a member's weights (about 3 MB)
+    args = ["--supernet", str(ckpt / "supernet.safetensors"), "--population", "4", "--generations", "1", "--no-finetune", "--no-export"]
+    assert main(["-q", "build", "--out", str(disk / "b"), *args]) == 2
     err = capsys.readouterr().err
     assert "no space left on the device" in err and err.count("\n") == 1, err
     assert not (disk / "b" / "report.json").exists()

@@ -21,7 +21,7 @@ def free_port() -> int:
 def test_ray_workers_find_the_serial_family(digits_supernet, tmp_path, caplog):
     _, ckpt = digits_supernet
     common = {
-        "targets": "phone,edge,server",
+        "targets": "phone,server",
         "supernet": ckpt / "supernet.safetensors",
         "search": SearchConfig(population=4, generations=2),
         "export": False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 
 import pytest
@@ -48,11 +47,9 @@ def device():
 
 
 @pytest.mark.slow
-def test_aarch64_library_checked_on_the_emulated_device(device, built, tmp_path):
+def test_aarch64_library_checked_on_the_emulated_device(device, built_copy, tmp_path):
     """Status ok, and the same predictions as the x86 library of the same graph (the issue's end-to-end check)."""
-    src, _, _ = built
-    out = tmp_path / "build"
-    shutil.copytree(src, out)
+    out = built_copy
     if not (out / "edge" / "tvm-fp32-aarch64.so").is_file():
         pytest.skip("the build has no aarch64 library (needs Debian's gcc-aarch64-linux-gnu)")
     code, stdout, stderr = run("check", str(out), "--rpc", device.address)

@@ -77,17 +77,17 @@ def test_unreachable_rpc_address_is_a_one_line_error(library, capsys):
     assert main(["bench", str(path.with_suffix(".onnx")), "--rpc", "127.0.0.1:9"]) == 2
 
 
-def test_library_for_another_cpu_is_refused_before_upload(rpc_server, library, tmp_path):
-    """An aarch64 library sent to this x86 RPC server: one line naming what the server is, not a loader crash."""
+def test_library_for_another_cpu_is_refused_before_upload(rpc_server, library, built):
+    """An aarch64 library (the shared build's edge member) sent to this x86 RPC server: one line naming what the
+    server is, not a loader crash."""
     import platform
-    import shutil
 
-    from regnas.exporters.tvm import AARCH64, CROSS_CC
+    from regnas.exporters.tvm import CROSS_CC
 
-    if platform.machine() == "aarch64" or shutil.which(CROSS_CC) is None:
+    arm = built[0] / "edge" / "tvm-fp32-aarch64.so"
+    if platform.machine() == "aarch64" or not arm.is_file():
         pytest.skip(f"needs an x86 host with {CROSS_CC} (Debian gcc-aarch64-linux-gnu, installed by scripts/setup.sh as root)")
     path, _ = library
-    arm = compile_library(path.with_name("model-fp32.onnx"), (1, 8, 8), tmp_path / "arm.so", AARCH64)
     with pytest.raises(RegnasError, match=f"is an {platform.machine()} machine, not aarch64"):
         load_runtime("tvm", arm, remote=rpc_server)
     assert load_runtime("tvm", path, remote=rpc_server).emulated is None
