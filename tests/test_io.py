@@ -108,7 +108,7 @@ def test_a_build_on_a_full_disk_exits_2(small_disk, digits_supernet, capsys):
 
     _, ckpt = digits_supernet
     disk = small_disk(1024)
-    _fill(disk, leave=200 * 1024)  # room for the search's cache, not for a member's weights (about 3 MB)
+    _fill(disk, leave=200 * 1024)  # room for the search cache, not for a member's weights (megabytes)
     args = ["--supernet", str(ckpt / "supernet.safetensors"), "--population", "4", "--generations", "1", "--no-finetune", "--no-export"]
     assert main(["-q", "build", "--out", str(disk / "b"), *args]) == 2
     err = capsys.readouterr().err
